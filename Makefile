@@ -1,0 +1,41 @@
+# Edit3DGS: the two commands are `make demo` and `make test`.
+# .venv/         backend (torch, smplx, diffusers, ...)
+# .venv-blender/ Blender side for tests (bpy + numpy<2), as in real use
+PY ?= python3
+VENV := .venv
+BVENV := .venv-blender
+BIN := $(VENV)/bin
+OUT ?= demo_out
+# CPU machines get the CPU build of torch, never the multi-GB CUDA stack.
+TORCH_PIN := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup setup-blender demo test test-backend test-blender bench clean
+
+$(BIN)/edit3dgs: backend/pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_PIN)"
+	$(BIN)/pip install -q -e "backend[diffusion,test]"
+	touch $@
+
+setup: $(BIN)/edit3dgs
+
+$(BVENV)/.ok:
+	$(PY) -m venv $(BVENV)
+	$(BVENV)/bin/pip install -q "bpy==5.0.1" "numpy<2" pytest
+	touch $@
+
+setup-blender: $(BVENV)/.ok
+
+demo: setup
+	$(BIN)/edit3dgs demo --out $(OUT) --overwrite
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+bench: setup
+	$(BIN)/python benchmarks/render_bench.py
+
+clean:
+	rm -rf $(VENV) $(BVENV) $(OUT) dist

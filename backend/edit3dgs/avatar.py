@@ -1,0 +1,263 @@
+"""FLAME-bound Gaussians exactly as GaussianAvatars stores them, and their world placement.
+
+Every Gaussian lives in the local frame of its parent triangle (formats.md §1):
+for face f with posed vertices v0, v1, v2
+
+    center = (v0+v1+v2)/3,  a0 = n(v1-v0),  a1 = n(a0 x (v2-v0)),  a2 = -n(a1 x a0)
+    R = [a0 a1 a2],         k = (|v1-v0| + |a2 . (v2-v0)|) / 2
+
+    world_xyz = k R xyz + center,  world_scale = exp(scale) k,
+    world_rot = quat(R) (x) normalize(rot)          (Hamilton product, w first)
+
+Colour (SH) and opacity are not transformed. World Gaussians are computed
+per timestep and never stored as the truth.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import roma  # small, maintained rotation library (XYZW internally): rotmat->quat and products
+import torch
+
+from .errors import Edit3DGSError
+from .fsutil import atomic_path
+
+SH_REST_COUNTS = {0: 0, 1: 3, 2: 8, 3: 15}
+
+
+def ply_attribute_names(sh_degree: int, with_binding: bool = True) -> list[str]:
+    """Vertex properties in the order GaussianAvatars (and 3DGS) write them."""
+    n_rest = 3 * SH_REST_COUNTS[sh_degree]
+    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+    names += [f"f_rest_{i}" for i in range(n_rest)]
+    names += ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    if with_binding:
+        names.append("binding_0")
+    return names
+
+
+@dataclass
+class WorldGaussians:
+    """World-space Gaussians ready for ``render.rasterize``.
+
+    means (N,3) m, quats (N,4) w-first unit, scales (N,3) m, opacities (N,)
+    in (0,1), sh (N,K,3) with K=(sh_degree+1)^2.
+    """
+
+    means: torch.Tensor
+    quats: torch.Tensor
+    scales: torch.Tensor
+    opacities: torch.Tensor
+    sh: torch.Tensor
+    sh_degree: int
+
+
+def quat_wxyz_to_xyzw(q: torch.Tensor) -> torch.Tensor:
+    return torch.cat([q[..., 1:], q[..., :1]], -1)
+
+
+def quat_xyzw_to_wxyz(q: torch.Tensor) -> torch.Tensor:
+    return torch.cat([q[..., 3:], q[..., :3]], -1)
+
+
+def face_frames(verts: torch.Tensor, faces: torch.Tensor):
+    """Per-face frames of a posed mesh.
+
+    verts (..., V, 3), faces (F, 3) -> center (..., F, 3), R (..., F, 3, 3)
+    with columns [a0 a1 a2], scale k (..., F).
+    """
+    v0, v1, v2 = verts[..., faces[:, 0], :], verts[..., faces[:, 1], :], verts[..., faces[:, 2], :]
+    center = (v0 + v1 + v2) / 3
+    e1, e2 = v1 - v0, v2 - v0
+    a0 = torch.nn.functional.normalize(e1, dim=-1)
+    a1 = torch.nn.functional.normalize(torch.cross(a0, e2, dim=-1), dim=-1)
+    a2 = -torch.nn.functional.normalize(torch.cross(a1, a0, dim=-1), dim=-1)
+    R = torch.stack([a0, a1, a2], dim=-1)
+    k = (e1.norm(dim=-1) + (a2 * e2).sum(-1).abs()) / 2
+    return center, R, k
+
+
+@dataclass
+class GaussianAvatar:
+    """Gaussians bound to head-model faces (local parameters, GaussianAvatars layout).
+
+    xyz (N,3) offset in face-scale units; features_dc (N,1,3) and
+    features_rest (N,K-1,3) SH coefficients; opacity (N,1) logit; scaling (N,3)
+    log relative to face scale; rotation (N,4) raw quaternion w-first relative
+    to the face frame; binding (N,) int64 parent face index.
+    """
+
+    xyz: torch.Tensor
+    features_dc: torch.Tensor
+    features_rest: torch.Tensor
+    opacity: torch.Tensor
+    scaling: torch.Tensor
+    rotation: torch.Tensor
+    binding: torch.Tensor
+
+    PARAM_NAMES = ("xyz", "features_dc", "features_rest", "opacity", "scaling", "rotation")
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.xyz.shape[0])
+
+    @property
+    def sh_degree(self) -> int:
+        k = self.features_rest.shape[1]
+        return {v: d for d, v in SH_REST_COUNTS.items()}[k]
+
+    @property
+    def device(self) -> torch.device:
+        return self.xyz.device
+
+    def to(self, device) -> "GaussianAvatar":
+        return GaussianAvatar(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def clone(self) -> "GaussianAvatar":
+        return GaussianAvatar(**{f.name: getattr(self, f.name).detach().clone() for f in fields(self)})
+
+    def subset(self, mask_or_idx) -> "GaussianAvatar":
+        return GaussianAvatar(**{f.name: getattr(self, f.name)[mask_or_idx] for f in fields(self)})
+
+    # -- world placement -------------------------------------------------
+    def to_world(self, verts: torch.Tensor, faces: torch.Tensor) -> WorldGaussians:
+        """Place the Gaussians on a posed mesh: verts (V,3), faces (F,3)."""
+        if verts.ndim != 2:
+            raise ValueError(f"to_world takes one posed mesh (V,3); got {tuple(verts.shape)}")
+        center, R, k = face_frames(verts, faces)
+        b = self.binding
+        Rb, kb = R[b], k[b]
+        means = kb[:, None] * (Rb @ self.xyz[..., None])[..., 0] + center[b]
+        scales = torch.exp(self.scaling) * kb[:, None]
+        q_face = roma.rotmat_to_unitquat(Rb)  # XYZW
+        q_local = quat_wxyz_to_xyzw(torch.nn.functional.normalize(self.rotation, dim=-1))
+        quats = quat_xyzw_to_wxyz(roma.quat_product(q_face, q_local))
+        sh = torch.cat([self.features_dc, self.features_rest], 1)
+        return WorldGaussians(means, quats, scales, torch.sigmoid(self.opacity[:, 0]), sh, self.sh_degree)
+
+    # -- PLY I/O -----------------------------------------------------------
+    def save_ply(self, path: os.PathLike | str) -> Path:
+        """Write ``point_cloud.ply`` with GaussianAvatars' attributes in their order."""
+        return write_gaussian_ply(path, self._columns(), self.sh_degree, with_binding=True)
+
+    def _columns(self) -> dict:
+        N = self.num_gaussians
+        t = lambda x: x.detach().cpu().numpy().astype(np.float32)  # noqa: E731
+        cols = {"x": t(self.xyz[:, 0]), "y": t(self.xyz[:, 1]), "z": t(self.xyz[:, 2])}
+        zeros = np.zeros(N, np.float32)
+        cols.update(nx=zeros, ny=zeros, nz=zeros)
+        dc = t(self.features_dc[:, 0, :])
+        for i in range(3):
+            cols[f"f_dc_{i}"] = dc[:, i]
+        rest = t(self.features_rest.transpose(1, 2).reshape(N, -1))  # channel-major
+        for i in range(rest.shape[1]):
+            cols[f"f_rest_{i}"] = rest[:, i]
+        cols["opacity"] = t(self.opacity[:, 0])
+        sc, rot = t(self.scaling), t(self.rotation)
+        for i in range(3):
+            cols[f"scale_{i}"] = sc[:, i]
+        for i in range(4):
+            cols[f"rot_{i}"] = rot[:, i]
+        cols["binding_0"] = self.binding.detach().cpu().numpy().astype(np.float32)
+        return cols
+
+    @classmethod
+    def load_ply(cls, path: os.PathLike | str, n_faces: int | None = None) -> "GaussianAvatar":
+        """Read a GaussianAvatars ``point_cloud.ply``; checks every value."""
+        path = Path(path)
+        cols, names = read_ply_vertices(path)
+        if "binding_0" not in cols:
+            raise Edit3DGSError(path, "a GaussianAvatars PLY with a 'binding_0' property (Gaussians bound to FLAME faces)",
+                                "no 'binding_0': a plain static 3DGS scene, not an avatar")
+        n_rest = sum(1 for n in names if n.startswith("f_rest_"))
+        degree = {3 * v: d for d, v in SH_REST_COUNTS.items()}.get(n_rest)
+        if degree is None:
+            raise Edit3DGSError(path, "0, 9, 24 or 45 f_rest_* properties (SH degree 0-3)", f"{n_rest}")
+        required = ply_attribute_names(degree)
+        missing = [n for n in required if n not in cols]
+        if missing:
+            raise Edit3DGSError(path, f"properties {', '.join(required[:9])}...", f"no {', '.join(missing)}")
+        N = len(cols["x"])
+        if N == 0:
+            raise Edit3DGSError(path, "at least one Gaussian", "an empty vertex element")
+        for n in required:
+            if not np.isfinite(cols[n]).all():
+                bad = int((~np.isfinite(cols[n])).sum())
+                raise Edit3DGSError(path, f"finite values in '{n}'", f"{bad} NaN/inf value(s)")
+        bf = cols["binding_0"]
+        binding = bf.astype(np.int64)
+        if (binding != bf).any() or binding.min() < 0:
+            raise Edit3DGSError(path, "non-negative whole face indices in 'binding_0'", f"values such as {bf[(binding != bf) | (binding < 0)][0]}")
+        if n_faces is not None and binding.max() >= n_faces:
+            raise Edit3DGSError(path, f"bindings below the head model's face count {n_faces}", f"binding {int(binding.max())} (the avatar needs at least {int(binding.max()) + 1} faces)")
+        f = lambda *ns: torch.from_numpy(np.stack([cols[n] for n in ns], 1).astype(np.float32))  # noqa: E731
+        if n_rest:
+            rest = f(*[f"f_rest_{i}" for i in range(n_rest)]).reshape(N, 3, -1).transpose(1, 2).contiguous()
+        else:
+            rest = torch.zeros(N, 0, 3)
+        return cls(
+            xyz=f("x", "y", "z"),
+            features_dc=f("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :].contiguous(),
+            features_rest=rest,
+            opacity=f("opacity"),
+            scaling=f("scale_0", "scale_1", "scale_2"),
+            rotation=f("rot_0", "rot_1", "rot_2", "rot_3"),
+            binding=torch.from_numpy(binding),
+        )
+
+
+def read_ply_vertices(path: Path) -> tuple[dict, list]:
+    """Read the 'vertex' element of a PLY as float32 columns (plyfile does the parsing)."""
+    from plyfile import PlyData  # maintained PLY reader/writer, handles binary and ascii
+
+    if not path.is_file():
+        raise Edit3DGSError(path, "a point_cloud.ply file", "no such file")
+    try:
+        ply = PlyData.read(str(path))
+        el = ply["vertex"]
+        data = el.data
+    except KeyError:
+        raise Edit3DGSError(path, "a PLY with a 'vertex' element", "no 'vertex' element") from None
+    except Exception as exc:
+        raise Edit3DGSError(path, "a complete PLY file", f"{type(exc).__name__}: {exc}".strip()) from None
+    names = [p.name for p in el.properties]
+    return {n: np.asarray(data[n], dtype=np.float32) for n in names}, names
+
+
+def write_gaussian_ply(path: os.PathLike | str, cols: dict, sh_degree: int, with_binding: bool) -> Path:
+    """Binary little-endian PLY, all float32, properties in 3DGS/GaussianAvatars order."""
+    from plyfile import PlyData, PlyElement
+
+    path = Path(path)
+    names = ply_attribute_names(sh_degree, with_binding)
+    N = len(cols["x"])
+    arr = np.empty(N, dtype=[(n, "<f4") for n in names])
+    for n in names:
+        arr[n] = cols[n]
+    with atomic_path(path) as tmp:
+        PlyData([PlyElement.describe(arr, "vertex")], byte_order="<").write(str(tmp))
+    return path
+
+
+def write_world_ply(path: os.PathLike | str, g: WorldGaussians) -> Path:
+    """A standard (static) 3DGS PLY of world Gaussians, for common splat viewers."""
+    N = g.means.shape[0]
+    t = lambda x: x.detach().cpu().numpy().astype(np.float32)  # noqa: E731
+    m, s, q = t(g.means), np.log(t(g.scales)), t(g.quats)
+    o = t(torch.logit(g.opacities.clamp(1e-6, 1 - 1e-6)))
+    sh = t(g.sh)
+    cols = {"x": m[:, 0], "y": m[:, 1], "z": m[:, 2], "nx": np.zeros(N, np.float32), "ny": np.zeros(N, np.float32), "nz": np.zeros(N, np.float32)}
+    for i in range(3):
+        cols[f"f_dc_{i}"] = sh[:, 0, i]
+        cols[f"scale_{i}"] = s[:, i]
+    rest = sh[:, 1:, :].transpose(0, 2, 1).reshape(N, -1)
+    for i in range(rest.shape[1]):
+        cols[f"f_rest_{i}"] = rest[:, i]
+    cols["opacity"] = o
+    for i in range(4):
+        cols[f"rot_{i}"] = q[:, i]
+    return write_gaussian_ply(path, cols, g.sh_degree, with_binding=False)

@@ -1,0 +1,191 @@
+"""An avatar folder opened for work: Gaussians + FLAME parameters + the head model.
+
+Accepted folders (formats.md §1):
+- ``DIR/point_cloud.ply`` + ``DIR/flame_param.npz`` (GaussianAvatars, flat);
+- ``DIR/point_cloud/iteration_N/point_cloud.ply`` (latest N) with
+  ``flame_param.npz`` beside the PLY or in DIR (GaussianAvatars' output tree);
+- any of the above plus ``avatar.json``, written by Edit3DGS, which records
+  the head model file so ``--flame`` is not needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .avatar import GaussianAvatar, WorldGaussians
+from .errors import Edit3DGSError
+from .flame import FLAME_N_FACES, FLAME_N_VERTS, FlameHead, canonical_region, load_flame_model
+from .flame_params import FlameParams
+from .fsutil import atomic_dir
+
+AVATAR_JSON = "avatar.json"
+
+
+def find_ply(folder: Path) -> Path:
+    if (folder / "point_cloud.ply").is_file():
+        return folder / "point_cloud.ply"
+    its = []
+    for p in (folder / "point_cloud").glob("iteration_*/point_cloud.ply"):
+        m = re.match(r"iteration_(\d+)$", p.parent.name)
+        if m:
+            its.append((int(m.group(1)), p))
+    if its:
+        return max(its)[1]
+    raise Edit3DGSError(folder, "an avatar folder with point_cloud.ply (or point_cloud/iteration_N/point_cloud.ply)", "no point_cloud.ply")
+
+
+def find_flame_params(folder: Path, ply: Path) -> Path:
+    for cand in (ply.parent / "flame_param.npz", folder / "flame_param.npz"):
+        if cand.is_file():
+            return cand
+    raise Edit3DGSError(folder, "flame_param.npz beside point_cloud.ply", "no flame_param.npz")
+
+
+@dataclass
+class AvatarBundle:
+    """One avatar ready to pose and render.
+
+    ``gaussians`` local (bound) Gaussians, ``params`` the avatar's own FLAME
+    sequence, ``head`` the posing layer, ``meta`` the avatar.json contents.
+    """
+
+    folder: Path
+    gaussians: GaussianAvatar
+    params: FlameParams
+    head: FlameHead
+    meta: dict = field(default_factory=dict)
+    topology: str = ""
+    head_path: Path | None = None
+
+    # -- posing ---------------------------------------------------------------
+    def pose(self, params: FlameParams | None = None, timesteps: Sequence[int] | None = None,
+             device=None) -> torch.Tensor:
+        """Posed vertices (T,V,3) for ``params`` (default: the avatar's own) at ``timesteps``."""
+        p = self.params if params is None else params
+        if timesteps is not None:
+            p = p.select(timesteps)
+        if p.static_offset is None and self.params.static_offset is not None and params is not None:
+            # Motion from another file keeps this avatar's personal offsets.
+            p = FlameParams(**{**p.as_dict(), "static_offset": self.params.static_offset})
+        device = device or self.gaussians.device
+        head = self.head.to(device)
+        with torch.no_grad():
+            return head(p.to_torch(device))
+
+    def world(self, verts: torch.Tensor, gaussians: GaussianAvatar | None = None) -> WorldGaussians:
+        g = self.gaussians if gaussians is None else gaussians
+        return g.to_world(verts.to(g.device), self.head.faces.to(g.device))
+
+    # -- regions ----------------------------------------------------------------
+    @property
+    def regions(self) -> dict:
+        return self.head.regions
+
+    def region_faces(self, names: Sequence[str]) -> np.ndarray:
+        out = []
+        for n in names:
+            c = canonical_region(n)
+            if c not in self.head.regions:
+                raise Edit3DGSError(None, f"a region among {', '.join(sorted(self.head.regions))}", f"'{n}'")
+            if len(self.head.regions[c]) == 0:
+                raise Edit3DGSError(self.head_path, f"faces for region '{c}' (a masks file beside the head model)", "none")
+            out.append(self.head.regions[c])
+        return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+    def gaussian_mask(self, names: Sequence[str]) -> torch.Tensor:
+        """Bool (N,): Gaussians bound to faces of the named regions."""
+        sel = torch.zeros(self.head.n_faces, dtype=torch.bool)
+        sel[torch.from_numpy(self.region_faces(names))] = True
+        return sel.to(self.gaussians.device)[self.gaussians.binding]
+
+    def gaussian_labels(self, names: Sequence[str]) -> torch.Tensor:
+        """Long (N,): 1 + index into ``names`` of each Gaussian's region, 0 elsewhere (first match wins)."""
+        lab = torch.zeros(self.gaussians.num_gaussians, dtype=torch.long, device=self.gaussians.device)
+        for i in reversed(range(len(names))):
+            lab[self.gaussian_mask([names[i]])] = i + 1
+        return lab
+
+    # -- saving ---------------------------------------------------------------------
+    def save(self, out: os.PathLike | str, gaussians: GaussianAvatar | None = None, extra_meta: dict | None = None,
+             extra_files: dict | None = None, overwrite: bool = False) -> Path:
+        """Write a new avatar folder (atomically; never over the input).
+
+        ``extra_files`` maps relative names to callables ``fn(path)`` that write them.
+        """
+        out = Path(out)
+        if out.resolve() == self.folder.resolve():
+            raise Edit3DGSError(out, "an output folder other than the input avatar", "the input folder itself")
+        g = self.gaussians if gaussians is None else gaussians
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            g.save_ply(tmp / "point_cloud.ply")
+            self.params.save(tmp / "flame_param.npz")
+            meta = dict(self.meta)
+            meta.setdefault("format", "edit3dgs-avatar")
+            meta.setdefault("version", 1)
+            if self.head_path is not None and self.meta.get("head_model"):
+                # Built-in heads travel with the avatar; a user's FLAME file never does.
+                for key in ("head_model", "head_masks"):
+                    src = self.folder / self.meta[key]
+                    if src.is_file():
+                        shutil.copy2(src, tmp / self.meta[key])
+                for sub in ("sequences",):
+                    if (self.folder / sub).is_dir():
+                        shutil.copytree(self.folder / sub, tmp / sub)
+                if (self.folder / "cameras.json").is_file():
+                    shutil.copy2(self.folder / "cameras.json", tmp / "cameras.json")
+            meta.update(extra_meta or {})
+            (tmp / AVATAR_JSON).write_text(json.dumps(meta, indent=1))
+            for name, fn in (extra_files or {}).items():
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                fn(tmp / name)
+        return out
+
+
+def open_avatar(folder: os.PathLike | str, flame: os.PathLike | str | None = None,
+                flame_masks: os.PathLike | str | None = None, device="cpu") -> AvatarBundle:
+    """Open an avatar folder; ``flame`` is the user's FLAME pickle when the folder records none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise Edit3DGSError(folder, "an avatar folder", "no such folder")
+    meta = {}
+    if (folder / AVATAR_JSON).is_file():
+        try:
+            meta = json.loads((folder / AVATAR_JSON).read_text())
+        except json.JSONDecodeError as exc:
+            raise Edit3DGSError(folder / AVATAR_JSON, "valid JSON", str(exc)) from None
+    if flame is not None:
+        head_path, masks = Path(flame), flame_masks
+    elif meta.get("head_model"):
+        head_path = folder / meta["head_model"]
+        masks = flame_masks or (folder / meta["head_masks"] if meta.get("head_masks") else None)
+    else:
+        raise Edit3DGSError(folder, "--flame PATH (this GaussianAvatars folder does not record its head model)", "no --flame and no avatar.json")
+    model = load_flame_model(head_path, masks)
+    ply = find_ply(folder)
+    npz = find_flame_params(folder, ply)
+
+    # FLAME topology: 9976 faces without teeth, 10144 with GaussianAvatars' teeth.
+    teeth = False
+    if model.has_flame_topology:
+        raw = FlameParams.load(npz)
+        nv = raw.static_offset.shape[1] if raw.static_offset is not None else None
+        if nv not in (None, FLAME_N_VERTS, FLAME_N_VERTS + 120):
+            raise Edit3DGSError(npz, f"static_offset for {FLAME_N_VERTS} or {FLAME_N_VERTS + 120} vertices", f"{nv} vertices")
+        teeth = nv != FLAME_N_VERTS
+    head = FlameHead(model, add_teeth_if_flame=teeth)
+    gaussians = GaussianAvatar.load_ply(ply, n_faces=head.n_faces)
+    params = FlameParams.load(npz, n_verts=head.n_verts)
+    if model.has_flame_topology:
+        topology = f"FLAME with teeth ({head.n_faces} faces)" if teeth else f"FLAME without teeth ({FLAME_N_FACES} faces)"
+    else:
+        topology = f"{model.name} ({head.n_faces} faces)"
+    return AvatarBundle(folder, gaussians.to(device), params, head.to(device), meta, topology, head_path)

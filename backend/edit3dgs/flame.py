@@ -1,0 +1,458 @@
+"""The FLAME head layer: safe pickle loading, LBS posing, GaussianAvatars' teeth, regions.
+
+A FLAME 2020/2023 pickle (or the built-in head, written in the same layout)
+is read with a restricted unpickler that builds numpy and scipy.sparse arrays
+only; chumpy objects (FLAME 2020) become arrays without importing chumpy.
+Posing is standard linear blend skinning from ``smplx.lbs``.
+
+Facts (formats.md §1): 5 joints [global, neck, jaw, left eye, right eye],
+parents [-1, 0, 1, 1, 1]; 300 shape + 100 expression columns in
+``shapedirs``; GaussianAvatars appends 120 teeth vertices and 168 faces to
+FLAME's 5023/9976 topology (10144 faces), and ``binding_0`` indexes those.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import Edit3DGSError
+
+FLAME_N_VERTS = 5023
+FLAME_N_FACES = 9976
+TEETH_N_VERTS = 120
+TEETH_N_FACES = 168
+N_SHAPE_MAX = 300
+N_EXPR_MAX = 100
+JOINT_NAMES = ("global", "neck", "jaw", "eye_left", "eye_right")
+
+# ---------------------------------------------------------------------------
+# Restricted unpickling
+# ---------------------------------------------------------------------------
+
+
+class _ChumpyStand_in:
+    """Takes the place of a chumpy class while unpickling; keeps only its state."""
+
+    def __init__(self, *args, **kwargs):
+        self._state = {}
+
+    def __setstate__(self, state):
+        self._state = state if isinstance(state, dict) else {"x": state}
+
+    def to_array(self, what: str) -> np.ndarray:
+        x = self._state.get("x")
+        if x is None:
+            raise ValueError(f"a chumpy object without a value array ({what})")
+        return np.asarray(x)
+
+
+def _numpy_reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct, scalar
+    return _reconstruct, scalar
+
+
+def _allowed_globals() -> dict:
+    import scipy.sparse as sp
+
+    _reconstruct, scalar = _numpy_reconstruct()
+    allowed = {}
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(mod, "_reconstruct")] = _reconstruct
+        allowed[(mod, "scalar")] = scalar
+    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(mod, "_frombuffer")] = getattr(np, "frombuffer")
+    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "dtype")] = np.dtype
+    for name in ("csc_matrix", "csr_matrix", "coo_matrix", "csc_array", "csr_array", "coo_array"):
+        cls = getattr(sp, name, None)
+        if cls is None:
+            continue
+        short = name.split("_")[0]
+        for mod in (f"scipy.sparse.{short}", f"scipy.sparse._{short}", "scipy.sparse"):
+            allowed[(mod, name)] = cls
+    return allowed
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, path):
+        super().__init__(file, encoding="latin1")
+        self._path = path
+        self._allowed = _allowed_globals()
+
+    def find_class(self, module, name):
+        if (module, name) in self._allowed:
+            return self._allowed[(module, name)]
+        if module == "chumpy" or module.startswith("chumpy."):
+            return _ChumpyStand_in
+        if (module, name) == ("copyreg", "_reconstructor"):
+            # Protocol 0/1 pickles (Python 2 era FLAME files) build objects with
+            # it; it only calls base.__new__ on classes this method allowed.
+            import copyreg
+
+            return copyreg._reconstructor
+        if (module, name) == ("builtins", "object"):
+            return object
+        raise Edit3DGSError(
+            self._path,
+            "a pickle of numpy/scipy arrays only",
+            f"a reference to {module}.{name} (refused: loading it could run code)",
+        )
+
+
+def safe_load_pickle(path: os.PathLike | str) -> dict:
+    """Load a FLAME-style pickle allowing only arrays; chumpy values become arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise Edit3DGSError(path, "a FLAME model pickle", "no such file")
+    data = path.read_bytes()
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(data), path).load()
+    except Edit3DGSError:
+        raise
+    except Exception as exc:  # truncated or not a pickle at all
+        raise Edit3DGSError(path, "a readable pickle", f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise Edit3DGSError(path, "a pickled dict", f"a pickled {type(obj).__name__}")
+    out = {}
+    for key, value in obj.items():
+        if isinstance(value, _ChumpyStand_in):
+            try:
+                value = value.to_array(str(key))
+            except ValueError as exc:
+                raise Edit3DGSError(path, "chumpy objects holding arrays", str(exc)) from None
+        out[key] = value
+    return out
+
+
+def _dense(x) -> np.ndarray:
+    if hasattr(x, "toarray"):
+        return np.asarray(x.toarray())
+    return np.asarray(x)
+
+
+# ---------------------------------------------------------------------------
+# The model data
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class FlameModel:
+    """A FLAME-layout head model as plain arrays (float32, metres).
+
+    v_template (V,3), faces (F,3) int64, shapedirs (V,3,S+E), posedirs (V,3,36),
+    J_regressor (5,V), parents (5,), weights (V,5). ``masks`` maps region names
+    to vertex ids (FLAME_masks layout). ``name`` says what it is (FLAME or the
+    built-in head); ``path`` where it came from.
+    """
+
+    v_template: np.ndarray
+    faces: np.ndarray
+    shapedirs: np.ndarray
+    posedirs: np.ndarray
+    J_regressor: np.ndarray
+    parents: np.ndarray
+    weights: np.ndarray
+    n_shape: int
+    n_expr: int
+    masks: dict = field(default_factory=dict)
+    name: str = "FLAME"
+    path: str = ""
+    expr_names: list = field(default_factory=list)
+
+    @property
+    def n_verts(self) -> int:
+        return int(self.v_template.shape[0])
+
+    @property
+    def n_faces(self) -> int:
+        return int(self.faces.shape[0])
+
+    @property
+    def has_flame_topology(self) -> bool:
+        return self.n_verts == FLAME_N_VERTS and self.n_faces == FLAME_N_FACES
+
+
+def _check(path, cond, expected, found):
+    if not cond:
+        raise Edit3DGSError(path, expected, found)
+
+
+def load_flame_model(path: os.PathLike | str, masks_path: os.PathLike | str | None = None) -> FlameModel:
+    """Read a FLAME 2020/2023 pickle or the built-in head (same layout).
+
+    ``masks_path`` defaults to ``FLAME_masks.pkl`` (or ``head_masks.pkl``)
+    beside the model when present; without it the model has no regions.
+    """
+    path = Path(path)
+    d = safe_load_pickle(path)
+    for key in ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights"):
+        _check(path, key in d, f"FLAME key '{key}'", f"keys {sorted(map(str, d))}")
+    v = _dense(d["v_template"]).astype(np.float32)
+    _check(path, v.ndim == 2 and v.shape[1] == 3, "v_template of shape (V,3)", f"shape {v.shape}")
+    V = v.shape[0]
+    f = _dense(d["f"]).astype(np.int64)
+    _check(path, f.ndim == 2 and f.shape[1] == 3, "f of shape (F,3)", f"shape {f.shape}")
+    _check(path, f.size > 0 and f.min() >= 0 and f.max() < V, f"face indices in [0,{V})", f"range [{f.min()},{f.max()}]")
+    sd = _dense(d["shapedirs"]).astype(np.float32)
+    _check(path, sd.ndim == 3 and sd.shape[:2] == (V, 3), f"shapedirs of shape ({V},3,K)", f"shape {sd.shape}")
+    K = sd.shape[2]
+    n_shape = int(d.get("n_shape", min(K, N_SHAPE_MAX)))
+    n_expr = int(d.get("n_expr", min(K - n_shape, N_EXPR_MAX)))
+    pd = _dense(d["posedirs"]).astype(np.float32)
+    _check(path, pd.ndim == 3 and pd.shape[:2] == (V, 3) and pd.shape[2] == 36, f"posedirs of shape ({V},3,36)", f"shape {pd.shape}")
+    J = _dense(d["J_regressor"]).astype(np.float32)
+    _check(path, J.shape == (5, V), f"J_regressor of shape (5,{V})", f"shape {J.shape}")
+    kt = _dense(d["kintree_table"]).astype(np.int64)
+    _check(path, kt.shape == (2, 5), "kintree_table of shape (2,5)", f"shape {kt.shape}")
+    parents = kt[0].copy()
+    parents[0] = -1
+    w = _dense(d["weights"]).astype(np.float32)
+    _check(path, w.shape == (V, 5), f"weights of shape ({V},5)", f"shape {w.shape}")
+    for name, arr in (("v_template", v), ("shapedirs", sd), ("posedirs", pd), ("weights", w)):
+        _check(path, np.isfinite(arr).all(), f"finite values in {name}", "NaN or inf")
+
+    if masks_path is None:
+        for cand in ("FLAME_masks.pkl", "head_masks.pkl"):
+            if (path.parent / cand).is_file():
+                masks_path = path.parent / cand
+                break
+    masks = {}
+    if masks_path is not None:
+        masks = load_vertex_masks(masks_path, V)
+    name = str(d.get("model_name", "FLAME"))
+    expr_names = [str(x) for x in d.get("expr_names", [])]
+    return FlameModel(v, f, sd, pd, J, parents, w, n_shape, n_expr, masks, name, str(path), expr_names)
+
+
+def load_vertex_masks(path: os.PathLike | str, n_verts: int) -> dict:
+    """Read a FLAME_masks-layout pickle: region name -> vertex ids."""
+    path = Path(path)
+    d = safe_load_pickle(path)
+    out = {}
+    for key, ids in d.items():
+        ids = np.asarray(_dense(ids)).astype(np.int64).reshape(-1)
+        _check(path, ids.size == 0 or (ids.min() >= 0 and ids.max() < n_verts), f"vertex ids of '{key}' in [0,{n_verts})", f"range [{ids.min()},{ids.max()}]")
+        out[str(key)] = ids
+    return out
+
+
+# ---------------------------------------------------------------------------
+# GaussianAvatars' teeth (facts from formats.md §1 and the GaussianAvatars paper's code)
+# ---------------------------------------------------------------------------
+
+# Outer lip rings of FLAME's topology, left to right, 15 vertices each.
+LIP_OUTSIDE_RING_UPPER = np.array([1713, 1715, 1716, 1735, 1696, 1694, 1657, 3543, 2774, 2811, 2813, 2850, 2833, 2832, 2830])
+LIP_OUTSIDE_RING_LOWER = np.array([1576, 1577, 1773, 1774, 1795, 1802, 1865, 3503, 2948, 2905, 2898, 2881, 2880, 2713, 2712])
+
+
+def _strip(a: int, b: int, pattern: str) -> list:
+    """Triangles between two 15-vertex rows starting at ``a`` and ``b``.
+
+    GaussianAvatars splits each quad along one diagonal on the left half and
+    the other on the right half (the mirror), in the orders below.
+    """
+    tris = []
+    for j in range(14):
+        first = j < 7
+        p, q, r, s = a + j, a + j + 1, b + j, b + j + 1  # row a: p q ; row b: r s
+        if pattern == "front_upper":  # rows root(a) / edge(b)
+            tris += [[p, s, r], [p, q, s]] if first else [[p, q, r], [q, s, r]]
+        elif pattern == "back_upper":  # rows root_back(a) / edge_back(b)
+            tris += [[p, r, s], [p, s, q]] if first else [[p, r, q], [q, r, s]]
+        elif pattern == "bite_upper":  # rows edge_back(a) / edge(b)
+            tris += [[p, r, q], [q, r, s]] if first else [[p, r, s], [p, s, q]]
+        elif pattern == "front_lower":  # rows edge(a) / root(b)
+            tris += [[p, q, r], [q, s, r]] if first else [[p, s, r], [p, q, s]]
+        elif pattern == "back_lower":  # rows root_back(a) / edge_back(b)
+            tris += [[p, s, r], [p, q, s]] if first else [[p, q, r], [q, s, r]]
+        elif pattern == "bite_lower":  # rows edge_back(a) / edge(b)
+            tris += [[p, q, r], [q, s, r]] if first else [[p, s, r], [p, q, s]]
+    return tris
+
+
+def teeth_faces() -> np.ndarray:
+    """The 168 teeth faces, indices local to the 120 appended teeth vertices.
+
+    Vertex rows (15 each): 0 upper root, 15 lower root, 30 upper edge, 45 lower
+    edge, 60 upper root back, 75 upper edge back, 90 lower root back, 105
+    lower edge back.
+    """
+    upper = _strip(0, 30, "front_upper") + _strip(60, 75, "back_upper") + _strip(75, 30, "bite_upper")
+    lower = _strip(45, 15, "front_lower") + _strip(90, 105, "back_lower") + _strip(105, 45, "bite_lower")
+    return np.asarray(upper + lower, dtype=np.int64)
+
+
+def add_teeth(model: FlameModel) -> FlameModel:
+    """Append GaussianAvatars' teeth to a FLAME-topology model (5023 -> 5143 verts, 9976 -> 10144 faces)."""
+    if not model.has_flame_topology:
+        raise Edit3DGSError(model.path, f"FLAME's topology ({FLAME_N_VERTS} vertices) to add teeth", f"{model.n_verts} vertices")
+    v = model.v_template
+    up, lo = v[LIP_OUTSIDE_RING_UPPER], v[LIP_OUTSIDE_RING_LOWER]
+    d = float(np.linalg.norm(up - lo, axis=-1).mean())
+    mid = (up + lo) / 2
+    mid[:, 1] = mid[:, 1].mean()
+    mid[:, 2] -= 1.5 * d
+    ey = np.array([0.0, d, 0.0], np.float32)
+    ez = np.array([0.0, 0.0, d], np.float32)
+    upper_edge = mid + 0.1 * ey
+    upper_root = upper_edge + 2 * ey
+    lower_edge = mid - 0.1 * ey - 0.4 * ez
+    lower_root = lower_edge - 2 * ey
+    rows = [upper_root, lower_root, upper_edge, lower_edge,
+            upper_root - ez, upper_edge - ez, lower_root - ez, lower_edge - ez]
+    v_teeth = np.concatenate(rows, 0).astype(np.float32)
+    V = model.n_verts
+    upper_ids = np.concatenate([np.arange(0, 15), np.arange(30, 45), np.arange(60, 90)])
+    lower_ids = np.setdiff1d(np.arange(TEETH_N_VERTS), upper_ids)
+
+    sd_teeth = np.zeros((TEETH_N_VERTS, 3, model.shapedirs.shape[2]), np.float32)
+    ns = model.n_shape
+    sd_teeth[:, :, :ns] = (model.shapedirs[LIP_OUTSIDE_RING_UPPER, :, :ns] + model.shapedirs[LIP_OUTSIDE_RING_LOWER, :, :ns])[np.arange(TEETH_N_VERTS) % 15] / 2
+    w_teeth = np.zeros((TEETH_N_VERTS, 5), np.float32)
+    w_teeth[upper_ids, 1] = 1.0  # upper teeth move with the neck (the skull)
+    w_teeth[lower_ids, 2] = 1.0  # lower teeth move with the jaw
+    masks = dict(model.masks)
+    masks["teeth"] = np.arange(V, V + TEETH_N_VERTS)
+    return FlameModel(
+        v_template=np.concatenate([v, v_teeth]),
+        faces=np.concatenate([model.faces, teeth_faces() + V]),
+        shapedirs=np.concatenate([model.shapedirs, sd_teeth]),
+        posedirs=np.concatenate([model.posedirs, np.zeros((TEETH_N_VERTS, 3, 36), np.float32)]),
+        J_regressor=np.concatenate([model.J_regressor, np.zeros((5, TEETH_N_VERTS), np.float32)], 1),
+        parents=model.parents,
+        weights=np.concatenate([model.weights, w_teeth]),
+        n_shape=model.n_shape, n_expr=model.n_expr, masks=masks,
+        name=model.name + " + teeth", path=model.path, expr_names=model.expr_names,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Regions
+# ---------------------------------------------------------------------------
+
+REGION_ALIASES = {"mouth": "lips", "scalp": "hair", "eyeballs": "eyes", "eye": "eyes", "lip": "lips", "ear": "ears", "tooth": "teeth"}
+REGION_NAMES = ("hair", "skin", "face", "forehead", "nose", "eyes", "eye_region", "lips", "ears", "neck", "teeth", "boundary")
+
+
+def canonical_region(name: str) -> str:
+    n = name.strip().lower()
+    return REGION_ALIASES.get(n, n)
+
+
+def face_regions(faces: np.ndarray, masks: Mapping[str, np.ndarray], n_verts: int) -> dict:
+    """Face-index sets per canonical region; a face is in a region when all 3 vertices are."""
+    def faces_of(*keys):
+        sel = np.zeros(n_verts, bool)
+        for k in keys:
+            if k in masks:
+                sel[masks[k]] = True
+        return np.nonzero(sel[faces].all(1))[0]
+
+    out = {
+        "hair": faces_of("scalp"),
+        "face": faces_of("face"),
+        "forehead": faces_of("forehead"),
+        "nose": faces_of("nose"),
+        "eyes": faces_of("left_eyeball", "right_eyeball"),
+        "eye_region": faces_of("eye_region"),
+        "lips": faces_of("lips"),
+        "ears": faces_of("left_ear", "right_ear"),
+        "neck": faces_of("neck"),
+        "teeth": faces_of("teeth"),
+        "boundary": faces_of("boundary"),
+    }
+    not_skin = np.zeros(len(faces), bool)
+    for k in ("hair", "eyes", "lips", "teeth"):
+        not_skin[out[k]] = True
+    out["skin"] = np.nonzero(~not_skin)[0] if masks else np.zeros(0, np.int64)
+    return {k: v.astype(np.int64) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------
+# The posing layer
+# ---------------------------------------------------------------------------
+
+
+class FlameHead(nn.Module):
+    """FLAME (or the built-in head) as a differentiable posing layer.
+
+    ``forward(params)`` returns posed vertices (B,V,3) in metres. ``params``
+    holds torch tensors: ``shape`` (S,) or (B,S), ``expr`` (B,E), ``rotation``,
+    ``neck_pose``, ``jaw_pose`` (B,3) axis-angle, ``eyes_pose`` (B,6) left then
+    right, ``translation`` (B,3), optional ``static_offset`` (1,V,3) and
+    ``dynamic_offset`` (B,V,3), both added to the shaped template before
+    skinning. Fewer shape/expression components than the model's are zero-padded.
+    """
+
+    def __init__(self, model: FlameModel, add_teeth_if_flame: bool = True):
+        super().__init__()
+        if add_teeth_if_flame and model.has_flame_topology:
+            model = add_teeth(model)
+        self.model = model
+        S, E = model.n_shape, model.n_expr
+        sd = np.concatenate([model.shapedirs[:, :, :S], model.shapedirs[:, :, S:S + E]], 2)
+        self.register_buffer("v_template", torch.from_numpy(model.v_template))
+        self.register_buffer("shapedirs", torch.from_numpy(np.ascontiguousarray(sd)))
+        self.register_buffer("posedirs", torch.from_numpy(np.ascontiguousarray(model.posedirs.reshape(-1, 36).T)))
+        self.register_buffer("J_regressor", torch.from_numpy(model.J_regressor))
+        self.register_buffer("parents", torch.from_numpy(model.parents))
+        self.register_buffer("lbs_weights", torch.from_numpy(model.weights))
+        self.register_buffer("faces", torch.from_numpy(model.faces))
+        self.n_shape, self.n_expr = S, E
+        self.regions = face_regions(model.faces, model.masks, model.n_verts)
+
+    @property
+    def n_verts(self) -> int:
+        return int(self.v_template.shape[0])
+
+    @property
+    def n_faces(self) -> int:
+        return int(self.faces.shape[0])
+
+    def _pad(self, x: torch.Tensor, n: int, what: str) -> torch.Tensor:
+        if x.shape[-1] > n:
+            extra = x[..., n:]
+            if torch.any(extra != 0):
+                raise ValueError(f"{what} has {x.shape[-1]} components but the head model has {n}")
+            return x[..., :n]
+        if x.shape[-1] < n:
+            x = torch.cat([x, x.new_zeros(*x.shape[:-1], n - x.shape[-1])], -1)
+        return x
+
+    def forward(self, params: Mapping[str, torch.Tensor], return_joints: bool = False):
+        from smplx.lbs import lbs
+
+        expr = params["expr"]
+        B = expr.shape[0]
+        dt = self.v_template.dtype
+        shape = params["shape"].to(dt)
+        if shape.ndim == 1:
+            shape = shape[None].expand(B, -1)
+        betas = torch.cat([self._pad(shape, self.n_shape, "shape"), self._pad(expr.to(dt), self.n_expr, "expr")], 1)
+        pose = torch.cat([params["rotation"], params["neck_pose"], params["jaw_pose"], params["eyes_pose"]], 1).to(dt)
+        v_t = self.v_template[None].expand(B, -1, -1)
+        if params.get("static_offset") is not None:
+            v_t = v_t + params["static_offset"].to(dt)
+        if params.get("dynamic_offset") is not None:
+            v_t = v_t + params["dynamic_offset"].to(dt)
+        verts, joints = lbs(betas, pose, v_t, self.shapedirs, self.posedirs, self.J_regressor, self.parents, self.lbs_weights)
+        t = params["translation"].to(dt)[:, None, :]
+        if return_joints:
+            return verts + t, joints + t
+        return verts + t
+
+
+def load_flame_head(path: os.PathLike | str, masks_path=None) -> FlameHead:
+    return FlameHead(load_flame_model(path, masks_path))
