@@ -73,6 +73,10 @@ def _allowed_globals() -> dict:
         allowed[(mod, "scalar")] = scalar
     for mod in ("numpy.core.numeric", "numpy._core.numeric"):
         allowed[(mod, "_frombuffer")] = getattr(np, "frombuffer")
+    import codecs
+
+    # Protocol-2 pickles written by Python 3 store byte strings via _codecs.encode(str, "latin1").
+    allowed[("_codecs", "encode")] = codecs.encode
     allowed[("numpy", "ndarray")] = np.ndarray
     allowed[("numpy", "dtype")] = np.dtype
     for name in ("csc_matrix", "csr_matrix", "coo_matrix", "csc_array", "csr_array", "coo_array"):
@@ -92,6 +96,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._allowed = _allowed_globals()
 
     def find_class(self, module, name):
+        module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)  # Python 2 names
         if (module, name) in self._allowed:
             return self._allowed[(module, name)]
         if module == "chumpy" or module.startswith("chumpy."):
@@ -102,8 +107,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             import copyreg
 
             return copyreg._reconstructor
-        if (module, name) == ("builtins", "object"):
-            return object
+        if module == "builtins" and name in ("object", "set", "frozenset"):
+            return {"object": object, "set": set, "frozenset": frozenset}[name]
         raise Edit3DGSError(
             self._path,
             "a pickle of numpy/scipy arrays only",
