@@ -65,10 +65,10 @@ def _load(a):
 
 
 def _motion(a, b):
-    from .flame_params import FlameParams
+    from .dataset import load_motion
 
     if getattr(a, "flame_params", None):
-        p = FlameParams.load(a.flame_params, n_verts=b.head.n_verts)
+        p = load_motion(a.flame_params, n_verts=b.head.n_verts)
         if getattr(a, "keep_identity", True):
             p = p.with_identity(b.params)
         return p
@@ -121,6 +121,44 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_capture(a) -> int:
+    from tqdm import tqdm
+
+    from .cameras import load_cameras
+    from .dataset import write_capture
+    from .flame_params import FlameParams
+    from .views import render_frames
+
+    b, dev = _load(a)
+    cams_file = a.cameras or (b.folder / b.meta.get("cameras", "cameras.json"))
+    cams = [c.scaled(a.scale) for c in load_cameras(cams_file)]
+    held = b.meta.get("held_out_camera", 8)
+    train_cams = [c for c in cams if c.index != held]
+    val_cams = [c for c in cams if c.index == held]
+    T = b.params.num_timesteps
+    step = max(1, a.step)
+    params = b.params
+    splits = {"train": (list(range(0, T, step)), train_cams), "val": (list(range(0, T, step)), val_cams)}
+    if b.meta.get("held_out_sequence") and (b.folder / b.meta["held_out_sequence"]).is_file():
+        held_seq = FlameParams.load(b.folder / b.meta["held_out_sequence"]).with_identity(b.params)
+        held_seq.static_offset = b.params.static_offset
+        params = FlameParams.concat([b.params, held_seq])
+        splits["test"] = (list(range(T, params.num_timesteps, step)), cams)
+    total = sum(len(ts) for ts, _ in splits.values())
+    bar = tqdm(total=total, desc="capture", unit="timestep")
+
+    def render(t, cs):
+        verts = b.pose(params, [t], device=dev)
+        res = next(render_frames(b, verts, cs, (1.0, 1.0, 1.0)))
+        bar.update(1)
+        return [(res.rgb[i], res.alpha[i]) for i in range(len(cs))]
+
+    write_capture(a.out, splits, params, render, overwrite=a.overwrite)
+    bar.close()
+    print(f"capture written to {a.out} ({', '.join(f'{k}: {len(v[0])}x{len(v[1])}' for k, v in splits.items())})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edit3dgs", description="Edit FLAME-bound 3D Gaussian head avatars with text.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -155,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--flame-params", help="motion npz; default: the avatar's own")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("capture", help="write an avatar's renders as a GaussianAvatars/VHAP multi-view dataset")
+    _add_avatar_args(s)
+    s.add_argument("--cameras", help="cameras JSON (default: the avatar's cameras.json)")
+    s.add_argument("--scale", type=float, default=0.25, help="resolution factor of the 550x802 rig")
+    s.add_argument("--step", type=int, default=1, help="every n-th timestep")
+    s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_capture)
 
     from . import commands  # noqa: F401  (later stages register their subcommands)
 
