@@ -221,10 +221,16 @@ def make_gaussians(head: FlameHead, identity: Identity, shape: np.ndarray, gauss
             d = pos[idx] - J[j]
             d /= np.linalg.norm(d, axis=1, keepdims=True) + 1e-9
             ang = np.degrees(np.arccos(np.clip(d[:, 2], -1, 1)))
-            col = np.where(ang[:, None] < 11, PUPIL, np.where(ang[:, None] < 24, identity.iris, SCLERA))
-            ring = (ang > 18) & (ang < 24)
+            col = np.where(ang[:, None] < 10, PUPIL, np.where(ang[:, None] < 27, identity.iris, SCLERA))
+            ring = (ang > 22) & (ang < 27)
             col = col * np.where(ring[:, None], 0.7, 1.0)
             rgb[idx] = col
+    # Baked soft lighting (key light from the upper left front), as captured avatars have.
+    normal = R[b][:, :, 1].numpy()
+    light = np.array([0.35, 0.45, 0.82], np.float32)
+    light /= np.linalg.norm(light)
+    shade = 0.62 + 0.45 * np.clip(normal @ light, 0, 1) ** 0.8
+    rgb *= np.where(lab == 2, 0.85 + 0.15 * shade, shade)[:, None]
     rgb = np.clip(rgb, 0.0, 1.0).astype(np.float32)
 
     K = (sh_degree + 1) ** 2

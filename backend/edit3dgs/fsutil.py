@@ -17,6 +17,12 @@ from typing import Iterator
 from .errors import Edit3DGSError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: os.PathLike | str, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary file path beside ``path``; rename it to ``path`` on success."""
@@ -27,6 +33,7 @@ def atomic_path(path: os.PathLike | str, overwrite: bool = True) -> Iterator[Pat
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
@@ -47,6 +54,7 @@ def atomic_dir(path: os.PathLike | str, overwrite: bool = False) -> Iterator[Pat
         raise Edit3DGSError(path, "an empty or new output folder", "a folder with files in it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if path.exists():

@@ -1,0 +1,108 @@
+"""Render throughput of the whole path (FLAME posing + binding transform + rasterize)
+against raw gsplat on the same world Gaussians, in one run.
+
+    python benchmarks/pipeline_bench.py [--gaussians 100000] [--cameras 16] [--width 550 --height 802]
+
+On CUDA the raw baseline is ``gsplat.rasterization`` on precomputed world
+Gaussians; on CPU it is our torch rasterizer on precomputed world Gaussians
+(so the ratio shows the cost of posing + binding). Prints a table and a JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
+
+from edit3dgs.builtin import make_avatar  # noqa: E402
+from edit3dgs.bundle import open_avatar  # noqa: E402
+from edit3dgs.cameras import camera_rig, stack  # noqa: E402
+from edit3dgs.render import rasterize  # noqa: E402
+
+
+def timeit(fn, reps: int, sync) -> float:
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / reps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gaussians", type=int, default=100_000)
+    ap.add_argument("--cameras", type=int, default=16)
+    ap.add_argument("--width", type=int, default=550)
+    ap.add_argument("--height", type=int, default=802)
+    ap.add_argument("--reps", type=int, default=10)
+    a = ap.parse_args()
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        # Gaussians per face chosen so the avatar has about the requested count.
+        probe = make_avatar(Path(tmp) / "probe", frames=2, gaussians_per_face=1, sh_degree=3)
+        n_faces = open_avatar(probe).head.n_faces
+        gpf = max(1, math.ceil(a.gaussians / n_faces))
+        folder = make_avatar(Path(tmp) / "avatar", frames=4, gaussians_per_face=gpf, sh_degree=3)
+        b = open_avatar(folder, device=dev)
+    N = b.gaussians.num_gaussians
+    cams = [c for c in camera_rig(a.width, a.height)][: a.cameras]
+    vm, K, w, h = stack(cams, dev)
+    bg = torch.ones(3, device=dev)
+    params = b.params.select([1]).to_torch(dev)
+    faces = b.head.faces
+
+    @torch.no_grad()
+    def whole():
+        verts = b.head(params)[0]
+        g = b.gaussians.to_world(verts, faces)
+        return rasterize(g.means, g.quats, g.scales, g.opacities, g.sh, vm, K, w, h, sh_degree=3, background=bg)
+
+    with torch.no_grad():
+        g = b.gaussians.to_world(b.head(params)[0], faces)
+    if dev.type == "cuda":
+        import gsplat
+
+        @torch.no_grad()
+        def raw():
+            return gsplat.rasterization(g.means, g.quats, g.scales, g.opacities, g.sh, vm, K, w, h, sh_degree=3,
+                                        backgrounds=bg.expand(len(cams), 3), render_mode="RGB+ED")
+        baseline = "gsplat.rasterization"
+    else:
+        @torch.no_grad()
+        def raw():
+            return rasterize(g.means, g.quats, g.scales, g.opacities, g.sh, vm, K, w, h, sh_degree=3, background=bg)
+        baseline = "torch rasterizer on precomputed world Gaussians"
+
+    @torch.no_grad()
+    def posing_only():
+        verts = b.head(params)[0]
+        return b.gaussians.to_world(verts, faces)
+
+    reps = a.reps if dev.type == "cuda" else max(1, a.reps // 5)
+    t_raw = timeit(raw, reps, sync)
+    t_whole = timeit(whole, reps, sync)
+    t_pose = timeit(posing_only, reps, sync)
+    dev_name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
+    print(f"device {dev_name}; {N} Gaussians; {len(cams)} cameras at {w}x{h}")
+    print(f"{'baseline (' + baseline + ')':60s} {t_raw * 1e3:9.2f} ms/batch  {len(cams) / t_raw:8.1f} img/s")
+    print(f"{'whole path (pose + bind + rasterize)':60s} {t_whole * 1e3:9.2f} ms/batch  {len(cams) / t_whole:8.1f} img/s")
+    print(f"{'posing + binding transform alone':60s} {t_pose * 1e3:9.2f} ms")
+    print(f"throughput ratio whole/raw = {t_raw / t_whole:.3f} (goal >= 0.9 on an H100)")
+    print(json.dumps({"bench": "pipeline_render", "device": dev_name, "gaussians": N, "cameras": len(cams), "width": w,
+                      "height": h, "raw_ms": t_raw * 1e3, "whole_ms": t_whole * 1e3, "pose_ms": t_pose * 1e3,
+                      "ratio": t_raw / t_whole}))
+
+
+if __name__ == "__main__":
+    main()
