@@ -78,7 +78,8 @@ def rasterize(
         near, far: Gaussians whose camera z is outside ``[near, far]`` are culled.
         backend: "auto", "gsplat" or "torch".
         eps2d: added to the diagonal of every 2D covariance (pixels^2).
-        tile_size: tile edge in pixels.
+        tile_size: tile edge in pixels. Only speed depends on it; on a CPU
+            the torch backend is 10-25% faster with 8.
 
     Returns:
         ``RenderResult``; differentiable w.r.t. means, quats, scales,

@@ -9,9 +9,12 @@ clamp at 1e-10 makes it 0 where nothing was hit), ``radius_clip=0``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
+@functools.lru_cache(maxsize=None)
 def gsplat_available() -> bool:
     """True when ``gsplat`` imports (it still needs CUDA tensors to run)."""
     try:

@@ -39,13 +39,16 @@ from .sh import sh_to_rgb
 
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
+_LOG_ALPHA_MAX = math.log(ALPHA_MAX)
 T_MIN = 1e-4
 EXTENT_MAX = 3.33
 # Exponent given to padded slots of a tile's list: exp(-1e4) == 0.
 _PAD_EXPONENT = 1e4
-# Upper bound on pixels x (padded) Gaussians evaluated per chunk; keeps the
-# working set near the CPU's cache and the memory bounded on any device.
-_CHUNK_ELEMENTS = 1 << 19
+# Upper bound on pixels x (padded) Gaussians evaluated per chunk: on a CPU it
+# keeps the working set near the cache (2^19 measured best on 2 cores); on a
+# GPU larger chunks mean fewer kernel launches. Memory stays bounded either way.
+_CHUNK_ELEMENTS = {"cpu": 1 << 19}
+_CHUNK_ELEMENTS_OTHER = 1 << 23
 # A chunk holds tiles whose list length is at least this fraction of the
 # longest one, which bounds the work wasted on padding.
 _CHUNK_FILL = 0.6
@@ -160,40 +163,58 @@ def _tile_monomials(tile_size: int, device, dtype) -> torch.Tensor:
 
 
 class _CompositeTiles(torch.autograd.Function):
-    """Front-to-back compositing of a chunk of tiles.
+    """Front-to-back compositing of a chunk of ``B`` tiles of ``P`` pixels.
 
     Inputs: ``coef (B,L,6)`` exponent coefficients (``alpha = exp(-mono @ coef)``
-    before the clamps), ``feat (B,L,D)`` per-Gaussian features, depth-sorted
-    along L; ``mono (P,6)`` pixel monomials. Output ``(B,P,D)``: sum of
-    ``w_i feat_i`` with ``w_i = alpha_i T_i``.
+    before the clamps), ``feat (B,L,D)`` per-Gaussian features, both sorted
+    front to back along L; ``mono (P,6)`` pixel monomials. Output ``(B,D,P)``:
+    ``sum_i w_i feat_i`` with ``w_i = alpha_i T_i``.
+
+    Written for a CPU: only cheap elementwise kernels (clamp, threshold,
+    sign, mul) -- no boolean masks, which are slow there -- and matrix
+    products laid out so that MKL sees long rows.
     """
 
     @staticmethod
     def forward(ctx, coef, feat, mono):
-        alpha = torch.matmul(mono, coef.transpose(1, 2))  # (B,P,L) exponent
-        alpha.neg_().exp_().clamp_(max=ALPHA_MAX)
-        alpha.masked_fill_(alpha < ALPHA_MIN, 0.0)
-        trans = torch.cumprod(1.0 - alpha, dim=-1)  # T after each Gaussian
-        alpha.masked_fill_(trans <= T_MIN, 0.0)  # stop before T would reach 1e-4
-        trans = torch.cat([torch.ones_like(trans[..., :1]), trans[..., :-1]], dim=-1)
-        weights = alpha * trans
-        ctx.save_for_backward(alpha, trans, feat, mono)
-        return torch.bmm(weights, feat)
+        # log alpha, clamped to [-30, ln 0.999]: the upper bound is gsplat's
+        # alpha <= 0.999, the lower one keeps exp() out of denormals.
+        log_alpha = torch.matmul(mono, coef.neg().transpose(1, 2))  # (B,P,L)
+        log_alpha.clamp_(-30.0, _LOG_ALPHA_MAX)
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        if needs_grad:  # 1 where alpha was not clamped at 0.999
+            unclamped = torch.sub(_LOG_ALPHA_MAX, log_alpha).mul_(1e30).clamp_(0.0, 1.0)
+        alpha = log_alpha.exp_()
+        F.threshold(alpha, ALPHA_MIN, 0.0, inplace=True)  # skip alpha < 1/255
+        one_minus = torch.sub(1.0, alpha)
+        trans = torch.cumprod(one_minus, dim=-1)  # T after each Gaussian
+        # keep Gaussian i only while T_i > 1e-4 (stop before the one that would not)
+        alpha.mul_(F.threshold(trans, T_MIN, 0.0).sign_())
+        ratio = alpha.div_(one_minus)  # alpha / (1 - alpha)
+        weights = ratio * trans  # alpha_i T_{i-1}
+        out = torch.bmm(feat.transpose(1, 2), weights.transpose(1, 2))  # (B,D,P)
+        if needs_grad:
+            # the clamp's zero derivative, folded into the two factors backward uses
+            weights_u = unclamped * weights
+            ratio_u = ratio.mul_(unclamped)
+            ctx.save_for_backward(weights, ratio_u, weights_u, feat, mono)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        alpha, trans, feat, mono = ctx.saved_tensors
-        weights = alpha * trans
-        grad_feat = torch.bmm(weights.transpose(1, 2), grad_out) if ctx.needs_input_grad[1] else None
-        grad_coef = None
+        # grad_out (B,D,P). With h_i = w_i (g . f_i) and S_i = sum_{j>i} h_j:
+        # dL/d alpha_i = T_{i-1} (g . f_i) - S_i / (1 - alpha_i), and
+        # dL/d exponent_i = -alpha_i dL/d alpha_i = ratio_i S_i - h_i (unclamped only).
+        weights, ratio_u, weights_u, feat, mono = ctx.saved_tensors
+        grad_feat = grad_coef = None
+        if ctx.needs_input_grad[1]:
+            grad_feat = torch.bmm(grad_out, weights).transpose(1, 2)  # (B,L,D)
         if ctx.needs_input_grad[0]:
-            gf = torch.bmm(grad_out, feat.transpose(1, 2))  # (B,P,L) dL/d(w_i)
+            gf = torch.bmm(grad_out.transpose(1, 2), feat.transpose(1, 2))  # (B,P,L) g . f_i
             h = weights * gf
-            behind = h.sum(-1, keepdim=True) - h.cumsum(-1)  # sum over j > i
-            grad_alpha = trans * gf - behind / (1.0 - alpha)
-            # d alpha / d exponent = -alpha, zero where clamped or skipped.
-            grad_exp = grad_alpha.mul_(alpha).neg_().masked_fill_(alpha >= ALPHA_MAX, 0.0)
-            grad_coef = torch.matmul(grad_exp.transpose(1, 2), mono)
+            behind = torch.cumsum(h, dim=-1).neg_().add_(h.sum(-1, keepdim=True))
+            grad_exp = behind.mul_(ratio_u).sub_(gf.mul_(weights_u))
+            grad_coef = torch.matmul(mono.t(), grad_exp).transpose(1, 2)  # (B,L,6)
         return grad_coef, grad_feat, None
 
 
@@ -228,18 +249,22 @@ def _bin(proj: Projection, tile_size: int, tiles_x: int, tiles_y: int) -> _Bins:
     tile = (cam[rep] * tiles_y + y0[rep] + k // sx) * tiles_x + x0[rep] + k % sx
     tile, order = torch.sort(tile, stable=True)  # stable keeps depth order within a tile
     gaussian = flat[rep[order]]
-    tile_ids, counts = torch.unique_consecutive(tile, return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts
+    # runs of equal tile ids (unique_consecutive without relying on its MPS support)
+    first = torch.ones_like(tile, dtype=torch.bool)
+    first[1:] = tile[1:] != tile[:-1]
+    starts = first.nonzero().squeeze(1)
+    tile_ids = tile[starts]
+    counts = torch.diff(starts, append=starts.new_full((1,), total))
     return _Bins(gaussian, tile, tile_ids, starts, counts)
 
 
-def _schedule(counts: list[int], pixels: int) -> list[tuple[int, int]]:
+def _schedule(counts: list[int], pixels: int, budget: int) -> list[tuple[int, int]]:
     """Split tiles sorted by descending count into ``(begin, end)`` chunks."""
     chunks, i, n = [], 0, len(counts)
     neg = [-c for c in counts]
     while i < n:
         length = counts[i]
-        end = min(n, i + max(1, _CHUNK_ELEMENTS // (length * pixels)))
+        end = min(n, i + max(1, budget // (length * pixels)))
         # stop at the first tile shorter than _CHUNK_FILL * length
         end = min(end, bisect.bisect_right(neg, -math.ceil(_CHUNK_FILL * length), i))
         end = max(end, i + 1)
@@ -288,7 +313,7 @@ def rasterize_torch(
         R, t = viewmats[:, :3, :3], viewmats[:, :3, 3]
         campos = -(R.transpose(1, 2) @ t[..., None])[..., 0]  # (C,3)
         dirs = means[None] - campos[:, None]
-        rgb_cn = sh_to_rgb(sh_degree, colors[None], dirs)
+        rgb_cn = sh_to_rgb(sh_degree, colors[None], dirs).expand(C, N, 3)
 
     bins = _bin(proj, tile_size, tiles_x, tiles_y)
     n_isect = bins.gaussian.numel()
@@ -329,7 +354,8 @@ def rasterize_torch(
         # Chunks of tiles with similar list lengths, padded to the longest.
         order = torch.argsort(bins.counts, descending=True)
         counts_sorted = bins.counts[order]
-        chunks = _schedule(counts_sorted.tolist(), P)
+        budget = _CHUNK_ELEMENTS.get(device.type, _CHUNK_ELEMENTS_OTHER)
+        chunks = _schedule(counts_sorted.tolist(), P, budget)
         index_parts, shapes = [], []
         for begin, end in chunks:
             sel = order[begin:end]
@@ -347,7 +373,11 @@ def rasterize_torch(
             _CompositeTiles.apply(cf.view(b, l, 6), ft.view(b, l, D), mono)
             for cf, ft, (b, l) in zip(coef_all, feat_all, shapes)
         ]
-        out_tiles = out_tiles.index_copy(0, bins.tile_ids[order], torch.cat(outs))
+        out_tiles = out_tiles.index_copy(0, bins.tile_ids[order], torch.cat(outs).transpose(1, 2))
+    elif torch.is_grad_enabled():
+        # Nothing visible: keep the images in the graph (zero gradients), as
+        # gsplat does, so that loss.backward() works for an empty view.
+        out_tiles = out_tiles + 0.0 * sum(t.sum() for t in (means, quats, scales, opacities, colors))
 
     image = (
         out_tiles.view(C, tiles_y, tiles_x, tile_size, tile_size, D)

@@ -1,0 +1,106 @@
+"""The built-in avatar: identities, region appearance, sequences, rig, and commands without --flame."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from plyfile import PlyData
+
+from edit3dgs.avatar import ply_attribute_names
+from edit3dgs.builtin import IDENTITIES, make_avatar
+from edit3dgs.bundle import open_avatar
+from edit3dgs.cameras import load_cameras
+from edit3dgs.flame_params import FlameParams
+from edit3dgs.render.sh import SH2RGB
+
+
+def test_folder_records_everything_a_command_needs(builtin_avatar_dir):
+    meta = json.loads((builtin_avatar_dir / "avatar.json").read_text())
+    assert meta["kind"] == "builtin" and meta["held_out_camera"] == 8 and 8 not in meta["train_cameras"]
+    for name in ("talk", "smile", "blink", "turn", "held_out", "other_identity"):
+        assert (builtin_avatar_dir / "sequences" / f"{name}.npz").is_file()
+    cams = load_cameras(builtin_avatar_dir / "cameras.json")
+    assert len(cams) == 16
+    b = open_avatar(builtin_avatar_dir)  # no --flame needed
+    assert "builtin" in b.topology and b.params.num_timesteps == 4 * 8
+    assert b.gaussians.num_gaussians == 2 * b.head.n_faces
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    a = make_avatar(tmp_path / "a", frames=4, gaussians_per_face=1, sh_degree=0)
+    b = make_avatar(tmp_path / "b", frames=4, gaussians_per_face=1, sh_degree=0)
+    for name in ("point_cloud.ply", "flame_param.npz", "head_model.pkl", "sequences/held_out.npz"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_two_identities_differ_in_shape_and_appearance(tmp_path, builtin_avatar_dir):
+    other = make_avatar(tmp_path / "ben", identity=1, frames=4, gaussians_per_face=2, sh_degree=3)
+    a, b = open_avatar(builtin_avatar_dir), open_avatar(other)
+    assert not np.allclose(a.params.shape, b.params.shape)
+    hair_a = SH2RGB(a.gaussians.features_dc[a.gaussian_mask(["hair"]), 0]).mean(0)
+    hair_b = SH2RGB(b.gaussians.features_dc[b.gaussian_mask(["hair"]), 0]).mean(0)
+    assert (hair_a - hair_b).abs().max() > 0.1
+    # the other identity's motion in ada's folder carries ben's shape
+    cross = FlameParams.load(builtin_avatar_dir / "sequences" / "other_identity.npz")
+    np.testing.assert_allclose(cross.shape, b.params.shape)
+    assert IDENTITIES[0].name != IDENTITIES[1].name
+
+
+def test_region_appearance(builtin_avatar_dir):
+    b = open_avatar(builtin_avatar_dir)
+    rgb = SH2RGB(b.gaussians.features_dc[:, 0])
+    eyes = rgb[b.gaussian_mask(["eyes"])]
+    assert (eyes.mean(1) > 0.75).sum() > 10, "sclera"
+    assert (eyes.mean(1) < 0.1).sum() > 3, "pupils"
+    lips, skin = rgb[b.gaussian_mask(["lips"])].mean(0), rgb[b.gaussian_mask(["skin"])].mean(0)
+    assert lips[0] - lips[2] > skin[0] - skin[2], "lips are redder than skin"
+    teeth = rgb[b.gaussian_mask(["teeth"])]
+    assert teeth.numel() and teeth.mean() > 0.55
+    assert rgb[b.gaussian_mask(["hair"])].mean() < skin.mean() - 0.2, "dark hair"
+
+
+def test_sequences_move_the_head(builtin_avatar_dir):
+    b = open_avatar(builtin_avatar_dir)
+    jaw = b.head.regions["lips"]
+    verts = b.pose(timesteps=list(range(b.params.num_timesteps)))
+    motion = (verts - verts[:1]).norm(dim=-1).amax(1)
+    assert (motion > 2e-3).sum() > b.params.num_timesteps // 2
+    held = FlameParams.load(builtin_avatar_dir / "sequences" / "held_out.npz")
+    assert held.num_timesteps == 8 and np.abs(held.expr).sum() > 0 and len(jaw)
+
+
+def test_export_writes_a_standard_world_space_ply(builtin_avatar_dir, cli, tmp_path):
+    code, _, err = cli("export", "--avatar", builtin_avatar_dir, "--timestep", "5", "--out", tmp_path / "t5.ply")
+    assert code == 0, err
+    el = PlyData.read(str(tmp_path / "t5.ply"))["vertex"]
+    assert [p.name for p in el.properties] == ply_attribute_names(3, with_binding=False)
+    b = open_avatar(builtin_avatar_dir)
+    g = b.world(b.pose(timesteps=[5])[0])
+    xyz = np.stack([el.data["x"], el.data["y"], el.data["z"]], 1)
+    np.testing.assert_allclose(xyz, g.means.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.exp(el.data["scale_0"]), g.scales[:, 0].numpy(), rtol=1e-5)
+
+
+def test_render_command_on_builtin_avatar(builtin_avatar_dir, cli, tmp_path):
+    code, _, err = cli("render", "--avatar", builtin_avatar_dir, "--cameras", builtin_avatar_dir / "cameras.json",
+                       "--camera-ids", "8", "--timesteps", "0", "--scale", "0.1", "--out", tmp_path / "r")
+    assert code == 0, err
+    from PIL import Image
+
+    img = np.asarray(Image.open(tmp_path / "r" / "00000_08.png")).astype(float) / 255
+    h, w, _ = img.shape
+    assert img[0, 0].min() > 0.99, "white background"
+    assert img[h // 2, w // 2].max() < 0.98, "the head is in the middle"
+
+
+def test_capture_command_writes_the_dataset_layout(builtin_avatar_dir, cli, tmp_path):
+    from edit3dgs.dataset import load_capture
+
+    code, _, err = cli("capture", "--avatar", builtin_avatar_dir, "--scale", "0.05", "--step", "8", "--out", tmp_path / "cap")
+    assert code == 0, err
+    tr, val, te = (load_capture(tmp_path / "cap", s) for s in ("train", "val", "test"))
+    assert len(tr.cameras) == 15 and [c.index for c in val.cameras] == [8] and len(te.cameras) == 16
+    assert tr.frames[0].image.is_file()
+    assert torch.is_tensor(torch.as_tensor(tr.flame_params().expr))
