@@ -130,10 +130,10 @@ class GaussianAvatar:
             raise ValueError(f"to_world takes one posed mesh (V,3); got {tuple(verts.shape)}")
         center, R, k = face_frames(verts, faces)
         b = self.binding
-        Rb, kb = R[b], k[b]
-        means = kb[:, None] * (Rb @ self.xyz[..., None])[..., 0] + center[b]
+        kb = k[b]
+        means = kb[:, None] * (R[b] @ self.xyz[..., None])[..., 0] + center[b]
         scales = torch.exp(self.scaling) * kb[:, None]
-        q_face = roma.rotmat_to_unitquat(Rb)  # XYZW
+        q_face = roma.rotmat_to_unitquat(R)[b]  # XYZW, per face then gathered (faces << Gaussians)
         q_local = quat_wxyz_to_xyzw(torch.nn.functional.normalize(self.rotation, dim=-1))
         quats = quat_xyzw_to_wxyz(roma.quat_product(q_face, q_local))
         sh = torch.cat([self.features_dc, self.features_rest], 1)

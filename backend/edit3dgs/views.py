@@ -72,3 +72,53 @@ def load_png(path: os.PathLike | str) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+
+
+class WorldPoser:
+    """FLAME posing + binding transform for one timestep, for rendering (no gradients).
+
+    On CUDA the ~200 small kernels of LBS and the binding transform cost more
+    in launch overhead than gsplat's whole rasterization of 16 views, so the
+    step is captured once as a CUDA graph and replayed. The returned tensors
+    are overwritten by the next call: render them before posing again.
+    """
+
+    def __init__(self, bundle: AvatarBundle, gaussians: GaussianAvatar | None = None, use_graph: bool | None = None):
+        self.bundle = bundle
+        self.gaussians = bundle.gaussians if gaussians is None else gaussians
+        self.device = self.gaussians.device
+        self.head = bundle.head.to(self.device)
+        self.faces = self.head.faces
+        self.use_graph = (self.device.type == "cuda") if use_graph is None else use_graph
+        self._graph = None
+        self._static_in: dict | None = None
+        self._static_out = None
+
+    def _run(self, params: dict):
+        verts = self.head(params)[0]
+        return self.gaussians.to_world(verts, self.faces)
+
+    @torch.no_grad()
+    def __call__(self, params: FlameParams):
+        p = params.to_torch(self.device)
+        if not self.use_graph:
+            return self._run(p)
+        if self._graph is None or set(p) != set(self._static_in) or any(
+                p[k].shape != self._static_in[k].shape for k in p):
+            self._capture(p)
+        for k, v in p.items():
+            self._static_in[k].copy_(v)
+        self._graph.replay()
+        return self._static_out
+
+    def _capture(self, p: dict) -> None:
+        self._static_in = {k: v.clone() for k, v in p.items()}
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):  # warm up outside the graph (allocations, lazy inits)
+                self._run(self._static_in)
+        torch.cuda.current_stream().wait_stream(s)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._static_out = self._run(self._static_in)
