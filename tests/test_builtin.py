@@ -104,3 +104,14 @@ def test_capture_command_writes_the_dataset_layout(builtin_avatar_dir, cli, tmp_
     assert len(tr.cameras) == 15 and [c.index for c in val.cameras] == [8] and len(te.cameras) == 16
     assert tr.frames[0].image.is_file()
     assert torch.is_tensor(torch.as_tensor(tr.flame_params().expr))
+
+
+def test_world_poser_matches_posing_then_binding(builtin_avatar_dir):
+    from edit3dgs.views import WorldPoser
+
+    b = open_avatar(builtin_avatar_dir)
+    one = b.params.select([3])
+    g = WorldPoser(b)(one)
+    ref = b.world(b.pose(timesteps=[3])[0])
+    torch.testing.assert_close(g.means, ref.means)
+    torch.testing.assert_close(g.quats, ref.quats)
