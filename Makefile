@@ -32,7 +32,14 @@ demo: setup
 	$(BIN)/edit3dgs demo --out $(OUT) --overwrite
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --ignore=tests/blender
+	$(MAKE) test-blender
+
+# The Blender extension: bpy headless in its own venv, the backend as a real subprocess.
+test-blender: setup-blender setup
+	EDIT3DGS_BACKEND_PYTHON=$(abspath $(BIN))/python $(BVENV)/bin/python -m pytest -q tests/blender --confcutdir=tests/blender
+	@# Optional: the install/import tests on Blender 4.2 LTS too (BPY42_PYTHON=a Python with bpy==4.2.*).
+	@if [ -n "$(BPY42_PYTHON)" ]; then EDIT3DGS_BACKEND_PYTHON=$(abspath $(BIN))/python $(BPY42_PYTHON) -m pytest -q tests/blender/test_extension.py --confcutdir=tests/blender; fi
 
 bench: setup
 	$(BIN)/python benchmarks/render_bench.py

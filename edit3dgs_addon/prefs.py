@@ -1,0 +1,58 @@
+"""Add-on preferences: the backend interpreter, its setup, device, models, cache."""
+
+from __future__ import annotations
+
+import os
+
+import bpy
+from bpy.props import EnumProperty, FloatProperty, StringProperty
+
+from . import runtime
+
+
+class Edit3DGSPreferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    backend_python: StringProperty(
+        name="Backend Python", subtype="FILE_PATH",
+        description="Interpreter with edit3dgs installed (EDIT3DGS_BACKEND_PYTHON overrides it)")
+    device: EnumProperty(name="Device", items=[("auto", "Auto", "CUDA, then MPS, then CPU"), ("cuda", "CUDA", ""),
+                                               ("mps", "Apple (MPS)", ""), ("cpu", "CPU", "")])
+    editor_model: StringProperty(name="Editor model", default="",
+                                 description="Instruct-Pix2Pix model id or folder (empty: the backend's default)")
+    detector_model: StringProperty(name="Grounding DINO", default="", description="Model id or folder")
+    sam_model: StringProperty(name="SAM 2", default="", description="Model id or folder")
+    cache_dir: StringProperty(name="Cache folder", subtype="DIR_PATH", default="",
+                              description="Job folders and edited avatars (empty: the extension's user folder)")
+    hang_timeout: FloatProperty(name="Hang timeout (s)", default=600.0, min=5.0,
+                                description="End the backend when a job says nothing for this long")
+
+    def draw(self, context):
+        layout = self.layout
+        col = layout.column()
+        env = os.environ.get("EDIT3DGS_BACKEND_PYTHON")
+        row = col.row()
+        row.enabled = not env
+        row.prop(self, "backend_python")
+        if env:
+            col.label(text=f"EDIT3DGS_BACKEND_PYTHON overrides it: {env}", icon="INFO")
+        row = col.row(align=True)
+        row.operator("edit3dgs.setup_backend", icon="CONSOLE")
+        row.operator("edit3dgs.open_log", text="Setup log", icon="TEXT").which = "setup"
+        setup = runtime.state.setup or runtime.state.last_setup
+        if setup is not None:
+            col.progress(factor=setup.factor, text=f"{setup.state}: {setup.label}" if setup.state == "running"
+                         else (setup.error or "backend installed"))
+        col.prop(self, "device")
+        box = col.box()
+        box.label(text="Models")
+        box.prop(self, "editor_model")
+        box.prop(self, "detector_model")
+        box.prop(self, "sam_model")
+        col.prop(self, "cache_dir")
+        col.prop(self, "hang_timeout")
+
+
+def get(context=None) -> Edit3DGSPreferences:
+    context = context or bpy.context
+    return context.preferences.addons[__package__].preferences

@@ -1,0 +1,52 @@
+"""One imported avatar: root empty (FLAME y-up -> Blender z-up), rig, preview, Key Views cameras."""
+
+from __future__ import annotations
+
+import math
+
+import bpy
+import numpy as np
+
+from ..rigfile import RigFile
+from . import cameras, preview, rig as rig_mod
+
+
+def build_avatar(rig: RigFile, name: str, folder: str, scene) -> dict:
+    """Create everything in a new collection; on any failure remove what was made and re-raise."""
+    before = {attr: set(getattr(bpy.data, attr)) for attr in
+              ("objects", "meshes", "armatures", "cameras", "collections", "node_groups", "materials")}
+    try:
+        # Bounding positions for the preview before Geometry Nodes runs: the bound faces' centres.
+        f = rig["rig_faces"][rig["gs_binding"]]
+        rig.data["faces_center"] = rig["rig_verts"][f].mean(1)
+        coll = bpy.data.collections.new(name)
+        scene.collection.children.link(coll)
+        root = bpy.data.objects.new(name, None)
+        root.empty_display_type, root.empty_display_size = "PLAIN_AXES", 0.1
+        root.rotation_euler = (math.pi / 2, 0.0, 0.0)  # FLAME's y up -> Blender's z up
+        coll.objects.link(root)
+        arm_obj, mesh_obj = rig_mod.build_rig(rig, name, coll, root)
+        prev = preview.build_preview(rig, name, coll, mesh_obj)
+        prev.parent = root
+        cams = cameras.build_cameras(rig, name, coll, root)
+        if cams.objects and scene.camera is None:
+            scene.camera = cams.objects[0]
+            w, h = cams.objects[0]["edit3dgs_resolution"]
+            scene.render.resolution_x, scene.render.resolution_y = int(w), int(h)
+        for o in (root, arm_obj, mesh_obj, prev):
+            o["edit3dgs_avatar"] = folder
+        root["edit3dgs_role"], arm_obj["edit3dgs_role"] = "root", "armature"
+        mesh_obj["edit3dgs_role"], prev["edit3dgs_role"] = "head", "preview"
+        prev["edit3dgs_expr_names"] = [str(n) for n in rig["expr_names"]]
+        return {"root": root, "armature": arm_obj, "head": mesh_obj, "preview": prev, "cameras": cams,
+                "collection": coll}
+    except Exception:
+        if bpy.context.object is not None and bpy.context.object.mode != "OBJECT":
+            bpy.ops.object.mode_set(mode="OBJECT")
+        for attr, old in before.items():
+            coll_data = getattr(bpy.data, attr)
+            for idb in [i for i in coll_data if i not in old]:
+                coll_data.remove(idb)
+        raise
+    finally:
+        rig.data.pop("faces_center", None)

@@ -1,0 +1,39 @@
+"""Small helpers shared by the operators (finding the avatar's objects, reporting)."""
+
+from __future__ import annotations
+
+import bpy
+
+
+def preview_object(context):
+    """The active avatar's Gaussian preview: the active object or its avatar's, else the first in the scene."""
+    obj = context.active_object
+    if obj is not None:
+        if obj.get("edit3dgs_role") == "preview":
+            return obj
+        folder = obj.get("edit3dgs_avatar")
+        root = obj
+        while root.parent is not None:
+            root = root.parent
+        for child in root.children_recursive if folder else ():
+            if child.get("edit3dgs_role") == "preview":
+                return child
+    for o in context.scene.objects:
+        if o.get("edit3dgs_role") == "preview":
+            return o
+    return None
+
+
+def avatar_root(obj):
+    while obj is not None and obj.get("edit3dgs_role") != "root":
+        obj = obj.parent
+    return obj
+
+
+def note(context, text: str, status: str = "") -> None:
+    """Keep the last report on the panel (a timer cannot call Operator.report)."""
+    s = context.scene.edit3dgs
+    s.report = text
+    if status:
+        s.status = status
+    print(f"Edit3DGS: {text}")

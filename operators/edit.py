@@ -1,0 +1,264 @@
+"""Run / cancel an edit, apply versions from the history, compare, preview masks."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import bpy
+from bpy.props import IntProperty, StringProperty
+
+from .. import runtime
+from ..bridge import BridgeError
+from ..jobargs import edit_settings, parse_names
+from ..rigfile import RigFileError, load
+from ..scene import preview as preview_mod
+from ..scene.cameras import camera_for_backend
+from .common import avatar_root, note, preview_object
+
+UI_KEYS = ("prompt", "editor", "steps", "guidance_text", "guidance_image", "rounds", "iters_per_batch",
+           "iteration_multiplier", "scale", "seed", "timesteps", "num_timesteps", "use_frame_range", "frame_start",
+           "frame_end", "frame_step", "preserve_eyes", "preserve_mouth", "mask_source", "mask_text", "mask_dilation",
+           "mask_strength", "local_regions")
+
+
+def _key_view_indices(context, prev) -> list[int] | None:
+    """Selected Key Views cameras of this avatar (None: the backend's training cameras)."""
+    s = context.scene.edit3dgs
+    if s.use_all_cameras:
+        return None
+    root = avatar_root(prev)
+    cams = [o for o in (root.children if root else ()) if o.type == "CAMERA" and "edit3dgs_camera_index" in o]
+    chosen = [int(o["edit3dgs_camera_index"]) for o in cams if o.select_get()]
+    if not chosen and context.scene.camera is not None and "edit3dgs_camera_index" in context.scene.camera:
+        chosen = [int(context.scene.camera["edit3dgs_camera_index"])]
+    return chosen or None
+
+
+def _edit_finished(scene_name: str, obj_name: str, prompt: str, editor: str, job) -> None:
+    scene = bpy.data.scenes.get(scene_name)
+    if scene is None:
+        return
+    s = scene.edit3dgs
+    s.running = False
+    runtime.state.edit_job = None
+    prev = bpy.data.objects.get(obj_name)
+    if job.state == "done" and prev is not None:
+        h = prev.edit3dgs
+        v = h.versions.add()
+        v.name = f"v{len(h.versions) - 1}: {prompt}"
+        v.folder, v.npz, v.prompt, v.editor = job.result["avatar"], job.result["npz"], prompt, editor
+        h.version_index = len(h.versions) - 1
+        s.status, s.progress, s.stage = "DONE", 1.0, "done"
+        s.report = f"Edit done: {v.name} ({v.folder}); press Apply"
+    elif job.state == "cancelled":
+        s.status, s.stage, s.report = "CANCELLED", "", f"Edit cancelled; the avatar is unchanged ({job.error})"
+    else:
+        s.status, s.stage = "FAILED", ""
+        s.report = f"Edit failed: {job.error}"
+    print(f"Edit3DGS: {s.report}")
+
+
+class EDIT3DGS_OT_run_edit(bpy.types.Operator):
+    """Edit the avatar with the prompt (runs in the backend; Blender stays responsive)"""
+
+    bl_idname = "edit3dgs.run_edit"
+    bl_label = "Run Edit"
+
+    prompt: StringProperty(name="Prompt", default="", description="Overrides the panel's prompt when set")
+
+    def execute(self, context):
+        s = context.scene.edit3dgs
+        if self.prompt:
+            s.prompt = self.prompt
+        prev = preview_object(context)
+        if prev is None:
+            return self._fail(context, "no Gaussian avatar in the scene: import one first")
+        job = runtime.state.edit_job
+        if job is not None and not job.finished:
+            return self._fail(context, "an edit is already running (cancel it first)")
+        if not s.prompt.strip():
+            return self._fail(context, "the prompt is empty")
+        h = prev.edit3dgs
+        base = h.versions[h.applied] if 0 <= h.applied < len(h.versions) else None
+        if base is None or not os.path.isdir(base.folder):
+            return self._fail(context, f"the avatar folder {base.folder if base else '?'} is missing")
+        p = runtime.prefs()
+        prefs = {"device": p.device, "editor_model": p.editor_model, "detector_model": p.detector_model,
+                 "sam_model": p.sam_model} if p else {}
+        ui = {k: getattr(s, k) for k in UI_KEYS}
+        ui["cameras"] = _key_view_indices(context, prev)
+        settings = edit_settings(ui, prefs)
+        jd = runtime.job_folder("edit", base.folder)
+        args = {"avatar": base.folder, "out_dir": str(jd / "avatar"), "npz": str(jd / "gaussians.npz"),
+                "settings": settings}
+        try:
+            job = runtime.submit("edit", args, on_finish=partial(_edit_finished, context.scene.name, prev.name,
+                                                                  settings["prompt"], settings["editor"]))
+        except BridgeError as exc:
+            return self._fail(context, str(exc))
+        runtime.state.edit_job = job
+        s.running, s.status, s.progress, s.stage = True, "RUNNING", 0.0, "starting"
+        s.report = f"Editing: {settings['prompt']}"
+        return {"FINISHED"}
+
+    def _fail(self, context, msg):
+        note(context, f"Edit not started: {msg}", "FAILED")
+        self.report({"ERROR"}, f"Edit not started: {msg}")
+        return {"CANCELLED"}
+
+
+class EDIT3DGS_OT_cancel_edit(bpy.types.Operator):
+    """Stop the running edit (the backend is ended if it does not stop within 2 s)"""
+
+    bl_idname = "edit3dgs.cancel_edit"
+    bl_label = "Cancel Edit"
+
+    def execute(self, context):
+        job = runtime.state.edit_job
+        if job is None or job.finished or runtime.state.backend is None:
+            self.report({"WARNING"}, "No edit is running")
+            return {"CANCELLED"}
+        runtime.state.backend.cancel(job)
+        runtime.ensure_timer()
+        note(context, "Cancelling…")
+        return {"FINISHED"}
+
+
+def _apply(context, prev, index: int):
+    h = prev.edit3dgs
+    v = h.versions[index]
+    rig = load(v.npz, need_rig=False)
+    preview_mod.write_attributes(prev.data, rig)
+    h.applied = index
+    prev.update_tag()
+    return v
+
+
+class EDIT3DGS_OT_apply_edit(bpy.types.Operator):
+    """Put the chosen version's Gaussians on the preview (same object: keyframes, modifiers, materials stay)"""
+
+    bl_idname = "edit3dgs.apply_edit"
+    bl_label = "Apply Version"
+    bl_options = {"REGISTER", "UNDO"}
+
+    index: IntProperty(name="Version", default=-1, description="-1: the one selected in the history")
+
+    def execute(self, context):
+        prev = preview_object(context)
+        if prev is None or not len(prev.edit3dgs.versions):
+            self.report({"ERROR"}, "No avatar version to apply")
+            return {"CANCELLED"}
+        h = prev.edit3dgs
+        i = h.version_index if self.index < 0 else self.index
+        if not 0 <= i < len(h.versions):
+            self.report({"ERROR"}, f"No version {i} (the history has {len(h.versions)})")
+            return {"CANCELLED"}
+        try:
+            v = _apply(context, prev, i)
+        except (RigFileError, OSError) as exc:
+            self.report({"ERROR"}, f"Cannot apply: {exc}")
+            return {"CANCELLED"}
+        note(context, f"Applied {v.name}")
+        return {"FINISHED"}
+
+
+class EDIT3DGS_OT_revert_edit(bpy.types.Operator):
+    """Go back to the imported avatar (the edits stay in the history)"""
+
+    bl_idname = "edit3dgs.revert_edit"
+    bl_label = "Revert to Original"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        return bpy.ops.edit3dgs.apply_edit(index=0)
+
+
+class EDIT3DGS_OT_compare_version(bpy.types.Operator):
+    """Show the selected version beside the applied one (again: remove the comparison)"""
+
+    bl_idname = "edit3dgs.compare_version"
+    bl_label = "Compare"
+    bl_options = {"REGISTER", "UNDO"}
+
+    offset: bpy.props.FloatProperty(name="Offset", default=0.35, description="Along the head's x axis (m)")
+
+    def execute(self, context):
+        prev = preview_object(context)
+        if prev is None:
+            return {"CANCELLED"}
+        name = f"{prev.name}_compare"
+        old = bpy.data.objects.get(name)
+        if old is not None:
+            me = old.data
+            bpy.data.objects.remove(old)
+            bpy.data.meshes.remove(me)
+            prev.edit3dgs.compare_with = -1
+            return {"FINISHED"}
+        v = prev.edit3dgs.versions[prev.edit3dgs.version_index]
+        me = prev.data.copy()
+        me.name = name
+        preview_mod.write_attributes(me, load(v.npz, need_rig=False))
+        obj = prev.copy()
+        obj.data, obj.name = me, name
+        obj["edit3dgs_role"] = "compare"
+        for c in prev.users_collection:
+            c.objects.link(obj)
+        obj.location.x += self.offset
+        prev.edit3dgs.compare_with = prev.edit3dgs.version_index
+        note(context, f"Comparing {v.name} (right) with the applied version")
+        return {"FINISHED"}
+
+
+def _masks_finished(scene_name: str, job) -> None:
+    scene = bpy.data.scenes.get(scene_name)
+    if scene is None:
+        return
+    if job.state != "done":
+        scene.edit3dgs.report = f"Mask preview failed: {job.error}"
+        return
+    path = job.result["png"]
+    img = bpy.data.images.get("Edit3DGS masks")
+    if img is None:
+        img = bpy.data.images.load(path)
+        img.name = "Edit3DGS masks"
+    else:
+        img.filepath = path
+        img.reload()
+    for win in getattr(bpy.context.window_manager, "windows", ()):
+        for area in win.screen.areas:
+            if area.type == "IMAGE_EDITOR":
+                area.spaces.active.image = img
+    scene.edit3dgs.report = f"Masks of {', '.join(job.result.get('regions', []))} in image 'Edit3DGS masks' (R, G, B)"
+
+
+class EDIT3DGS_OT_preview_masks(bpy.types.Operator):
+    """Render the regions to preserve and to edit from the active key view into the image 'Edit3DGS masks'"""
+
+    bl_idname = "edit3dgs.preview_masks"
+    bl_label = "Preview Masks"
+
+    def execute(self, context):
+        s = context.scene.edit3dgs
+        prev = preview_object(context)
+        cam = context.scene.camera
+        if prev is None or cam is None:
+            self.report({"ERROR"}, "Needs an imported avatar and an active camera (a key view)")
+            return {"CANCELLED"}
+        regions = [r for r, on in (("eyes", s.preserve_eyes), ("lips", s.preserve_mouth)) if on]
+        regions += parse_names(s.local_regions) or []
+        h = prev.edit3dgs
+        folder = h.versions[h.applied].folder
+        out = runtime.job_folder("masks", folder) / "masks.png"
+        args = {"avatar": folder, "camera": camera_for_backend(cam, avatar_root(prev)), "regions": regions[:3] or ["eyes"],
+                "out": str(out), "timestep": 0}
+        try:
+            runtime.submit("region_masks", args, on_finish=partial(_masks_finished, context.scene.name))
+        except BridgeError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+CLASSES = (EDIT3DGS_OT_run_edit, EDIT3DGS_OT_cancel_edit, EDIT3DGS_OT_apply_edit, EDIT3DGS_OT_revert_edit,
+           EDIT3DGS_OT_compare_version, EDIT3DGS_OT_preview_masks)

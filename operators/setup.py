@@ -1,0 +1,68 @@
+"""Set up the backend (a venv in the extension's user folder) and open the logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bpy
+from bpy.props import EnumProperty
+
+from .. import installer, runtime
+
+
+class EDIT3DGS_OT_setup_backend(bpy.types.Operator):
+    """Create a Python environment in the extension's user folder and install the bundled backend (torch, …)"""
+
+    bl_idname = "edit3dgs.setup_backend"
+    bl_label = "Set up backend"
+
+    def execute(self, context):
+        if runtime.state.setup is not None:
+            self.report({"WARNING"}, "The backend setup is already running")
+            return {"CANCELLED"}
+        root = Path(__file__).resolve().parent.parent
+        source = root / "backend"
+        if not (source / "pyproject.toml").is_file():
+            self.report({"ERROR"}, f"{source}: expected the bundled backend (pyproject.toml), found none")
+            return {"CANCELLED"}
+        user = runtime.user_dir()
+        venv = user / "venv"
+        staged = installer.stage_backend(source, user / "backend_src")
+        cmds = installer.setup_commands(installer.base_python(), venv, staged)
+        runtime.state.setup = installer.StepRunner(cmds, user / "logs" / "setup.log")
+        runtime.state.setup_target = str(installer.venv_python(venv))
+        runtime.ensure_timer()
+        self.report({"INFO"}, f"Setting up the backend in {venv} (log: {user / 'logs' / 'setup.log'})")
+        return {"FINISHED"}
+
+
+class EDIT3DGS_OT_open_log(bpy.types.Operator):
+    """Open the backend's log in Blender's text editor"""
+
+    bl_idname = "edit3dgs.open_log"
+    bl_label = "Open Log"
+
+    which: EnumProperty(items=[("backend", "Backend", ""), ("setup", "Setup", "")])
+
+    def execute(self, context):
+        path = runtime.log_path() if self.which == "backend" else runtime.user_dir() / "logs" / "setup.log"
+        if not path.is_file():
+            self.report({"WARNING"}, f"No log yet ({path})")
+            return {"CANCELLED"}
+        name = path.name
+        text = bpy.data.texts.get(name)
+        if text is None:
+            text = bpy.data.texts.load(str(path))
+        else:
+            text.clear()
+            text.write(path.read_text(errors="replace"))
+        for win in getattr(context.window_manager, "windows", ()):
+            for area in win.screen.areas:
+                if area.type == "TEXT_EDITOR":
+                    area.spaces.active.text = text
+                    break
+        self.report({"INFO"}, f"Log in text '{text.name}' ({path})")
+        return {"FINISHED"}
+
+
+CLASSES = (EDIT3DGS_OT_setup_backend, EDIT3DGS_OT_open_log)

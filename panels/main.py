@@ -1,0 +1,170 @@
+"""Side panel (View3D > N > Edit3DGS): avatar, prompt and editor, key views, masks, run, history."""
+
+from __future__ import annotations
+
+import bpy
+
+from ..operators.common import preview_object
+
+
+class _Panel:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Edit3DGS"
+
+
+class EDIT3DGS_UL_versions(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        applied = data.applied == index
+        row = layout.row(align=True)
+        row.label(text=item.name, icon="CHECKMARK" if applied else "BLANK1")
+        if item.editor:
+            row.label(text=item.editor)
+
+
+class EDIT3DGS_PT_main(_Panel, bpy.types.Panel):
+    bl_label = "Edit3DGS"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.edit3dgs
+        prev = preview_object(context)
+        row = layout.row()
+        row.operator("edit3dgs.import_avatar", icon="IMPORT")
+        if prev is None:
+            layout.label(text="Import a GaussianAvatars folder to start", icon="INFO")
+            return
+        layout.label(text=f"{prev.name}: {len(prev.data.vertices)} Gaussians", icon="POINTCLOUD_DATA")
+        layout.prop(s, "prompt", text="")
+        row = layout.row(align=True)
+        row.scale_y = 1.4
+        if s.running:
+            row.operator("edit3dgs.cancel_edit", icon="CANCEL")
+        else:
+            row.operator("edit3dgs.run_edit", icon="PLAY")
+        if s.running or s.status == "RUNNING":
+            layout.progress(factor=s.progress, type="BAR", text=s.stage or "starting")
+        if s.report:
+            box = layout.box()
+            icon = {"FAILED": "ERROR", "CANCELLED": "CANCEL", "DONE": "CHECKMARK"}.get(s.status, "INFO")
+            for i, line in enumerate(_wrap(s.report, 48)[:6]):
+                box.label(text=line, icon=icon if i == 0 else "BLANK1")
+            if s.status == "FAILED":
+                box.operator("edit3dgs.open_log", text="Open backend log", icon="TEXT").which = "backend"
+
+
+def _wrap(text, width):
+    words, lines, cur = text.split(), [], ""
+    for w in words:
+        if len(cur) + len(w) + 1 > width and cur:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}".strip()
+    return lines + ([cur] if cur else [])
+
+
+class EDIT3DGS_PT_rig(_Panel, bpy.types.Panel):
+    bl_label = "Expressions"
+    bl_parent_id = "EDIT3DGS_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        prev = preview_object(context)
+        head = None
+        if prev is not None and prev.parent is not None:
+            for o in prev.parent.children_recursive:
+                if o.get("edit3dgs_role") == "head":
+                    head = o
+        if head is None or head.data.shape_keys is None:
+            return
+        names = prev.get("edit3dgs_expr_names", [])
+        col = self.layout.column(align=True)
+        for i in range(10):
+            kb = head.data.shape_keys.key_blocks.get(f"expr_{i:03d}")
+            if kb is not None:
+                col.prop(kb, "value", text=names[i] if i < len(names) else kb.name, slider=True)
+
+
+class EDIT3DGS_PT_editor(_Panel, bpy.types.Panel):
+    bl_label = "Editor"
+    bl_parent_id = "EDIT3DGS_PT_main"
+
+    def draw(self, context):
+        s = context.scene.edit3dgs
+        col = self.layout.column()
+        col.prop(s, "editor")
+        if s.editor == "ip2p":
+            col.prop(s, "steps")
+            col.prop(s, "guidance_text")
+            col.prop(s, "guidance_image")
+        col.prop(s, "rounds")
+        col.prop(s, "iters_per_batch")
+        col.prop(s, "iteration_multiplier")
+        col.prop(s, "scale")
+        col.prop(s, "seed")
+        col.prop(s, "local_regions")
+
+
+class EDIT3DGS_PT_views(_Panel, bpy.types.Panel):
+    bl_label = "Key Views"
+    bl_parent_id = "EDIT3DGS_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        s = context.scene.edit3dgs
+        col = self.layout.column()
+        col.prop(s, "use_all_cameras")
+        if not s.use_all_cameras:
+            col.label(text="Uses the selected Key Views cameras (or the scene camera)")
+        col.prop(s, "use_frame_range")
+        if s.use_frame_range:
+            row = col.row(align=True)
+            row.prop(s, "frame_start")
+            row.prop(s, "frame_end")
+            row.prop(s, "frame_step")
+        else:
+            col.prop(s, "timesteps")
+            if not s.timesteps:
+                col.prop(s, "num_timesteps")
+
+
+class EDIT3DGS_PT_masks(_Panel, bpy.types.Panel):
+    bl_label = "Masks"
+    bl_parent_id = "EDIT3DGS_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        s = context.scene.edit3dgs
+        col = self.layout.column()
+        row = col.row(align=True)
+        row.label(text="Preserve")
+        row.prop(s, "preserve_eyes", toggle=True)
+        row.prop(s, "preserve_mouth", toggle=True)
+        col.prop(s, "mask_source")
+        if s.mask_source == "DETECTOR":
+            col.prop(s, "mask_text")
+        col.prop(s, "mask_dilation")
+        col.prop(s, "mask_strength")
+        col.operator("edit3dgs.preview_masks", icon="IMAGE_DATA")
+
+
+class EDIT3DGS_PT_history(_Panel, bpy.types.Panel):
+    bl_label = "History"
+    bl_parent_id = "EDIT3DGS_PT_main"
+
+    def draw(self, context):
+        prev = preview_object(context)
+        if prev is None:
+            return
+        h = prev.edit3dgs
+        self.layout.template_list("EDIT3DGS_UL_versions", "", h, "versions", h, "version_index", rows=3)
+        row = self.layout.row(align=True)
+        row.operator("edit3dgs.apply_edit", text="Apply", icon="CHECKMARK")
+        row.operator("edit3dgs.revert_edit", text="Revert", icon="LOOP_BACK")
+        row.operator("edit3dgs.compare_version", text="Compare", icon="SPLIT_HORIZONTAL",
+                     depress=h.compare_with >= 0)
+
+
+CLASSES = (EDIT3DGS_UL_versions, EDIT3DGS_PT_main, EDIT3DGS_PT_rig, EDIT3DGS_PT_editor, EDIT3DGS_PT_views,
+           EDIT3DGS_PT_masks, EDIT3DGS_PT_history)

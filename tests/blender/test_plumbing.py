@@ -1,0 +1,159 @@
+"""The bpy-free parts of the add-on: wire format, bridge (with the real backend), job arguments, installer, maths."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from edit3dgs_addon import bridge, installer, jobargs, protocol, rigfile
+
+
+def test_protocol_framing_across_chunks():
+    data = protocol.encode("progress", {"id": "a", "done": 1}) + protocol.encode("done", {"id": "a", "result": {}})
+    dec = protocol.Decoder()
+    got = []
+    for i in range(0, len(data), 7):  # arbitrary chunk boundaries
+        got += dec.feed(data[i:i + 7])
+    assert got == [("progress", {"id": "a", "done": 1}), ("done", {"id": "a", "result": {}})]
+    assert dec.feed(b"not json\0") == [("garbage", {"text": "not json"})]
+    assert dec.pending == 0
+
+
+def make_backend(backend_py, tmp_path, **kw):
+    return bridge.Backend(backend_py, tmp_path / "log" / "backend.log", **kw)
+
+
+def test_bridge_job_progress_and_cancel_within_2s(backend_py, tmp_path):
+    b = make_backend(backend_py, tmp_path)
+    try:
+        done = []
+        job = b.submit("sleep", {"seconds": 0.3}, on_finish=done.append)
+        b.wait(job, 60)
+        assert job.state == "done" and done == [job] and b.ready
+        job = b.submit("sleep", {"seconds": 30})
+        b.wait  # noqa
+        while job.stage == "" and not job.finished:
+            b.poll()
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        b.cancel(job)
+        while not job.finished:
+            b.poll()
+            time.sleep(0.01)
+        assert job.state == "cancelled" and time.monotonic() - t0 < 2.0
+        assert b.alive  # a cooperative cancel keeps the backend (and its models)
+    finally:
+        b.shutdown()
+    assert not b.alive
+
+
+def test_bridge_errors_are_reported(backend_py, tmp_path):
+    b = make_backend(backend_py, tmp_path)
+    try:
+        job = b.wait(b.submit("export_rig", {"avatar": str(tmp_path / "missing"), "out": str(tmp_path / "x.npz")}), 60)
+        assert job.state == "failed" and "expected an avatar folder, found no such folder" in job.error
+        job = b.wait(b.submit("no_such_kind", {}), 30)
+        assert job.state == "failed" and "job kind" in job.error
+    finally:
+        b.shutdown()
+
+
+def test_bridge_missing_interpreter(tmp_path, monkeypatch):
+    monkeypatch.delenv("EDIT3DGS_BACKEND_PYTHON", raising=False)
+    with pytest.raises(bridge.BridgeError, match="backend Python not found"):
+        make_backend("/nope/python", tmp_path).submit("sleep", {})
+    with pytest.raises(bridge.BridgeError, match="no backend Python set"):
+        make_backend("", tmp_path).submit("sleep", {})
+
+
+def test_bridge_interpreter_without_backend(tmp_path, monkeypatch):
+    """A Python without edit3dgs: the process exits at once; the report quotes the log."""
+    monkeypatch.delenv("EDIT3DGS_BACKEND_PYTHON", raising=False)
+    b = make_backend(sys.executable, tmp_path)
+    job = b.wait(b.submit("sleep", {}), 30)
+    assert job.state == "failed"
+    assert "stopped unexpectedly" in job.error and "edit3dgs" in job.error
+
+
+def test_edit_settings_mapping():
+    ui = dict(prompt=" make the hair blue ", editor="ip2p", steps=12, guidance_text=6.0, guidance_image=1.2, rounds=2,
+              iters_per_batch=10, iteration_multiplier=1.5, scale=0.5, seed=3, timesteps="0-8:4", num_timesteps=4,
+              use_frame_range=False, preserve_eyes=True, preserve_mouth=False, mask_source="DETECTOR",
+              mask_text="eyes, teeth", mask_dilation=2, mask_strength=0.8, local_regions="hair, ears", cameras=[0, 4])
+    s = jobargs.edit_settings(ui, {"device": "cpu", "editor_model": "/models/ip2p"})
+    assert s["prompt"] == "make the hair blue" and s["timesteps"] == [0, 4] and s["regions"] == ["hair", "ears"]
+    assert s["iters_per_batch"] == 15 and s["cameras"] == [0, 4] and s["rounds"] == 2
+    o = s["editor_options"]
+    assert o["steps"] == 12 and o["inpaint_regions"] == ["eyes"] and o["mask_source"] == "detector"
+    assert o["detector_queries"] == ["eyes", "teeth"] and o["model"] == "/models/ip2p"
+    # every name is a field of the backend's EditSettings (read from its source: no torch here)
+    import ast
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "backend" / "edit3dgs" / "loop.py"
+    cls = next(n for n in ast.walk(ast.parse(src.read_text())) if isinstance(n, ast.ClassDef) and n.name == "EditSettings")
+    fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+    assert set(s) <= fields, set(s) - fields
+
+
+def test_installer_steps(tmp_path):
+    cmds = installer.setup_commands("/usr/bin/python3", tmp_path / "venv", tmp_path / "backend", gpu=False)
+    labels = [c[0] for c in cmds]
+    assert labels.index("install torch (CPU)") < labels.index("install backend")
+    assert any("torch==2.13.0" in c[1] for c in cmds)
+    assert not any("torch==2.13.0" in c[1] for c in installer.setup_commands("py", tmp_path, tmp_path, gpu=True))
+    ok = installer.StepRunner([("a", [sys.executable, "-c", "print('hi')"]), ("b", [sys.executable, "-c", "pass"])],
+                              tmp_path / "setup.log")
+    while ok.poll()[0] == "running":
+        time.sleep(0.02)
+    assert ok.state == "done" and "hi" in (tmp_path / "setup.log").read_text()
+    bad = installer.StepRunner([("boom", [sys.executable, "-c", "raise SystemExit(3)"])], tmp_path / "setup2.log")
+    while bad.poll()[0] == "running":
+        time.sleep(0.02)
+    assert bad.state == "failed" and "boom failed (exit status 3)" in bad.error
+
+
+def test_stage_backend_copies_source(tmp_path):
+    src = tmp_path / "ext" / "backend"
+    (src / "edit3dgs").mkdir(parents=True)
+    (src / "pyproject.toml").write_text("[project]\nname='x'\n")
+    (src / "edit3dgs" / "__init__.py").write_text("")
+    out = installer.stage_backend(src, tmp_path / "user" / "backend_src")
+    assert (out / "pyproject.toml").is_file() and (out.parent / "README.md").is_file()
+
+
+def test_camera_intrinsics_as_blender():
+    c = rigfile.blender_camera(fx=1000, fy=1000, cx=300, cy=200, w=640, h=480)
+    assert c["sensor_fit"] == "HORIZONTAL" and abs(c["lens"] - 1000 * 36 / 640) < 1e-9
+    assert abs(c["shift_x"] - (-(300 - 320) / 640)) < 1e-12 and abs(c["shift_y"] - ((200 - 240) / 640)) < 1e-12
+    v = rigfile.blender_camera(fx=2000, fy=2000, cx=275, cy=401, w=550, h=802)
+    assert v["sensor_fit"] == "VERTICAL" and abs(v["lens"] - 2000 * 36 / 802) < 1e-9
+
+
+def test_driver_expressions():
+    # (R - I) from a quaternion, as the pose-corrective drivers compute it
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=4)
+    w, x, y, z = q / np.linalg.norm(q)
+    from mathutils import Quaternion
+
+    R = np.array(Quaternion((w, x, y, z)).to_matrix())
+    for r in range(3):
+        for c in range(3):
+            val = eval(rigfile.pose_feature_expression(r, c), {}, dict(w=w, x=x, y=y, z=z))
+            assert abs(val - (R[r, c] - (r == c))) < 1e-6
+    coefs = rng.normal(size=100) * 1e-3
+    vals = rng.normal(size=100)
+    parts = rigfile.linear_expressions(coefs, [f"e{i}" for i in range(100)])
+    assert all(len(e) <= 256 for e, _ in parts) and len(parts) > 1
+    total = sum(eval(e, {}, {f"e{i}": vals[i] for i in range(100)}) for e, _ in parts)
+    assert abs(total - coefs @ vals) < 1e-9
+
+
+def test_unique_weight_groups():
+    w = np.array([0.0, 0.5, 0.25, 0.5, 1.0], np.float32)
+    groups = dict(rigfile.unique_weight_groups(w))
+    assert groups == {0.25: [2], 0.5: [1, 3], 1.0: [4]}
