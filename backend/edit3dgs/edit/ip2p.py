@@ -1,0 +1,570 @@
+"""Instruct-Pix2Pix editing with multi-view batch editing and expression-preserving inpainting.
+
+Read top to bottom as the method:
+
+1. ``load_ip2p``: the Instruct-Pix2Pix components (tokenizer, CLIP text encoder,
+   VAE, 8-channel UNet, DDIM scheduler) from a model id or a local folder,
+   safetensors only, kept loaded across edits in one process.
+2. ``edit_images``: our denoising loop, like diffusers'
+   ``StableDiffusionInstructPix2PixPipeline.__call__`` (encode prompt, encode
+   image, denoise with 3-way guidance, decode) plus the two extensions of the
+   paper: multi-view batch editing (``mv_attention``: key views with extended
+   self-attention, feature injection into the other views along epipolar
+   lines or the FLAME binding) and expression-preserving inpainting
+   (``inpaint``: original latents re-injected in the eye/mouth masks).
+3. ``InstructPix2PixEditor``: the ``Editor`` the edit loop calls each round,
+   optionally re-editing the current renders at a chosen noise strength
+   (Instruct-NeRF2NeRF's iterative dataset update).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import CancelledError, Edit3DGSError
+from .base import EditRequest, Progress, no_progress
+from .inpaint import latent_masks, reinject
+from .mv_attention import MultiViewContext, View, install
+
+DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+DEFAULT_INPAINT_REGIONS = ("eye_region", "eyes", "lips")
+DOWNLOAD_HINT = ("Instruct-Pix2Pix weights in diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/ "
+                 "with .safetensors); download them once, e.g. `hf download timbrooks/instruct-pix2pix "
+                 "--exclude '*.bin' '*.ckpt' --local-dir ip2p`, and pass the folder with --model")
+
+
+# ---------------------------------------------------------------------------
+# 1. Loading
+# ---------------------------------------------------------------------------
+
+@dataclass
+class IP2PModels:
+    """Loaded Instruct-Pix2Pix components on ``device`` in ``dtype`` (``offload``: kept on the
+    CPU and moved to the device one component at a time)."""
+
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    unet: torch.nn.Module
+    scheduler: object
+    device: torch.device
+    dtype: torch.dtype
+    mv: MultiViewContext
+    source: str
+    offload: bool = False
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides are multiples of this so every UNet level has whole tokens."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @contextmanager
+    def use(self, module: torch.nn.Module):
+        """``module`` on the device for the duration (model CPU offload)."""
+        if self.offload:
+            module.to(self.device)
+        try:
+            yield module
+        finally:
+            if self.offload:
+                module.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+
+_MODELS: dict[tuple, IP2PModels] = {}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    from ..views import pick_device
+
+    try:
+        return pick_device(str(device))
+    except RuntimeError:
+        raise Edit3DGSError("--device", "auto, cpu, cuda, cuda:N or mps", repr(str(device))) from None
+
+
+def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """fp16 on CUDA, fp32 on CPU and MPS unless asked otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    table = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in table:
+        raise Edit3DGSError("--dtype", "auto, fp16, bf16 or fp32", repr(dtype))
+    return table[dtype]
+
+
+def _missing(model: str, exc: BaseException) -> Edit3DGSError:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    found = (lines[0] if lines else type(exc).__name__)
+    if len(found) > 160:
+        found = found[:157] + "..."
+    return Edit3DGSError(model, DOWNLOAD_HINT, f"no loadable weights ({found})")
+
+
+def load_ip2p(model: str = DEFAULT_MODEL, device: str | torch.device = "auto", dtype=None,
+              attention_slicing: bool = False, vae_tiling: bool = False, cpu_offload: bool = False) -> IP2PModels:
+    """Instruct-Pix2Pix components from a model id (Hugging Face cache) or a local diffusers folder.
+
+    Safetensors only. Loaded models are cached per (model, device, dtype, offload) for the
+    process, so later edits start at once. Memory options: ``attention_slicing`` (one batch
+    entry per attention call), ``vae_tiling`` (VAE in tiles), ``cpu_offload`` (each component
+    on the device only while it runs).
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dev, dtype)
+    offload = bool(cpu_offload) and dev.type != "cpu"
+    model = str(model)
+    local = Path(model).expanduser()
+    looks_local = local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+    if looks_local and not local.is_dir():
+        raise Edit3DGSError(model, DOWNLOAD_HINT, "no such folder")
+    src = str(local.resolve()) if looks_local else model
+    key = (src, str(dev), str(dt), offload)
+    if key not in _MODELS:
+        try:
+            from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+            from transformers import CLIPTextModel, CLIPTokenizer
+        except ImportError as exc:
+            raise Edit3DGSError("--editor ip2p", "diffusers and transformers (pip install 'edit3dgs[diffusion]')",
+                                f"not installed ({exc.name})") from None
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer")
+            text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", use_safetensors=True, dtype=dt)
+            vae = AutoencoderKL.from_pretrained(src, subfolder="vae", use_safetensors=True, torch_dtype=dt)
+            unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", use_safetensors=True, torch_dtype=dt)
+            scheduler = DDIMScheduler.from_pretrained(src, subfolder="scheduler")
+        except (OSError, ValueError, KeyError) as exc:
+            raise _missing(model, exc) from None
+        if unet.config.in_channels != 8:
+            raise Edit3DGSError(model, "an Instruct-Pix2Pix UNet (8 input channels)", f"{unet.config.in_channels} input channels")
+        for m in (text_encoder, vae, unet):
+            m.requires_grad_(False).eval()
+            m.to("cpu" if offload else dev)
+        ctx = install(unet)
+        _MODELS[key] = IP2PModels(tokenizer, text_encoder, vae, unet, scheduler, dev, dt, ctx, src, offload)
+    m = _MODELS[key]
+    m.mv.slice_size = 1 if attention_slicing else None
+    if vae_tiling:
+        m.vae.enable_tiling()
+    else:
+        m.vae.disable_tiling()
+    return m
+
+
+def clear_cache() -> None:
+    """Forget loaded models (frees their memory once nothing else holds them)."""
+    _MODELS.clear()
+
+
+# ---------------------------------------------------------------------------
+# 2. The denoising loop
+# ---------------------------------------------------------------------------
+
+@dataclass
+class IP2PSettings:
+    """Knobs of one edit. Guidance as in Instruct-Pix2Pix: eps = eps_none + s_T (eps_text - eps_img)
+    + s_I (eps_img - eps_none). ``resolution``: short side, in pixels, of the images the diffusion sees."""
+
+    steps: int = 20
+    guidance_text: float = 7.5
+    guidance_image: float = 1.5
+    seed: int = 0
+    resolution: int = 512
+    batch_size: int = 8                 # views per UNet call (each ×3 guidance branches)
+    # multi-view batch editing (formats.md §4)
+    multiview: bool = True
+    chunk_size: int = 5
+    key_neighbours: int = 2             # key views blended into each other view (1 or 2)
+    extended_attention: bool = True
+    min_timestep: int = 100             # plain attention below this diffusion timestep
+    band: float = 1.0                   # epipolar band half-width, in tokens
+    temporal: bool = True               # one set of key views for all timesteps, linked by the FLAME binding
+    depth_tol: float = 0.01             # metres: visibility test of the FLAME correspondences
+    # expression-preserving inpainting (formats.md §5)
+    inpaint: bool = True
+    inpaint_strength: float = 1.0
+    inpaint_start: int | None = None    # first step (0-based) of re-injection; None: half of the steps
+    inpaint_dilate: int = 1             # latent cells
+
+
+@dataclass
+class EditOutput:
+    images: torch.Tensor                # (B,H,W,3) float in [0,1], input size
+    latents: torch.Tensor               # (B,4,h,w) final latents (scaled, as denoised)
+    original_latents: torch.Tensor      # (B,4,h,w) originals' latents (scaled)
+    masks: torch.Tensor | None          # (B,1,h,w) inpainting masks at latent resolution
+    key_views: list = field(default_factory=list)   # per step: the key views drawn
+
+
+def diffusion_size(height: int, width: int, resolution: int, multiple: int) -> tuple[int, int]:
+    """(H', W') with the short side near ``resolution`` and both multiples of ``multiple``."""
+    s = resolution / min(height, width)
+    return (max(multiple, round(height * s / multiple) * multiple), max(multiple, round(width * s / multiple) * multiple))
+
+
+def camera_azimuth(cam) -> float:
+    """Azimuth of the viewing direction around the vertical axis (radians)."""
+    f = cam.forward
+    return math.atan2(-f[0], -f[2])
+
+
+def view_angle(a, b) -> float:
+    fa, fb = a.forward / np.linalg.norm(a.forward), b.forward / np.linalg.norm(b.forward)
+    return float(np.arccos(np.clip(fa @ fb, -1.0, 1.0)))
+
+
+@dataclass
+class ViewGroup:
+    """Views sharing key views: ``chunks`` partition the reference views (one timestep, ordered
+    by camera azimuth); one key view per chunk is drawn every step. ``members``: all views."""
+
+    chunks: list[list[int]]
+    members: list[int]
+
+
+def plan_groups(views: Sequence[View], chunk_size: int = 5, temporal: bool = True) -> list[ViewGroup]:
+    """Group views for multi-view batch editing.
+
+    Views of one timestep are ordered by camera azimuth and chunked. With ``temporal`` all
+    timesteps share the key views of one reference timestep (the one with most views) and
+    the other timesteps are linked to them through the FLAME binding; otherwise each
+    timestep is its own group.
+    """
+    by_t: dict[int, list[int]] = {}
+    for i, v in enumerate(views):
+        by_t.setdefault(int(v.timestep), []).append(i)
+
+    def chunks_of(ids):
+        ids = sorted(ids, key=lambda i: camera_azimuth(views[i].camera))
+        n = max(1, math.ceil(len(ids) / chunk_size))
+        return [list(c) for c in np.array_split(np.array(ids), n) if len(c)]
+
+    if temporal:
+        ref = max(by_t, key=lambda t: len(by_t[t]))
+        return [ViewGroup([[int(i) for i in c] for c in chunks_of(by_t[ref])], list(range(len(views))))]
+    return [ViewGroup([[int(i) for i in c] for c in chunks_of(ids)], ids) for ids in by_t.values()]
+
+
+def nearest_keys(views: Sequence[View], i: int, keys: Sequence[int], k: int) -> list[tuple[int, float]]:
+    """The ``k`` key views nearest to view i in viewing direction, with blend weights summing to 1."""
+    d = sorted((view_angle(views[i].camera, views[j].camera), j) for j in keys)[:max(1, k)]
+    if len(d) == 1 or d[0][0] < 1e-6:
+        return [(d[0][1], 1.0)]
+    inv = [1.0 / a for a, _ in d]
+    return [(j, w / sum(inv)) for (_, j), w in zip(d, inv)]
+
+
+def encode_prompt(models: IP2PModels, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP embeddings (1,L,D) of the instruction and of the empty prompt."""
+    tok = models.tokenizer([prompt, ""], padding="max_length", max_length=models.tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt")
+    with models.use(models.text_encoder) as te:
+        emb = te(tok.input_ids.to(models.device))[0].to(models.dtype)
+    return emb[:1], emb[1:]
+
+
+def encode_images(models: IP2PModels, images: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    """Images (B,H,W,3) in [0,1] -> VAE latents (B,4,h,w), ``.mode()``, not scaled."""
+    out = []
+    with models.use(models.vae) as vae:
+        for s in range(0, images.shape[0], chunk):
+            x = images[s:s + chunk].permute(0, 3, 1, 2).to(models.device, models.dtype) * 2 - 1
+            out.append(vae.encode(x).latent_dist.mode())
+    return torch.cat(out)
+
+
+def decode_latents(models: IP2PModels, latents: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    """Scaled latents (B,4,h,w) -> images (B,H,W,3) float32 in [0,1]."""
+    out = []
+    sf = models.vae.config.scaling_factor
+    with models.use(models.vae) as vae:
+        for s in range(0, latents.shape[0], chunk):
+            x = vae.decode((latents[s:s + chunk] / sf).to(models.dtype)).sample
+            out.append(((x.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1))
+    return torch.cat(out)
+
+
+def _resize(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(B,H,W,C) -> (B,h,w,C), antialiased bilinear."""
+    if tuple(images.shape[1:3]) == tuple(hw):
+        return images
+    x = F.interpolate(images.permute(0, 3, 1, 2).float(), size=hw, mode="bilinear", antialias=True, align_corners=False)
+    return x.permute(0, 2, 3, 1)
+
+
+@torch.no_grad()
+def edit_images(models: IP2PModels, images: torch.Tensor, instruction: str, settings: IP2PSettings | None = None, *,
+                views: Sequence[View] | None = None, masks: torch.Tensor | None = None,
+                init_images: torch.Tensor | None = None, strength: float = 1.0,
+                progress: Progress = no_progress, should_stop=lambda: False) -> EditOutput:
+    """Edit ``images`` (B,H,W,3) in [0,1] by ``instruction``.
+
+    views: cameras/timesteps (and FLAME binding data) of the images; needed for multi-view
+        batch editing (without them every view is edited on its own);
+    masks: (B,H,W) soft eye/mouth masks for inpainting (None: no inpainting);
+    init_images / strength: start from ``init_images`` noised to ``strength`` (in (0,1]) instead
+        of pure noise, still conditioned on ``images`` (iterative dataset update).
+    """
+    s = settings or IP2PSettings()
+    B, H, W, _ = images.shape
+    dev, dt = models.device, models.dtype
+    sched, ctx = models.scheduler, models.mv
+    hw = diffusion_size(H, W, s.resolution, models.size_multiple)
+    cpu_gen = torch.Generator().manual_seed(int(s.seed))
+
+    # Encode the instruction: guidance branches [text+image, image only, none].
+    emb_text, emb_none = encode_prompt(models, instruction)
+
+    # Encode the conditioning images: VAE mode, unscaled, concatenated to the noisy latents.
+    image_latents = encode_images(models, _resize(images, hw))
+    sf = models.vae.config.scaling_factor
+    original_latents = image_latents.float() * sf
+    lh, lw = image_latents.shape[-2:]
+
+    # Prepare the schedule and the starting latents.
+    sched.set_timesteps(s.steps, device=dev)
+    timesteps = sched.timesteps
+    noise = torch.randn((B, 4, lh, lw), generator=cpu_gen).to(dev)
+    if init_images is not None and strength < 1.0:
+        start = min(s.steps - 1, s.steps - max(1, int(round(s.steps * strength))))
+        timesteps = timesteps[start:]
+        init = encode_images(models, _resize(init_images, hw)).float() * sf
+        latents = sched.add_noise(init, noise, timesteps[:1].expand(B))
+    else:
+        latents = noise * sched.init_noise_sigma
+    latents = latents.float()
+
+    # Inpainting: eye/mouth masks at latent resolution, fixed noise for the originals.
+    lmask = None
+    if s.inpaint and masks is not None and s.inpaint_strength > 0:
+        lmask = latent_masks(masks.to(dev), (lh, lw), s.inpaint_dilate)
+        inpaint_noise = torch.randn((B, 4, lh, lw), generator=cpu_gen).to(dev)
+        inpaint_start = (s.steps // 2 if s.inpaint_start is None else int(s.inpaint_start)) - (s.steps - len(timesteps))
+
+    multiview = s.multiview and views is not None and B > 1
+    groups = plan_groups(views, s.chunk_size, s.temporal) if multiview else []
+    all_views = list(range(B))
+    zeros = torch.zeros_like(image_latents[:1])
+
+    def guided_eps(ids: list[int], t) -> torch.Tensor:
+        """3-way classifier-free guidance for views ``ids`` (one UNet call, branch-major batch)."""
+        n = len(ids)
+        ctx.batch = list(ids)
+        x = sched.scale_model_input(latents[ids], t).to(dt)
+        cond = image_latents[ids]
+        inp = torch.cat([torch.cat([x, cond], 1), torch.cat([x, cond], 1), torch.cat([x, zeros.expand(n, -1, -1, -1)], 1)])
+        emb = torch.cat([emb_text.expand(n, -1, -1), emb_none.expand(n, -1, -1), emb_none.expand(n, -1, -1)])
+        e = unet(inp, t, encoder_hidden_states=emb).sample.float()
+        e_text, e_image, e_none = e.chunk(3)
+        return e_none + s.guidance_text * (e_text - e_image) + s.guidance_image * (e_image - e_none)
+
+    key_log = []
+    ctx.begin(views or [], (lh, lw))
+    ctx.extended, ctx.band, ctx.depth_tol = s.extended_attention, s.band, s.depth_tol
+    try:
+        with models.use(models.unet) as unet:
+            for step, t in enumerate(timesteps):
+                if should_stop():
+                    raise CancelledError()
+                eps = torch.empty_like(latents)
+                if multiview and int(t) >= s.min_timestep:
+                    step_keys = []
+                    for g in groups:
+                        keys = [c[int(torch.randint(len(c), (1,), generator=cpu_gen))] for c in g.chunks]
+                        others = [i for i in g.members if i not in keys]
+                        ctx.set_keys(keys, {i: nearest_keys(views, i, keys, s.key_neighbours) for i in others})
+                        ctx.mode = "key"            # key views: extended self-attention across all of them
+                        eps[keys] = guided_eps(keys, t)
+                        ctx.mode = "inject"         # other views: the key views' outputs at matched tokens
+                        for c in range(0, len(others), s.batch_size):
+                            ids = others[c:c + s.batch_size]
+                            eps[ids] = guided_eps(ids, t)
+                        step_keys += keys
+                    key_log.append(step_keys)
+                else:
+                    ctx.mode = "off"
+                    for c in range(0, B, s.batch_size):
+                        ids = all_views[c:c + s.batch_size]
+                        eps[ids] = guided_eps(ids, t)
+                latents = sched.step(eps, t, latents).prev_sample.float()
+                if lmask is not None and step >= inpaint_start:
+                    t_next = timesteps[step + 1] if step + 1 < len(timesteps) else None
+                    latents = reinject(latents, original_latents, inpaint_noise, lmask, sched, t_next, s.inpaint_strength)
+                progress("edit", step + 1, len(timesteps))
+    finally:
+        ctx.end()
+
+    edited = _resize(decode_latents(models, latents), (H, W)).clamp(0, 1)
+    return EditOutput(edited.to(images.device), latents, original_latents, lmask, key_log)
+
+
+# ---------------------------------------------------------------------------
+# 3. The editor of the edit loop
+# ---------------------------------------------------------------------------
+
+class InstructPix2PixEditor:
+    """Instruct-Pix2Pix behind the ``Editor`` interface (``edit3dgs edit --editor ip2p``).
+
+    The first time a view (camera, timestep) is seen its render is kept as the original: it
+    conditions every later edit of that view and supplies the expression for inpainting. With
+    ``reedit_strength`` (0 < s < 1) later rounds re-edit the current render noised to that
+    strength (Instruct-NeRF2NeRF's iterative dataset update) instead of editing from noise.
+    """
+
+    name = "ip2p"
+
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype=None,
+                 steps: int = 20, guidance_text: float = 7.5, guidance_image: float = 1.5, seed: int | None = None,
+                 resolution: int = 512, batch_size: int = 8, multiview: bool = True, chunk_size: int = 5,
+                 key_neighbours: int = 2, temporal: bool = True, inpaint: bool = True,
+                 inpaint_regions: Sequence[str] = DEFAULT_INPAINT_REGIONS, inpaint_strength: float = 1.0,
+                 inpaint_start: int | None = None, inpaint_dilate: int = 1, mask_source: str = "flame",
+                 detector_model: str | None = None, sam_model: str | None = None,
+                 detector_queries: Sequence[str] | None = None, box_threshold: float = 0.3, text_threshold: float = 0.25,
+                 reedit_strength: float | None = None, attention_slicing: bool = False, vae_tiling: bool = False,
+                 cpu_offload: bool = False):
+        if mask_source not in ("flame", "detector"):
+            raise Edit3DGSError("--mask-source", "flame or detector", repr(mask_source))
+        if reedit_strength is not None and not 0 < float(reedit_strength) <= 1:
+            raise Edit3DGSError("--reedit-strength", "a noise strength in (0, 1]", repr(reedit_strength))
+        if int(steps) < 1:
+            raise Edit3DGSError("--steps", "at least 1 denoising step", repr(steps))
+        if not 0 <= float(inpaint_strength) <= 1:
+            raise Edit3DGSError("--inpaint-strength", "a value in [0, 1]", repr(inpaint_strength))
+        self.model, self.device, self.dtype = model, device, dtype
+        self.memory = dict(attention_slicing=attention_slicing, vae_tiling=vae_tiling, cpu_offload=cpu_offload)
+        self.settings = IP2PSettings(
+            steps=int(steps), guidance_text=float(guidance_text), guidance_image=float(guidance_image),
+            seed=0 if seed is None else int(seed), resolution=int(resolution), batch_size=int(batch_size),
+            multiview=bool(multiview), chunk_size=int(chunk_size), key_neighbours=int(key_neighbours),
+            temporal=bool(temporal), inpaint=bool(inpaint), inpaint_strength=float(inpaint_strength),
+            inpaint_start=inpaint_start, inpaint_dilate=int(inpaint_dilate))
+        self.fixed_seed = seed is not None
+        self.inpaint_regions = list(inpaint_regions)
+        self.mask_source = mask_source
+        self.detector = dict(detector_model=detector_model, sam_model=sam_model, queries=detector_queries,
+                             box_threshold=box_threshold, text_threshold=text_threshold)
+        self.reedit_strength = None if reedit_strength is None else float(reedit_strength)
+        self._originals: dict[tuple[int, int], torch.Tensor] = {}
+        self._masks: dict[tuple[int, int], torch.Tensor] = {}
+        self.rounds = 0
+
+    def models(self) -> IP2PModels:
+        return load_ip2p(self.model, self.device, self.dtype, **self.memory)
+
+    def regions_for(self, instruction: str) -> list[str]:
+        if not instruction or not instruction.strip():
+            raise Edit3DGSError("--instruction", "a sentence describing the edit", "an empty instruction")
+        return list(self.inpaint_regions) if (self.settings.inpaint and self.mask_source == "flame") else []
+
+    def _region_mask(self, request: EditRequest) -> torch.Tensor:
+        from ..masks import combine_region_masks
+
+        return combine_region_masks(request.region_masks, self.inpaint_regions, request.images.shape[:3])
+
+    def edit(self, request: EditRequest, progress: Progress = no_progress) -> torch.Tensor:
+        models = self.models()  # load first: a missing model fails before any work
+        imgs = request.images.detach().float().cpu()
+        keys = [(int(c.index), int(t)) for c, t in zip(request.cameras, request.timesteps)]
+        seen = all(k in self._originals for k in keys)
+        for k, img in zip(keys, imgs):
+            self._originals.setdefault(k, img)
+        cond = torch.stack([self._originals[k] for k in keys])
+
+        masks = None
+        if self.settings.inpaint:
+            if not all(k in self._masks for k in keys):
+                if self.mask_source == "flame":
+                    new = self._region_mask(request).float().cpu()
+                else:
+                    from ..masks import detect_region_masks
+
+                    new = detect_region_masks(cond, **self.detector, device=models.device)
+                for k, m in zip(keys, new):
+                    self._masks.setdefault(k, m)
+            masks = torch.stack([self._masks[k] for k in keys])
+
+        def at(x, i):
+            return None if x is None else x[i].detach().float()
+
+        views = [View(c, int(t), request.gaussian_means.get(int(t)) if request.gaussian_means else None,
+                      at(request.depths, i), at(request.alphas, i))
+                 for i, (c, t) in enumerate(zip(request.cameras, request.timesteps))]
+        settings = self.settings
+        if not self.fixed_seed:   # the loop gives each round its own seed
+            settings = IP2PSettings(**{**settings.__dict__, "seed": int(request.seed)})
+        reedit = self.reedit_strength is not None and seen and self.reedit_strength < 1
+        out = edit_images(models, cond, request.instruction, settings, views=views, masks=masks,
+                          init_images=imgs if reedit else None, strength=self.reedit_strength if reedit else 1.0,
+                          progress=progress, should_stop=request.should_stop)
+        self.rounds += 1
+        return out.images.to(request.images.device)
+
+
+# ---------------------------------------------------------------------------
+# Command-line flags (the `edit` command adds them when --editor ip2p is available)
+# ---------------------------------------------------------------------------
+
+def add_cli_args(parser) -> None:
+    """Add the Instruct-Pix2Pix flags to an argparse parser (flags already there are kept)."""
+    g = parser.add_argument_group("Instruct-Pix2Pix editor (--editor ip2p)")
+
+    def add(flag: str, **kw) -> None:
+        if flag not in parser._option_string_actions:   # e.g. --device shared with the edit command
+            g.add_argument(flag, **kw)
+
+    add("--model", default=DEFAULT_MODEL, help="Instruct-Pix2Pix model id or local diffusers folder (safetensors)")
+    add("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
+    add("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 elsewhere), fp16, bf16, fp32")
+    add("--steps", type=int, default=20, help="denoising steps")
+    add("--guidance-text", type=float, default=7.5, help="text guidance scale")
+    add("--guidance-image", type=float, default=1.5, help="image guidance scale")
+    add("--resolution", type=int, default=512, help="short side of the images the diffusion model sees")
+    add("--no-multiview", action="store_true", help="edit every view on its own (ablation)")
+    add("--chunk-size", type=int, default=5, help="views per chunk; one key view per chunk per step")
+    add("--no-inpaint", action="store_true", help="no expression-preserving inpainting (ablation)")
+    add("--inpaint-regions", default=",".join(DEFAULT_INPAINT_REGIONS), help="regions re-injected from the originals")
+    add("--inpaint-strength", type=float, default=1.0, help="weight of the re-injected original latents")
+    add("--inpaint-start", type=int, default=None, help="first denoising step of re-injection (default: half of --steps)")
+    add("--mask-source", default="flame", choices=("flame", "detector"),
+        help="eye/mouth masks from the avatar's regions, or Grounding DINO + SAM 2")
+    add("--detector-model", default=None, help="Grounding DINO model id or folder")
+    add("--sam-model", default=None, help="SAM 2 model id or folder")
+    add("--reedit-strength", type=float, default=None,
+        help="re-edit the current renders at this noise strength in later rounds (Instruct-NeRF2NeRF)")
+    add("--attention-slicing", action="store_true", help="less memory, slower attention")
+    add("--vae-tiling", action="store_true", help="VAE in tiles (large images)")
+    add("--cpu-offload", action="store_true", help="keep models on the CPU, move each to the GPU while it runs")
+
+
+def options_from_args(args) -> dict:
+    """Editor options for ``make_editor("ip2p", **options)`` from parsed flags."""
+    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    regions = [r.strip() for r in (get("inpaint_regions") or "").split(",") if r.strip()]
+    opts = dict(model=get("model", DEFAULT_MODEL), device=get("device", "auto"), dtype=get("dtype"),
+                steps=get("steps", 20), guidance_text=get("guidance_text", 7.5), guidance_image=get("guidance_image", 1.5),
+                resolution=get("resolution", 512), multiview=not get("no_multiview", False),
+                chunk_size=get("chunk_size", 5), inpaint=not get("no_inpaint", False),
+                inpaint_regions=regions or list(DEFAULT_INPAINT_REGIONS), inpaint_strength=get("inpaint_strength", 1.0),
+                inpaint_start=get("inpaint_start"), mask_source=get("mask_source", "flame"),
+                detector_model=get("detector_model"), sam_model=get("sam_model"),
+                reedit_strength=get("reedit_strength"), attention_slicing=get("attention_slicing", False),
+                vae_tiling=get("vae_tiling", False), cpu_offload=get("cpu_offload", False))
+    # No seed here: the loop gives each round's EditRequest its own seed (--seed + round).
+    return {k: v for k, v in opts.items() if v is not None or k in ("reedit_strength", "inpaint_start")}

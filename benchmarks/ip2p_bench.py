@@ -1,0 +1,155 @@
+"""Instruct-Pix2Pix editing speed: multi-view batch editing vs independent per-view editing.
+
+Full-size Instruct-Pix2Pix architecture (SD 1.5 UNet with 8 input channels, SD VAE,
+CLIP ViT-L/14 text encoder) with random weights -- timing does not depend on their
+values -- at 512x512, 20 DDIM steps, fp16 on CUDA. Edits 16 views of one timestep
+both ways in one run and prints time, peak memory and the ratio.
+
+    python benchmarks/ip2p_bench.py [--views 16] [--steps 20] [--size 512] [--episode]
+
+``--episode`` also times a whole ip2p edit of the built-in avatar (16 cameras x 10
+timesteps: render + edit + refit) through ``loop.EditSession``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+BENCH_MODEL = "benchmark-random-ip2p"
+
+
+def full_size_models(device, dtype):
+    """Random-weight Instruct-Pix2Pix components of the real sizes, registered in the loader's cache."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from edit3dgs.edit import ip2p
+    from edit3dgs.edit.mv_attention import install
+    from tiny_models import tiny_clip_tokenizer
+
+    with torch.device(device):
+        unet = UNet2DConditionModel(
+            sample_size=64, in_channels=8, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8)
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
+        tok = tiny_clip_tokenizer(Path(tempfile.mkdtemp()) / "tok")
+        tok.model_max_length = 77
+        te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                          num_attention_heads=12, max_position_embeddings=77, bos_token_id=0, eos_token_id=1))
+    for m in (unet, vae, te):
+        m.to(device, dtype).eval().requires_grad_(False)
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+    models = ip2p.IP2PModels(tok, te, vae, unet, sched, torch.device(device), dtype, install(unet), BENCH_MODEL)
+    ip2p._MODELS[(BENCH_MODEL, str(torch.device(device)), str(dtype), False)] = models
+    n = sum(p.numel() for p in unet.parameters())
+    return models, n
+
+
+def rig_views(n: int, size: int):
+    from edit3dgs.cameras import camera_rig
+    from edit3dgs.edit.mv_attention import View
+
+    import numpy as np
+
+    az = list(np.linspace(-75, 75, n))
+    cams = camera_rig(size, size, azimuths=az, elevations=[5.0] * n)
+    return [View(c, 0) for c in cams]
+
+
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return out, dt, peak
+
+
+def bench_views(models, views: int, steps: int, size: int, batch: int) -> dict:
+    from edit3dgs.edit.ip2p import IP2PSettings, edit_images
+
+    dev = models.device
+    imgs = torch.rand(views, size, size, 3, device=dev)
+    vs = rig_views(views, size)
+    base = dict(steps=steps, resolution=size, batch_size=batch, inpaint=False)
+    run = {
+        "per_view": lambda: edit_images(models, imgs, "make him look older", IP2PSettings(multiview=False, **base)),
+        "multiview": lambda: edit_images(models, imgs, "make him look older", IP2PSettings(multiview=True, **base), views=vs),
+    }
+    # Warm-up (kernels, allocator) with 2 steps each.
+    for k in run:
+        edit_images(models, imgs, "warm up", IP2PSettings(**{**base, "steps": 2}, multiview=(k == "multiview")),
+                    views=vs if k == "multiview" else None)
+    res = {}
+    for k, fn in run.items():
+        _, dt, peak = timed(fn, dev)
+        res[k] = {"seconds": round(dt, 3), "peak_gib": round(peak, 2)}
+    res["ratio_multiview_over_per_view"] = round(res["multiview"]["seconds"] / res["per_view"]["seconds"], 3)
+    return res
+
+
+def bench_episode(device, steps: int) -> dict:
+    from edit3dgs.builtin import make_avatar
+    from edit3dgs.bundle import open_avatar
+    from edit3dgs.loop import EditSession, EditSettings
+
+    tmp = Path(tempfile.mkdtemp())
+    t0 = time.perf_counter()
+    make_avatar(tmp / "ada", identity=0, frames=24)
+    t_make = time.perf_counter() - t0
+    b = open_avatar(tmp / "ada", device=device)
+    s = EditSettings(prompt="make him look older", editor="ip2p", cameras=list(range(16)), num_timesteps=10,
+                     device=str(device), editor_options={"model": BENCH_MODEL, "device": str(device), "steps": steps})
+    sess = EditSession(b, s)
+    _, dt, peak = timed(lambda: sess.run(tmp / "edited"), torch.device(device))
+    return {"seconds": round(dt, 2), "peak_gib": round(peak, 2), "stages_s": sess.timings, "make_avatar_s": round(t_make, 2)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--views", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=16, help="views per UNet call")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--episode", action="store_true", help="also time a whole ip2p edit (16 cameras x 10 timesteps)")
+    ap.add_argument("--skip-views", action="store_true")
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    t0 = time.perf_counter()
+    models, n = full_size_models(dev, dtype)
+    report = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "dtype": str(dtype),
+              "unet_params_M": round(n / 1e6, 1), "build_s": round(time.perf_counter() - t0, 1),
+              "views": a.views, "steps": a.steps, "size": a.size, "torch": torch.__version__}
+    print(json.dumps(report), flush=True)
+    if not a.skip_views:
+        report["edit_16_views"] = bench_views(models, a.views, a.steps, a.size, a.batch)
+        print(json.dumps(report["edit_16_views"]), flush=True)
+    if a.episode:
+        report["episode"] = bench_episode(dev, a.steps)
+        print(json.dumps(report["episode"]), flush=True)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
