@@ -166,5 +166,50 @@ class EDIT3DGS_PT_history(_Panel, bpy.types.Panel):
                      depress=h.compare_with >= 0)
 
 
+class EDIT3DGS_PT_motion(_Panel, bpy.types.Panel):
+    bl_label = "Motion"
+    bl_parent_id = "EDIT3DGS_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        scene = context.scene
+        col = self.layout.column(align=True)
+        col.operator("edit3dgs.import_motion", text="Import Motion…", icon="IMPORT")
+        col.operator("edit3dgs.export_motion", text="Export Motion…", icon="EXPORT")
+        fps = scene.render.fps / scene.render.fps_base
+        self.layout.label(text=f"Frames {scene.frame_start}-{scene.frame_end} at {fps:g} fps", icon="TIME")
+
+
+class EDIT3DGS_PT_shot(_Panel, bpy.types.Panel):
+    bl_label = "Shot"
+    bl_parent_id = "EDIT3DGS_PT_main"
+
+    def draw(self, context):
+        scene = context.scene
+        s = scene.edit3dgs_shot
+        layout = self.layout
+        col = layout.column()
+        col.prop(scene, "camera")
+        row = col.row(align=True)
+        row.prop(scene, "frame_start", text="Start")
+        row.prop(scene, "frame_end", text="End")
+        col.prop(scene.render, "filepath", text="Output")
+        col.prop(s, "add_strip")
+        row = layout.row(align=True)
+        row.scale_y = 1.3
+        if s.running:
+            row.operator("edit3dgs.cancel_shot", icon="CANCEL")
+            layout.progress(factor=s.progress, type="BAR", text=s.stage or "starting")
+        else:
+            row.operator("edit3dgs.render_shot", icon="RENDER_ANIMATION")
+        if s.report:
+            box = layout.box()
+            icon = {"FAILED": "ERROR", "CANCELLED": "CANCEL", "DONE": "CHECKMARK"}.get(s.status, "INFO")
+            for i, line in enumerate(_wrap(s.report, 48)[:4]):
+                box.label(text=line, icon=icon if i == 0 else "BLANK1")
+            if s.status == "FAILED":
+                box.operator("edit3dgs.open_log", text="Open backend log", icon="TEXT").which = "backend"
+
+
 CLASSES = (EDIT3DGS_UL_versions, EDIT3DGS_PT_main, EDIT3DGS_PT_rig, EDIT3DGS_PT_editor, EDIT3DGS_PT_views,
-           EDIT3DGS_PT_masks, EDIT3DGS_PT_history)
+           EDIT3DGS_PT_masks, EDIT3DGS_PT_motion, EDIT3DGS_PT_shot, EDIT3DGS_PT_history)

@@ -24,6 +24,8 @@ Job kinds (``args``)
     world_positions avatar, params {expr, rotation, ...}, out -> {"npy"}
     edit            avatar, out_dir, settings {EditSettings fields}, [regions] -> {"avatar", "npz"}
     region_masks    avatar, camera {c2w, fx, fy, cx, cy, w, h}, regions, out [, timestep] -> {"png"}
+    render_shot     avatar, cameras (transforms JSON, one camera per frame), flame_params (npz, one
+                    timestep per frame), work_dir, outputs (one PNG path per frame) -> {"files", "device"}
     sleep           seconds (a cancellable no-op, for tests of the bridge)
 
 Avatars stay loaded between jobs (keyed by folder and modification time), and
@@ -137,7 +139,7 @@ class Server:
             try:
                 fn = getattr(self, "job_" + str(job.get("kind")), None)
                 if fn is None:
-                    raise Edit3DGSError(None, "a job kind among export_rig, world_positions, edit, region_masks, sleep",
+                    raise Edit3DGSError(None, "a job kind among export_rig, world_positions, edit, region_masks, render_shot, sleep",
                                         repr(job.get("kind")))
                 result = fn(jid, job.get("args") or {})
                 self.ch.send("done", {"id": jid, "result": result})
@@ -259,6 +261,20 @@ class Server:
             res = rasterize(g.means, g.quats, g.scales, g.opacities, colors, vm, K, cam.width, cam.height)
         save_png(args["out"], res.rgb[0].cpu())
         return {"png": str(args["out"]), "regions": regions}
+
+    def job_render_shot(self, jid, args):
+        from .shot import deliver, load_shot, render_shot
+
+        cb = self.progress(jid)
+        cb("load", 0, 1)
+        b = self.avatar(args["avatar"])
+        cams, params = load_shot(args["cameras"], args["flame_params"], b)
+        outputs = list(args.get("outputs") or [])
+        if len(outputs) != len(cams):
+            raise Edit3DGSError(args["cameras"], f"{len(cams)} output paths (one per frame)", f"{len(outputs)}")
+        files = render_shot(b, cams, params, Path(args["work_dir"]) / "frames", progress=cb)
+        # Only a finished shot reaches the output folder (a cancel or a failure leaves it as it was).
+        return {"files": deliver(files, outputs), "device": str(b.gaussians.device)}
 
 
 def _version() -> str:

@@ -1,0 +1,135 @@
+"""Import a FLAME motion onto the rig as keyframes; export the rig's animation as flame_param.npz."""
+
+from __future__ import annotations
+
+import os
+
+import bpy
+import numpy as np
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+
+from .. import motion as mo
+from ..scene import motion as scene_motion
+from .common import avatar_root, note, preview_object
+
+
+def find_rig(context):
+    """(root, armature, head) of the active avatar, or an error message."""
+    prev = preview_object(context)
+    root = avatar_root(prev) if prev is not None else None
+    if root is None:
+        return None, "no Gaussian avatar in the scene: import one first"
+    arm, head = scene_motion.rig_objects(root)
+    if arm is None or head is None or head.data.shape_keys is None:
+        return None, f"the avatar '{root.name}' has no FLAME rig (armature and head with shape keys)"
+    return (root, arm, head), ""
+
+
+def scene_fps(scene) -> float:
+    return scene.render.fps / scene.render.fps_base
+
+
+class EDIT3DGS_OT_import_motion(bpy.types.Operator):
+    """Keyframe the avatar's rig from a FLAME motion (flame_param.npz or a GaussianAvatars dataset folder).
+Another person's motion on this avatar is cross-identity reenactment: the avatar keeps its own shape"""
+
+    bl_idname = "edit3dgs.import_motion"
+    bl_label = "Import Motion"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(name="Motion", subtype="FILE_PATH",
+                             description="flame_param.npz, or a dataset folder with per-frame FLAME files")
+    filter_glob: StringProperty(default="*.npz", options={"HIDDEN"})
+    frame_start: IntProperty(name="Start frame", default=-1, description="First keyed frame (-1: the scene's start)")
+    source_fps: FloatProperty(name="Source fps", default=0.0, min=0.0,
+                              description="Frame rate of the motion; 0: the scene's (one key per scene frame)")
+    split: EnumProperty(name="Split", items=[(s, s, f"transforms_{s}.json of a dataset folder") for s in ("train", "val", "test")])
+    set_range: BoolProperty(name="Set scene range", default=True, description="Make the scene's frame range the motion's")
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        found, msg = find_rig(context)
+        if found is None:
+            return self._fail(context, msg)
+        root, arm, head = found
+        path = bpy.path.abspath(self.filepath)
+        if path.endswith(("/", "\\")) and not os.path.isdir(path):
+            path = path.rstrip("/\\")
+        n_expr = scene_motion.n_expr_keys(head)
+        scene = context.scene
+        try:
+            motion = mo.load_motion(path, n_expr=n_expr, split=self.split)
+            fps = scene_fps(scene)
+            if self.source_fps > 0:
+                motion = mo.resample(motion, self.source_fps, fps)
+        except mo.MotionError as exc:  # validated before anything is keyed
+            return self._fail(context, str(exc))
+        start = scene.frame_start if self.frame_start < 0 else self.frame_start
+        T, n_curves = scene_motion.key_motion(arm, head, motion, start)
+        if self.set_range:
+            scene.frame_start, scene.frame_end = start, start + T - 1
+        scene.frame_set(scene.frame_current)
+        cross = ""
+        try:
+            ident = mo.avatar_identity(root.get("edit3dgs_avatar", ""))
+            if "shape" in motion:
+                a, b = ident["shape"], motion["shape"]
+                n = min(len(a), len(b))
+                if np.abs(a[:n] - b[:n]).max(initial=0.0) > 1e-6 or np.abs(b[n:]).max(initial=0.0) > 1e-6:
+                    cross = "; cross-identity: the motion's own shape is not used, the avatar keeps its identity"
+        except mo.MotionError:
+            pass
+        rate = f", resampled {self.source_fps:g} -> {scene_fps(scene):g} fps" if self.source_fps > 0 else ""
+        msg = f"Motion: {T} frames keyed from frame {start} ({n_curves} F-curves{rate}){cross}"
+        note(context, msg, "IMPORTED")
+        self.report({"INFO"}, msg)
+        return {"FINISHED"}
+
+    def _fail(self, context, msg):
+        note(context, f"Motion not imported: {msg}", "FAILED")
+        self.report({"ERROR"}, f"Motion not imported: {msg}")
+        return {"CANCELLED"}
+
+
+class EDIT3DGS_OT_export_motion(bpy.types.Operator):
+    """Write the rig's animation (hand keyframes included) over the scene's frame range as flame_param.npz"""
+
+    bl_idname = "edit3dgs.export_motion"
+    bl_label = "Export Motion"
+
+    filepath: StringProperty(name="File", subtype="FILE_PATH", default="//flame_param.npz")
+    filter_glob: StringProperty(default="*.npz", options={"HIDDEN"})
+    check_existing: BoolProperty(default=True, options={"HIDDEN"})
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        found, msg = find_rig(context)
+        if found is None:
+            self.report({"ERROR"}, f"Motion not exported: {msg}")
+            return {"CANCELLED"}
+        root, arm, head = found
+        scene = context.scene
+        frames = np.arange(scene.frame_start, scene.frame_end + 1)
+        path = bpy.path.abspath(self.filepath)
+        if not path.lower().endswith(".npz"):
+            path += ".npz"
+        try:
+            ident = mo.avatar_identity(root.get("edit3dgs_avatar", ""))
+            motion = scene_motion.rig_motion(arm, head, frames)
+            mo.save_motion(path, motion, ident)
+        except (mo.MotionError, OSError) as exc:
+            self.report({"ERROR"}, f"Motion not exported: {exc}")
+            return {"CANCELLED"}
+        msg = f"Motion: frames {frames[0]}-{frames[-1]} written to {path}"
+        note(context, msg)
+        self.report({"INFO"}, msg)
+        return {"FINISHED"}
+
+
+CLASSES = (EDIT3DGS_OT_import_motion, EDIT3DGS_OT_export_motion)
