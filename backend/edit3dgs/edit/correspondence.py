@@ -20,6 +20,7 @@ cosine similarity of the normalised hidden states.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -58,22 +59,41 @@ def fundamental_matrix(cam_q: Camera, cam_k: Camera) -> np.ndarray:
     return np.linalg.inv(cam_k.K).T @ E @ np.linalg.inv(cam_q.K)
 
 
+def token_grid(h: int, w: int, device=None) -> torch.Tensor:
+    """(h*w, 3) float32 homogeneous token-centre coordinates in token units (row-major)."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+    return torch.stack([xs.reshape(-1) + 0.5, ys.reshape(-1) + 0.5, torch.ones(h * w, dtype=torch.float32, device=device)], -1)
+
+
+def token_fundamental(cam_q: Camera, cam_k: Camera, h: int, w: int) -> np.ndarray:
+    """G (3,3) with l = G x: the epipolar line in key-token units of query token centre x (token units)."""
+    sq = np.diag([cam_q.width / w, cam_q.height / h, 1.0])
+    sk = np.diag([cam_k.width / w, cam_k.height / h, 1.0])
+    return sk @ fundamental_matrix(cam_q, cam_k) @ sq
+
+
+def epipolar_distances(pairs: Sequence[tuple[Camera, Camera]], h: int, w: int, device=None) -> torch.Tensor:
+    """(P, Nq, Nk) distance, in tokens of the (h, w) grid, from each key token centre to the
+    epipolar line of each query token centre, for P (query, key) camera pairs at once
+    (one host-to-device copy, no host syncs)."""
+    # float32 is plenty here (token coordinates ~1e2) and much faster than float64 on GPUs.
+    G = torch.as_tensor(np.stack([token_fundamental(q, k, h, w) for q, k in pairs]), dtype=torch.float32)
+    if device is not None and torch.device(device).type == "cuda":
+        G = G.pin_memory().to(device, non_blocking=True)                # no host sync
+    else:
+        G = G.to(device)
+    x = token_grid(h, w, device)
+    lt = torch.matmul(x, G.transpose(1, 2))                           # (P, Nq, 3) lines in key tokens
+    num = torch.matmul(lt, x.T).abs_()
+    den = lt[..., :2].norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return num.div_(den)
+
+
 def epipolar_distance(cam_q: Camera, cam_k: Camera, h: int, w: int, device=None) -> torch.Tensor:
     """(Nq, Nk) distance, in tokens of the (h, w) grid, from each key token centre to the
     epipolar line of each query token centre."""
-    # float32 is plenty here (pixel coordinates ~1e3) and much faster than float64 on GPUs.
-    Fm = torch.as_tensor(fundamental_matrix(cam_q, cam_k), dtype=torch.float32, device=device)
-    xq = token_centres(h, w, cam_q.width, cam_q.height, device).float()
-    lines = xq @ Fm.T                                                # (Nq, 3) lines in key pixels
-    # Express lines in key-token units so the distance is measured in tokens.
-    s = torch.tensor([cam_k.width / w, cam_k.height / h, 1.0], dtype=torch.float32, device=device)
-    lt = lines * s
-    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
-                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
-    xk = torch.stack([xs.reshape(-1) + 0.5, ys.reshape(-1) + 0.5, torch.ones(h * w, dtype=torch.float32, device=device)], -1)
-    num = (lt @ xk.T).abs()
-    den = lt[:, :2].norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return (num / den).float()
+    return epipolar_distances([(cam_q, cam_k)], h, w, device)[0]
 
 
 def epipolar_candidates(cam_q: Camera, cam_k: Camera, h: int, w: int, band: float = 1.0, device=None) -> torch.Tensor:
@@ -112,16 +132,41 @@ def binding_candidates(tokens_q: torch.Tensor, tokens_k: torch.Tensor, h: int, w
     """(Nq, Nk) bool from per-Gaussian tokens of the same Gaussians in two views (-1: not visible):
     query token p may match key token q when some Gaussian seen at p is seen at q (or within
     ``dilate`` tokens of it)."""
-    n = h * w
+    return binding_candidates_batched(tokens_q[None], tokens_k[None], h, w, dilate)[0]
+
+
+def dilate_keys(cand: torch.Tensor, h: int, w: int, dilate: int) -> torch.Tensor:
+    """(..., Nq, Nk) bool dilated by ``dilate`` tokens over the key grid (h, w) (a square window)."""
+    if dilate <= 0:
+        return cand
+    shape = cand.shape
+    c = cand.reshape(-1, h, w)
+    out = c.clone()
+    for dy in range(-dilate, dilate + 1):
+        for dx in range(-dilate, dilate + 1):
+            if dy == 0 and dx == 0:
+                continue
+            ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+            xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+            out[:, yd, xd] |= c[:, ys, xs]
+    return out.view(shape)
+
+
+def binding_candidates_batched(tokens_q: torch.Tensor, tokens_k: torch.Tensor, h: int, w: int, dilate: int = 1,
+                               out: torch.Tensor | None = None) -> torch.Tensor:
+    """``binding_candidates`` for P pairs at once: tokens (P, N) -> (P, Nq, Nk) bool, written into
+    ``out`` when given. One scatter, no host syncs."""
+    P, n = tokens_q.shape[0], h * w
     both = (tokens_q >= 0) & (tokens_k >= 0)
-    pairs = torch.unique(tokens_q[both] * n + tokens_k[both])
-    cand = torch.zeros(n * n, dtype=torch.bool, device=tokens_q.device)
-    cand[pairs] = True
-    cand = cand.view(n, n)
-    if dilate > 0:
-        k = 2 * dilate + 1
-        cand = F.max_pool2d(cand.view(n, 1, h, w).float(), k, stride=1, padding=dilate).view(n, n) > 0
-    return cand
+    base = torch.arange(P, device=tokens_q.device)[:, None] * (n * n)
+    flat = torch.where(both, base + tokens_q * n + tokens_k, P * n * n)     # invalid -> one spare slot
+    cand = torch.zeros(P * n * n + 1, dtype=torch.bool, device=tokens_q.device)
+    cand.index_fill_(0, flat.reshape(-1), True)
+    cand = dilate_keys(cand[:P * n * n].view(P, n, n), h, w, dilate)
+    if out is None:
+        return cand
+    out.copy_(cand)
+    return out
 
 
 def match_tokens(feat_q: torch.Tensor, feat_k: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

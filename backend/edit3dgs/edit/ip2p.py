@@ -389,10 +389,14 @@ def edit_images(models: IP2PModels, images: torch.Tensor, instruction: str, sett
                         keys = [c[int(torch.randint(len(c), (1,), generator=cpu_gen))] for c in g.chunks]
                         others = [i for i in g.members if i not in keys]
                         ctx.set_keys(keys, {i: nearest_keys(views, i, keys, s.key_neighbours) for i in others})
-                        ctx.mode = "key"            # key views: extended self-attention across all of them
-                        eps[keys] = guided_eps(keys, t)
-                        ctx.mode = "inject"         # other views: the key views' outputs at matched tokens
-                        for c in range(0, len(others), s.batch_size):
+                        # Key views: extended self-attention across all of them; other views: the key
+                        # views' outputs at matched tokens. The first UNet call holds the key views and
+                        # as many others as fit in the batch ("mixed": key views first in every layer).
+                        first = others[:max(0, s.batch_size - len(keys))]
+                        ctx.mode, ctx.n_keys = ("mixed" if first else "key"), len(keys)
+                        eps[keys + first] = guided_eps(keys + first, t)
+                        ctx.mode = "inject"
+                        for c in range(len(first), len(others), s.batch_size):
                             ids = others[c:c + s.batch_size]
                             eps[ids] = guided_eps(ids, t)
                         step_keys += keys

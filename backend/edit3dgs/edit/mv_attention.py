@@ -15,9 +15,20 @@ current UNet call is:
   candidates of ``correspondence``) of the nearest key view(s) is found and
   the key view's recorded output at that token replaces the view's own
   self-attention output (weights blend two key views). Tokens with no
-  candidate fall back to the view's own self-attention.
+  candidate fall back to the view's own self-attention;
+- ``mode = "mixed"``: the first ``n_keys`` views of the batch are the key views
+  ("key"), the rest other views ("inject"), all in one UNet call (each layer
+  handles the key views first, so the others match against this layer's
+  key features): as many UNet calls per step as per-view editing.
 
 UNet batches are laid out branch-major: index ``branch * n_views + view``.
+
+Speed: everything that depends only on the views (candidate masks, blend
+weights, tokens without candidates) is built once per UNet call and attention
+resolution (``MultiViewContext.plan``, shared by all layers of that resolution,
+batched over the call's views, with one host sync); inside a layer the matching
+of all views runs as a few batched similarity products, masked fills and
+argmaxes, with no host syncs and no loops over views or tokens.
 """
 
 from __future__ import annotations
@@ -43,6 +54,22 @@ class View:
     alpha: torch.Tensor | None = None
 
 
+@dataclass
+class MatchPlan:
+    """What the matching of one UNet call at one attention resolution needs, built once and shared
+    by all layers of that resolution (``MultiViewContext.plan``). K: neighbour slots per view."""
+
+    nbr_pos: torch.Tensor        # (K, V) long: position of each view's k-th key view in the key batch
+    not_cand: torch.Tensor       # (K, V, Nq, Nk) bool: True where a key token is NOT a candidate
+    coef: torch.Tensor           # (K, V, Nq) float32: blend weight of each match (0 without candidate)
+    valid: torch.Tensor          # (K, V, Nq) bool: query tokens with at least one candidate
+    pairs: list                  # [(k, v, view, key view)] of the real neighbour slots
+    miss_views: torch.Tensor | None = None   # (Vm,) long: views with tokens that have no candidate at all
+    miss_q: torch.Tensor | None = None       # (Vm, M) long: their missing tokens, flat in (Vm*N), padded by repetition
+    miss_sel: torch.Tensor | None = None     # (Nmiss,) long: real entries of the flattened (Vm*M) layout
+    miss_flat: torch.Tensor | None = None    # (Nmiss,) long: their flat (view * Nq + token) positions
+
+
 class MultiViewContext:
     """State shared by the self-attention processors of one UNet."""
 
@@ -51,6 +78,7 @@ class MultiViewContext:
         self.extended = True
         self.n_branches = 3
         self.batch: list[int] = []            # view ids of the current UNet call, in order
+        self.n_keys = 0                       # mode "mixed": the first n_keys views of the batch are key views
         self.views: list[View] = []
         self.latent_hw: tuple[int, int] = (0, 0)
         self.neighbours: dict[int, list[tuple[int, float]]] = {}
@@ -61,32 +89,33 @@ class MultiViewContext:
         self.record_matches = False           # keep (idx, valid) per (layer, view, key) for tests
         self.matches: dict = {}
         self.cache: dict[str, tuple[dict, torch.Tensor, torch.Tensor]] = {}
-        self._cand: dict = {}                 # candidate masks, kept for the whole edit (key views recur)
-        self._cand_bytes = 0
-        self.cand_budget = 2 * 2**30          # bytes of candidate masks kept; beyond that they are recomputed
+        self.match_bytes = 2**28              # bytes of similarity matrices per matching product
+        self.cand_bytes = 2**30               # bytes of float32 temporaries per candidate-building product
+        self._plans: dict = {}
+        self._plan_batch: tuple | None = None
+        self._levels: list[tuple[int, int]] = []   # attention resolutions seen in this edit
         self._gtok: dict = {}
 
     def begin(self, views: list[View], latent_hw: tuple[int, int]) -> None:
         """Start an edit of ``views`` whose latents are ``latent_hw``."""
         self.views, self.latent_hw = list(views), tuple(latent_hw)
         self._gtok.clear()
-        self._cand.clear()
-        self._cand_bytes = 0
+        self._levels = []
         self.set_keys([], {})
 
     def set_keys(self, keys: list[int], neighbours: dict[int, list[tuple[int, float]]]) -> None:
-        """New key views for this denoising step (recorded outputs and candidate masks are dropped)."""
+        """New key views for this denoising step (recorded outputs and match plans are dropped)."""
         self.keys, self.neighbours = list(keys), dict(neighbours)
         self.cache.clear()
         self.matches.clear()
+        self._plans.clear()
+        self._plan_batch = None
 
     def end(self) -> None:
         self.mode = "off"
         self.views, self.batch = [], []
         self.set_keys([], {})
         self._gtok.clear()
-        self._cand.clear()
-        self._cand_bytes = 0
 
     # -- correspondences ------------------------------------------------------------
     def _tokens(self, i: int, h: int, w: int, device) -> torch.Tensor | None:
@@ -99,22 +128,117 @@ class MultiViewContext:
 
     def candidates(self, i: int, j: int, h: int, w: int, device) -> torch.Tensor:
         """(Nq, Nk) bool candidates between view i (query) and key view j at grid (h, w)."""
-        key = (i, j, h, w)
-        if key not in self._cand:
+        out = torch.zeros(1, h * w, h * w, dtype=torch.bool, device=device)
+        self._fill_candidates(out, [(i, j)], h, w, device)
+        return out[0]
+
+    def _fill_candidates(self, out: torch.Tensor, pairs: list[tuple[int, int]], h: int, w: int, device) -> None:
+        """Write the candidate masks of (query view, key view) ``pairs`` into ``out`` (P, Nq, Nk) bool
+        (zeros where there are none), batched: same-timestep pairs by the epipolar band, the others
+        by the FLAME binding."""
+        n = h * w
+        epi, bind = [], []
+        for p, (i, j) in enumerate(pairs):
             vi, vj = self.views[i], self.views[j]
             if vi.timestep == vj.timestep:
-                c = corr.epipolar_candidates(vi.camera, vj.camera, h, w, self.band, device)
+                epi.append(p)
             else:
                 ti, tj = self._tokens(i, h, w, device), self._tokens(j, h, w, device)
-                if ti is None or tj is None:
-                    c = torch.zeros(h * w, h * w, dtype=torch.bool, device=device)
-                else:
-                    c = corr.binding_candidates(ti, tj, h, w, self.binding_dilate)
-            if self._cand_bytes + c.numel() > self.cand_budget:
-                return c
-            self._cand[key] = c
-            self._cand_bytes += c.numel()
-        return self._cand[key]
+                if ti is not None and tj is not None:
+                    bind.append((p, ti, tj))
+        step = max(1, self.cand_bytes // (4 * n * n))
+        for s in range(0, len(epi), step):
+            ps = epi[s:s + step]
+            d = corr.epipolar_distances([(self.views[pairs[p][0]].camera, self.views[pairs[p][1]].camera) for p in ps],
+                                        h, w, device)
+            out[_index(ps, device)] = d <= self.band
+        step = max(1, self.cand_bytes // (2 * n * n))
+        for s in range(0, len(bind), step):
+            chunk = bind[s:s + step]
+            c = corr.binding_candidates_batched(torch.stack([t for _, t, _ in chunk]), torch.stack([t for _, _, t in chunk]),
+                                                h, w, self.binding_dilate)
+            out[_index([p for p, _, _ in chunk], device)] = c
+
+    def plan(self, views: list[int], h: int, w: int, pos: dict[int, int], device) -> MatchPlan:
+        """The match plan of other views ``views`` at grid (h, w). Built on first use, for every
+        attention resolution seen so far at once, with one host sync per UNet call."""
+        batch = tuple(views)
+        if batch != self._plan_batch:
+            self._plans.clear()
+            self._plan_batch = batch
+        if (h, w) not in self._levels:
+            self._levels.append((h, w))
+        if (h, w) not in self._plans:
+            todo = [lv for lv in self._levels if lv not in self._plans]
+            self._plans.update(self._build_plans(list(views), todo, pos, device))
+        return self._plans[(h, w)]
+
+    def _build_plans(self, views: list[int], levels: list[tuple[int, int]], pos: dict[int, int], device) -> dict:
+        nv = len(views)
+        nbrs = [self.neighbours.get(i, []) for i in views]
+        K = max([1] + [len(x) for x in nbrs])
+        nbr_pos = [[0] * nv for _ in range(K)]
+        weight = [[0.0] * nv for _ in range(K)]
+        pairs, slots = [], []
+        for v, (i, lst) in enumerate(zip(views, nbrs)):
+            for k, (j, wt) in enumerate(lst):
+                nbr_pos[k][v], weight[k][v] = pos[j], float(wt)
+                pairs.append((k, v, i, j))
+                slots.append(k * nv + v)
+        nbr_pos_t = _to_device(nbr_pos, torch.long, device)
+        weight_t = _to_device(weight, torch.float32, device)[..., None]
+        slots_t = _to_device(slots, torch.long, device)
+        plans, misses = {}, []
+        for h, w in levels:
+            n = h * w
+            cand = torch.zeros(K * nv, n, n, dtype=torch.bool, device=device)
+            if pairs:
+                sub = torch.empty(len(pairs), n, n, dtype=torch.bool, device=device)
+                self._fill_candidates(sub, [(i, j) for _, _, i, j in pairs], h, w, device)
+                cand[slots_t] = sub
+                del sub
+            cand = cand.view(K, nv, n, n)
+            valid = cand.any(-1)                                                   # (K, V, Nq)
+            wv = weight_t * valid
+            wsum = wv.sum(0)                                                       # (V, Nq)
+            coef = wv / wsum.clamp_min(1e-12)
+            plans[(h, w)] = MatchPlan(nbr_pos_t, cand.logical_not_(), coef, valid, pairs)
+            misses.append((wsum <= 0).flatten())
+        miss_all = torch.cat(misses).cpu()                                         # the one host sync
+        off = 0
+        for h, w in levels:
+            n = h * w
+            miss = miss_all[off:off + nv * n].view(nv, n)
+            off += nv * n
+            counts = miss.sum(1)
+            if not int(counts.sum()):
+                continue
+            plan = plans[(h, w)]
+            mv = torch.nonzero(counts).flatten()
+            m = int(counts.max())
+            q = torch.zeros(len(mv), m, dtype=torch.long)
+            sel, flat = [], []
+            for r, v in enumerate(mv.tolist()):
+                toks = torch.nonzero(miss[v]).flatten()
+                q[r] = r * n + toks[torch.arange(m) % len(toks)]                  # pad by repeating
+                sel.append(r * m + torch.arange(len(toks)))
+                flat.append(v * n + toks)
+            plan.miss_views, plan.miss_q = _to_device(mv, torch.long, device), _to_device(q, torch.long, device)
+            plan.miss_sel = _to_device(torch.cat(sel), torch.long, device)
+            plan.miss_flat = _to_device(torch.cat(flat), torch.long, device)
+        return plans
+
+
+def _to_device(x, dtype, device) -> torch.Tensor:
+    """A host list/array/tensor on ``device`` without a host sync (pinned, non-blocking copy)."""
+    t = torch.as_tensor(x, dtype=dtype)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _index(ids: list[int], device) -> torch.Tensor:
+    return _to_device(ids, torch.long, device)
 
 
 def _sdpa(q, k, v, slice_size: int | None):
@@ -189,54 +313,88 @@ class MultiViewAttnProcessor:
                   and attn.norm_q is None and attn.norm_k is None)
         if ctx.mode == "off" or not simple:
             return plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb, ctx.slice_size)
-        out = self._key_views(attn, hidden_states) if ctx.mode == "key" else self._other_views(attn, hidden_states)
+        nb, n = ctx.n_branches, hidden_states.shape[1]
+        if ctx.mode == "key":
+            out = self._key_views(attn, hidden_states, ctx.batch)
+        elif ctx.mode == "inject":
+            out = self._other_views(attn, hidden_states, ctx.batch)
+        else:                                   # "mixed": key views first, then the others
+            nk, nt = ctx.n_keys, len(ctx.batch)
+            hsv = hidden_states.view(nb, nt, n, -1)
+            ko = self._key_views(attn, hsv[:, :nk].reshape(nb * nk, n, -1), ctx.batch[:nk])
+            if nt > nk:
+                oo = self._other_views(attn, hsv[:, nk:].reshape(nb * (nt - nk), n, -1), ctx.batch[nk:])
+                ko = torch.cat([ko.view(nb, nk, n, -1), oo.view(nb, nt - nk, n, -1)], 1)
+            out = ko.reshape(nb * nt, n, -1)
         return out / attn.rescale_output_factor
 
-    def _key_views(self, attn, hs: torch.Tensor) -> torch.Tensor:
+    def _key_views(self, attn, hs: torch.Tensor, views: list[int]) -> torch.Tensor:
         ctx = self.ctx
-        nb, nk = ctx.n_branches, len(ctx.batch)
+        nb, nk = ctx.n_branches, len(views)
         _, n, c = hs.shape
         q, k, v = attn.to_q(hs), attn.to_k(hs), attn.to_v(hs)
         if ctx.extended and nk > 1:
-            # One sequence per guidance branch: all key views' tokens attend to all key views' tokens.
+            # One sequence per guidance branch: all key views' tokens attend to all key views' tokens
+            # (a single SDPA call over the nb branches).
             q, k, v = (_heads(attn, x.reshape(nb, nk * n, -1)) for x in (q, k, v))
             o = _merge(_sdpa(q, k, v, ctx.slice_size)).reshape(nb * nk, n, -1)
         else:
             o = _merge(_sdpa(_heads(attn, q), _heads(attn, k), _heads(attn, v), ctx.slice_size))
         out = _out(attn, o.to(hs.dtype))
-        pos = {view: p for p, view in enumerate(ctx.batch)}
-        ctx.cache[self.name] = (pos, hs.view(nb, nk, n, c), out.view(nb, nk, n, -1))
+        pos = {view: p for p, view in enumerate(views)}
+        # Features are kept L2-normalised: the other views match against them by cosine similarity.
+        ctx.cache[self.name] = (pos, _unit(hs).view(nb, nk, n, c), out.view(nb, nk, n, -1))
         return out
 
-    def _other_views(self, attn, hs: torch.Tensor) -> torch.Tensor:
+    def _other_views(self, attn, hs: torch.Tensor, views: list[int]) -> torch.Tensor:
         ctx = self.ctx
-        nb, nv = ctx.n_branches, len(ctx.batch)
+        nb, nv = ctx.n_branches, len(views)
         _, n, c = hs.shape
         h, w = corr.token_hw(n, ctx.latent_hw)
         pos, kfeat, kout = ctx.cache[self.name]
-        hsv = hs.view(nb, nv, n, c)
-        out = torch.empty(nb, nv, n, kout.shape[-1], dtype=kout.dtype, device=hs.device)
-        for b, i in enumerate(ctx.batch):
-            acc = torch.zeros(nb, n, kout.shape[-1], dtype=torch.float32, device=hs.device)
-            wsum = torch.zeros(n, dtype=torch.float32, device=hs.device)
-            for j, weight in ctx.neighbours.get(i, []):
-                cand = ctx.candidates(i, j, h, w, hs.device)
-                idx, valid = corr.match_tokens(hsv[:, b], kfeat[:, pos[j]], cand)
-                if ctx.record_matches:
-                    ctx.matches[(self.name, i, j)] = (idx, valid)
-                got = torch.gather(kout[:, pos[j]], 1, idx[..., None].expand(-1, -1, kout.shape[-1]))
-                acc += (weight * valid[None, :, None]) * got.float()
-                wsum += weight * valid
-            res = (acc / wsum.clamp_min(1e-12)[None, :, None]).to(kout.dtype)
-            miss = wsum <= 0
-            if miss.any():
-                # No correspondence for these tokens: they keep their own self-attention.
-                x = hsv[:, b]
-                q = _heads(attn, attn.to_q(x[:, miss]))
-                k, v = _heads(attn, attn.to_k(x)), _heads(attn, attn.to_v(x))
-                res[:, miss] = _out(attn, _merge(_sdpa(q, k, v, ctx.slice_size)).to(x.dtype))
-            out[:, b] = res
-        return out.view(nb * nv, n, -1)
+        nk, co = kout.shape[1], kout.shape[-1]
+        plan = ctx.plan(views, h, w, pos, hs.device)
+        K = plan.nbr_pos.shape[0]
+        # Matching: the argmax over key tokens of the cosine similarity only needs the key features
+        # normalised (they are, in the cache); the query's norm does not change the argmax.
+        q = hs.view(nb, nv, n, c)
+        idx = torch.empty(nb, K, nv, n, dtype=torch.long, device=hs.device)
+        vstep = max(1, ctx.match_bytes // (n * n * hs.element_size()))
+        for k in range(K):
+            for b in range(nb):
+                for s in range(0, nv, vstep):
+                    e = min(nv, s + vstep)
+                    kf = kfeat[b].index_select(0, plan.nbr_pos[k, s:e])            # (v, Nk, C)
+                    sim = torch.matmul(q[b, s:e], kf.transpose(-1, -2))           # (v, Nq, Nk)
+                    sim.masked_fill_(plan.not_cand[k, s:e], float("-inf"))        # same shape: vectorised
+                    torch.argmax(sim, -1, out=idx[b, k, s:e])
+                    del sim, kf
+        # The key views' outputs at the matches, blended over the neighbour slots.
+        flat = (plan.nbr_pos[None, :, :, None] * n + idx).view(nb, K, nv * n)
+        kflat = kout.reshape(nb, nk * n, co)
+        res = None
+        for k in range(K):
+            got = torch.gather(kflat, 1, flat[:, k, :, None].expand(-1, -1, co))
+            got.mul_(plan.coef[k].view(1, nv * n, 1).to(got.dtype))
+            res = got if res is None else res.add_(got)
+        if plan.miss_views is not None:
+            # Tokens without any candidate keep their own self-attention (one batched SDPA call).
+            x = hs.view(nb, nv, n, c).index_select(1, plan.miss_views)            # (nb, Vm, N, C)
+            vm, m = plan.miss_q.shape
+            xq = x.reshape(nb, vm * n, c).index_select(1, plan.miss_q.flatten())
+            qm = _heads(attn, attn.to_q(xq).view(nb * vm, m, -1))
+            x = x.reshape(nb * vm, n, c)
+            o = _out(attn, _merge(_sdpa(qm, _heads(attn, attn.to_k(x)), _heads(attn, attn.to_v(x)), ctx.slice_size)).to(hs.dtype))
+            res.index_copy_(1, plan.miss_flat, o.reshape(nb, vm * m, co).index_select(1, plan.miss_sel))
+        if ctx.record_matches:
+            for k, v, i, j in plan.pairs:
+                ctx.matches[(self.name, i, j)] = (idx[:, k, v], plan.valid[k, v])
+        return res.view(nb * nv, n, co)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised along the last dimension (in float32), back in the input's dtype."""
+    return F.normalize(x.float(), dim=-1).to(x.dtype)
 
 
 def install(unet) -> MultiViewContext:
