@@ -1,0 +1,294 @@
+"""The edit loop: choose edit views, render them, edit them, refit the avatar, repeat.
+
+    edit set  = cameras x timesteps            (default: training cameras at a spread of timesteps)
+    round r:  render (+ region masks) -> editor.edit -> refit   (render/edit again each round: option)
+    output    = a new avatar folder (temporary folder, then rename) with edit.json
+
+The edit reaches unseen timesteps and views through the FLAME binding: only
+local (face-frame) parameters are fitted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .bundle import AvatarBundle
+from .cameras import Camera, load_cameras
+from .errors import CancelledError, Edit3DGSError
+from .fit import BindingDensify, RefitConfig, TargetBatch, refit
+from .metrics import finite, psnr
+
+DEFAULT_NUM_TIMESTEPS = 8
+MIN_ALPHA_SUM = 1.0  # a camera "sees the head" when its renders hold at least one pixel's worth of alpha
+
+
+@dataclass
+class EditSettings:
+    """Everything that decides an edit (recorded in edit.json).
+
+    cameras: camera indices of the edit set (None: the avatar's training cameras);
+    camera_file: a cameras JSON to take them from (None: the avatar's cameras.json);
+    timesteps: None -> ``num_timesteps`` spread over the avatar's sequence;
+    regions: None -> all Gaussians are refit; else only those bound to these regions (local edit);
+    lrs: per-group learning rates (or a preset name, "gaussian_avatars"); scale: render resolution
+    factor; views_per_iter: cameras per refit iteration (None: all of the timestep's).
+    """
+
+    prompt: str
+    editor: str = "region"
+    editor_options: dict = field(default_factory=dict)
+    cameras: list | None = None
+    timesteps: list | None = None
+    regions: list | None = None
+    rounds: int = 1
+    reedit_each_round: bool = False
+    iters_per_batch: int = 10
+    lr: float = 1e-2
+    lrs: dict | str | None = None
+    scale: float = 1.0
+    densify: bool = False
+    seed: int = 0
+    device: str = "auto"
+    camera_file: str | None = None
+    num_timesteps: int = DEFAULT_NUM_TIMESTEPS
+    views_per_iter: int | None = None
+    overwrite: bool = False
+
+
+def default_timesteps(T: int, n: int) -> list[int]:
+    """n timesteps spread evenly over [0, T)."""
+    n = max(1, min(n, T))
+    return sorted({int(round(x)) for x in np.linspace(0, T - 1, n)})
+
+
+def edit_cameras(bundle: AvatarBundle, settings: EditSettings) -> tuple[list[Camera], Path | None]:
+    """The edit set's cameras (before scaling) and the file they came from."""
+    path = Path(settings.camera_file) if settings.camera_file else None
+    if path is None and bundle.meta.get("cameras"):
+        path = bundle.folder / bundle.meta["cameras"]
+    if path is None or not path.is_file():
+        raise Edit3DGSError(path or bundle.folder, "cameras for the edit set (--cameras JSON, or cameras.json in the avatar folder)", "none")
+    cams = load_cameras(path)
+    if settings.cameras is not None:
+        want = [int(i) for i in settings.cameras]
+        have = {c.index for c in cams}
+        missing = [i for i in want if i not in have]
+        if missing:
+            raise Edit3DGSError(path, f"camera indices among {sorted(have)}", f"{missing}")
+        cams = [c for c in cams if c.index in want]
+    else:
+        train = bundle.meta.get("train_cameras")
+        held = bundle.meta.get("held_out_camera")
+        if train is not None:
+            cams = [c for c in cams if c.index in set(train)]
+        elif held is not None:
+            cams = [c for c in cams if c.index != held]
+    return cams, path
+
+
+class EditSession:
+    """One edit of one avatar. ``progress(stage, done, total)``; ``should_stop()`` polled at
+    every refit iteration and between renders and edits (raises ``CancelledError``)."""
+
+    def __init__(self, bundle: AvatarBundle, settings: EditSettings,
+                 progress: Callable[[str, int, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+        self.settings = settings
+        self.progress = progress or (lambda stage, done, total: None)
+        self.should_stop = should_stop or (lambda: False)
+        from .views import pick_device
+
+        self.device = pick_device(settings.device)
+        self.bundle = replace(bundle, gaussians=bundle.gaussians.to(self.device), head=bundle.head.to(self.device))
+        self.timings: dict = {}
+        self.editor = None
+        self.result = None
+        self.metrics: dict = {}
+
+    # -- helpers -----------------------------------------------------------------
+    def _check(self) -> None:
+        if self.should_stop():
+            raise CancelledError("edit cancelled")
+
+    def _timed(self, stage: str, t0: float) -> None:
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
+
+    def edit_set(self) -> tuple[list[Camera], list[int], Path | None]:
+        s = self.settings
+        cams, path = edit_cameras(self.bundle, s)
+        T = self.bundle.params.num_timesteps
+        ts = list(s.timesteps) if s.timesteps is not None else default_timesteps(T, s.num_timesteps)
+        bad = [t for t in ts if not 0 <= int(t) < T]
+        if bad:
+            raise Edit3DGSError("--timesteps", f"timesteps in [0,{T}) of the avatar's sequence", f"{bad}")
+        if not cams or not ts:
+            raise Edit3DGSError("edit set", "at least one camera and one timestep",
+                                f"{len(cams)} camera(s) x {len(ts)} timestep(s)")
+        if s.scale != 1.0:
+            cams = [c.scaled(s.scale) for c in cams]
+        return cams, [int(t) for t in ts], path
+
+    def render_set(self, gaussians, cams, ts, regions):
+        """Renders of the edit set: rgb, alpha, depth (T*C,H,W,..) and region masks name -> (T*C,H,W)."""
+        from .views import render_frames
+
+        b = self.bundle
+        bg = tuple(b.meta.get("background", (1.0, 1.0, 1.0)))
+        verts = b.pose(timesteps=ts, device=self.device)
+        groups: dict = {}
+        for c in cams:
+            groups.setdefault((c.width, c.height), []).append(c)
+        if len(groups) > 1:
+            raise Edit3DGSError("--cameras", "edit cameras of one resolution", f"{sorted(groups)}")
+        labels = b.gaussian_labels(regions) if regions else None
+        rgb, alpha, depth, masks = [], [], [], {r: [] for r in regions}
+        total = len(ts)
+        with torch.no_grad():
+            for i in range(len(ts)):
+                self._check()
+                res = next(render_frames(b, verts[i:i + 1], cams, bg, gaussians=gaussians))
+                rgb.append(res.rgb)
+                alpha.append(res.alpha[..., 0])
+                depth.append(res.depth[..., 0])
+                # Region masks: each region's indicator as a flat colour, no SH, black background;
+                # a pixel's value is that region's share of its opacity (soft at edges).
+                for j in range(0, len(regions), 3):
+                    chunk = regions[j:j + 3]
+                    cols = torch.zeros(gaussians.num_gaussians, 3, device=self.device)
+                    for c, _ in enumerate(chunk):
+                        cols[labels == j + c + 1, c] = 1.0
+                    mres = next(render_frames(b, verts[i:i + 1], cams, (0.0, 0.0, 0.0), gaussians=gaussians, colors=cols))
+                    for c, r in enumerate(chunk):
+                        masks[r].append(mres.rgb[..., c])
+                self.progress("render", i + 1, total)
+        cat = lambda xs: torch.cat(xs)  # noqa: E731  (timestep-major: image k = (ts[k // C], cams[k % C]))
+        return cat(rgb), cat(alpha), cat(depth), {r: cat(v) for r, v in masks.items()}, verts
+
+    # -- the loop -------------------------------------------------------------------
+    def run(self, out_dir) -> Path:
+        from .edit import EditRequest, make_editor
+
+        s = self.settings
+        b = self.bundle
+        t_all = time.perf_counter()
+        if s.rounds < 1:
+            raise Edit3DGSError("--rounds", "at least 1 round", str(s.rounds))
+        out_dir = Path(out_dir)
+        if out_dir.resolve() == b.folder.resolve():
+            raise Edit3DGSError(out_dir, "an output folder other than the input avatar", "the input folder itself")
+        t0 = time.perf_counter()
+        editor = make_editor(s.editor, **s.editor_options)
+        if hasattr(editor, "background"):
+            editor.background = tuple(b.meta.get("background", (1.0, 1.0, 1.0)))
+        self.editor = editor
+        regions = list(editor.regions_for(s.prompt))  # raises for instructions it cannot do
+        if s.regions:
+            for r in s.regions:
+                b.region_faces([r])  # validates the names
+        cams, ts, cam_path = self.edit_set()
+        self._timed("setup", t0)
+
+        gaussians = b.gaussians
+        trainable = b.gaussian_mask(s.regions) if s.regions else None
+        if trainable is not None and not bool(trainable.any()):
+            raise Edit3DGSError("--regions", "regions with Gaussians bound to them", f"none bound to {s.regions}")
+        C = len(cams)
+        seeds = []
+        losses = []
+        targets = None
+        densify_log = []
+        for r in range(s.rounds):
+            if targets is None or s.reedit_each_round:
+                t0 = time.perf_counter()
+                # Round 0 renders the input; later rounds re-render the current fit.
+                rgb, alpha, depth, masks, verts = self.render_set(gaussians, cams, ts, regions)
+                self._timed("render", t0)
+                if r == 0:
+                    seen = alpha.reshape(len(ts), C, -1).sum(-1).amax(0)
+                    blind = [cams[i].index for i in range(C) if float(seen[i]) < MIN_ALPHA_SUM]
+                    if blind:
+                        raise Edit3DGSError(cam_path or "--cameras", "cameras that see the head",
+                                            f"camera(s) {blind} see nothing of it (their renders are empty)")
+                    for reg, m in masks.items():
+                        if float(m.sum()) < MIN_ALPHA_SUM:
+                            raise Edit3DGSError(f"region '{reg}'", "a region the edit cameras see",
+                                                "no pixel of it in any edit view")
+                self._check()
+                t0 = time.perf_counter()
+                seed = s.seed + r
+                seeds.append(seed)
+                means = {}
+                req = EditRequest(images=rgb, cameras=[cams[k % C] for k in range(len(ts) * C)],
+                                  timesteps=[ts[k // C] for k in range(len(ts) * C)], instruction=s.prompt,
+                                  seed=seed, region_masks=masks, alphas=alpha, depths=depth,
+                                  gaussian_means=means, should_stop=self.should_stop)
+                for i, t in enumerate(ts):
+                    means[t] = b.world(verts[i], gaussians).means
+                edited = editor.edit(req, self.progress).to(self.device)
+                self._check()
+                self._timed("edit", t0)
+                targets = [TargetBatch(t, verts[i], cams, edited[i * C:(i + 1) * C]) for i, t in enumerate(ts)]
+                if r == 0:
+                    self._edit_images = (rgb, edited, masks)
+            t0 = time.perf_counter()
+            cfg = RefitConfig(iters_per_batch=s.iters_per_batch, lr=s.lr, lrs=s.lrs, views_per_iter=s.views_per_iter,
+                              background=tuple(b.meta.get("background", (1.0, 1.0, 1.0))), seed=s.seed + r)
+            strategy = BindingDensify() if s.densify else None
+            if r > 0 and trainable is not None and gaussians.num_gaussians != trainable.shape[0]:
+                trainable = torch.cat([trainable, torch.ones(gaussians.num_gaussians - trainable.shape[0], dtype=torch.bool,
+                                                             device=trainable.device)])
+            res = refit(gaussians, b.head.faces, targets, cfg, trainable=trainable, strategy=strategy,
+                        progress=lambda st, d, n, r=r: self.progress(f"refit {r + 1}/{s.rounds}" if s.rounds > 1 else "refit", d, n),
+                        should_stop=self.should_stop)
+            gaussians = res.gaussians
+            losses += res.losses
+            densify_log += res.densify_log
+            self._timed("refit", t0)
+
+        # How well the fit reproduces the edited views (train-view fit quality).
+        t0 = time.perf_counter()
+        fit_psnr = []
+        with torch.no_grad():
+            from .views import render_frames
+
+            bg = tuple(b.meta.get("background", (1.0, 1.0, 1.0)))
+            for tb in targets:
+                self._check()
+                out = next(render_frames(b, tb.verts[None], cams, bg, gaussians=gaussians))
+                fit_psnr.append(psnr(out.rgb, tb.images))
+        self.metrics = {"edit_view_psnr": finite(float(np.mean(fit_psnr))), "final_loss": losses[-1] if losses else None,
+                        "first_loss": losses[0] if losses else None, "iterations": len(losses),
+                        "num_gaussians_before": b.gaussians.num_gaussians, "num_gaussians_after": gaussians.num_gaussians}
+        self._timed("check", t0)
+        self._check()
+        self.result = gaussians
+        t0 = time.perf_counter()
+        record = {
+            "instruction": s.prompt, "editor": getattr(editor, "name", s.editor), "settings": asdict(s),
+            "seeds": seeds, "edit_set": {"cameras": [c.index for c in cams], "timesteps": ts,
+                                         "resolution": [cams[0].width, cams[0].height]},
+            "regions_rendered": regions, "input": str(b.folder),
+            "metrics": self.metrics, "densify": densify_log,
+        }
+        if hasattr(editor, "maps"):
+            record["colour_maps"] = [m.to_json() for m in editor.maps]
+        self.timings["total"] = round(time.perf_counter() - t_all, 3)
+        record["timings_s"] = dict(self.timings)
+
+        def write_record(p: Path) -> None:
+            rec = dict(record)
+            rec["timings_s"] = {**self.timings, "save": round(time.perf_counter() - t0, 3)}
+            p.write_text(json.dumps(rec, indent=1))
+
+        meta = {"edited_from": str(b.folder), "edit": {"instruction": s.prompt, "editor": record["editor"]}}
+        saved = b.save(out_dir, gaussians=gaussians.to("cpu"), extra_meta=meta,
+                       extra_files={"edit.json": write_record}, overwrite=s.overwrite)
+        self._timed("save", t0)
+        return saved

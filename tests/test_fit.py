@@ -1,0 +1,130 @@
+"""Refit: local edits leave other Gaussians bit-identical, fitting reaches a recolour, densification keeps bindings valid."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edit3dgs.bundle import open_avatar
+from edit3dgs.cameras import load_cameras
+from edit3dgs.edit.region import Step, colour_map, recolour_gaussians
+from edit3dgs.errors import Edit3DGSError
+from edit3dgs.fit import BindingDensify, RefitConfig, TargetBatch, TrainState, refit
+from edit3dgs.metrics import psnr
+from edit3dgs.views import render_frames
+
+
+@pytest.fixture(scope="module")
+def small_avatar(tmp_path_factory):
+    from edit3dgs.builtin import make_avatar
+
+    out = tmp_path_factory.mktemp("fit") / "avatar"
+    make_avatar(out, identity=0, frames=6, gaussians_per_face=1, sh_degree=1)
+    return out
+
+
+def _targets(bundle, gaussians, ts=(0, 3), cams=(4, 8, 12), scale=0.12):
+    cs = [c.scaled(scale) for c in load_cameras(bundle.folder / "cameras.json") if c.index in cams]
+    verts = bundle.pose(timesteps=list(ts))
+    out = []
+    with torch.no_grad():
+        for i, t in enumerate(ts):
+            r = next(render_frames(bundle, verts[i:i + 1], cs, gaussians=gaussians))
+            out.append(TargetBatch(t, verts[i], cs, r.rgb))
+    return out
+
+
+def _blue(bundle):
+    return colour_map(Step("hair", "tint", (0.12, 0.26, 0.78), "blue"), torch.tensor([0.3, 0.19, 0.11]).numpy(), None)
+
+
+def test_refit_moves_towards_recoloured_target(small_avatar):
+    b = open_avatar(small_avatar)
+    gt = recolour_gaussians(b.gaussians, b.gaussian_mask(["hair"]), _blue(b))
+    batches = _targets(b, gt)
+    before = _targets(b, b.gaussians)
+    p0 = psnr(torch.cat([x.images for x in before]), torch.cat([x.images for x in batches]))
+    res = refit(b.gaussians, b.head.faces, batches, RefitConfig(iters=30))
+    after = _targets(b, res.gaussians)
+    p1 = psnr(torch.cat([x.images for x in after]), torch.cat([x.images for x in batches]))
+    assert p1 > p0 + 5, (p0, p1)
+    assert res.iters == 30 and res.losses[-1] < res.losses[0]
+    # the input avatar is not modified
+    assert torch.equal(b.gaussians.features_dc, open_avatar(small_avatar).gaussians.features_dc)
+
+
+def test_local_refit_leaves_other_gaussians_bit_identical(small_avatar):
+    b = open_avatar(small_avatar)
+    gt = recolour_gaussians(b.gaussians, b.gaussian_mask(["hair"]), _blue(b))
+    hair = b.gaussian_mask(["hair"])
+    res = refit(b.gaussians, b.head.faces, _targets(b, gt), RefitConfig(iters=6), trainable=hair)
+    g, g0 = res.gaussians, b.gaussians
+    assert g.num_gaussians == g0.num_gaussians
+    assert torch.equal(g.binding, g0.binding)
+    for name in g0.PARAM_NAMES:
+        assert torch.equal(getattr(g, name)[~hair], getattr(g0, name)[~hair]), name
+    assert not torch.equal(g.features_dc[hair], g0.features_dc[hair])
+
+
+def test_default_iterations_are_ten_per_batch(small_avatar):
+    b = open_avatar(small_avatar)
+    batches = _targets(b, b.gaussians, ts=(0, 2, 4), cams=(8,), scale=0.08)
+    calls = []
+    res = refit(b.gaussians, b.head.faces, batches, RefitConfig(), progress=lambda s, d, n: calls.append((d, n)))
+    assert res.iters == 30 and calls[-1] == (30, 30)
+
+
+def test_learning_rate_groups():
+    cfg = RefitConfig(lrs="gaussian_avatars")
+    assert cfg.group_lrs()["rotation"] == 1e-3 and cfg.group_lrs()["xyz"] == 5e-3
+    assert RefitConfig(lr=0.02, lrs={"opacity": 0.05}).group_lrs() == {
+        "xyz": 0.02, "features_dc": 0.02, "features_rest": 0.02, "opacity": 0.05, "scaling": 0.02, "rotation": 0.02}
+    with pytest.raises(Edit3DGSError, match="colour"):
+        RefitConfig(lrs={"colour": 1.0}).group_lrs()
+
+
+def test_densify_clones_inherit_binding_and_faces_keep_a_gaussian(small_avatar):
+    b = open_avatar(small_avatar)
+    g0 = b.gaussians
+    F = b.head.n_faces
+    hair = b.gaussian_mask(["hair"])
+    state = TrainState(g0, hair)
+    opt = torch.optim.Adam([{"params": [state.params[k]], "lr": 1e-2, "name": k} for k in state.params], eps=1e-15)
+    # one optimiser step so that Adam has state to carry over
+    loss = sum(p.square().sum() for p in state.params.values())
+    loss.backward()
+    opt.step()
+    M = state.num_trainable
+    strat = BindingDensify(grad_threshold=-1.0, prune_opacity=2.0, max_new_fraction=0.25)  # clone many, prune all
+    strat.grad_accum = torch.rand(M)
+    strat.count = torch.ones(M)
+    info = strat.refine(state, opt, F)
+    assert info["cloned"] == int(0.25 * M)
+    # every face of the trainable set keeps exactly one Gaussian (its most opaque), none of the others lost
+    faces_before = set(g0.binding[hair].tolist())
+    assert set(state.binding.tolist()) == faces_before
+    assert torch.bincount(state.binding, minlength=F).max() == 1
+    for k, p in state.params.items():
+        assert p.shape[0] == state.num_trainable
+        assert opt.state[p]["exp_avg"].shape == p.shape, k
+    out = state.result()
+    in_hair = torch.zeros(F, dtype=torch.bool)
+    in_hair[g0.binding[hair]] = True
+    assert torch.equal(out.binding[~in_hair[out.binding]], g0.binding[~hair])  # frozen rows kept, in order
+    assert torch.equal(out.features_dc[~in_hair[out.binding]], g0.features_dc[~hair])
+    assert torch.bincount(out.binding, minlength=F).min() >= 1  # no face lost its last Gaussian
+
+
+def test_refit_with_densification_keeps_bindings_valid(small_avatar):
+    b = open_avatar(small_avatar)
+    gt = recolour_gaussians(b.gaussians, b.gaussian_mask(["hair"]), _blue(b))
+    strat = BindingDensify(grad_threshold=0.0, every=3, start=2, max_new_fraction=0.05)
+    res = refit(b.gaussians, b.head.faces, _targets(b, gt), RefitConfig(iters=8), strategy=strat)
+    g = res.gaussians
+    assert g.num_gaussians > b.gaussians.num_gaussians
+    assert res.densify_log and res.densify_log[0]["cloned"] > 0
+    assert int(g.binding.min()) >= 0 and int(g.binding.max()) < b.head.n_faces
+    assert torch.bincount(g.binding, minlength=b.head.n_faces).min() >= 1
+    # clones are appended and inherit a binding of an existing Gaussian
+    new = g.binding[b.gaussians.num_gaussians:]
+    assert set(new.tolist()) <= set(b.gaussians.binding.tolist())
