@@ -107,7 +107,8 @@ def main() -> None:
         if raw_name:
             import gsplat
 
-            img, _, _ = gsplat.rasterization(m, q, s, o, sh, vm, K, w, h, sh_degree=wg.sh_degree, backgrounds=bg[None])
+            img, alpha, _ = gsplat.rasterization(m, q, s, o, sh, vm, K, w, h, sh_degree=wg.sh_degree)
+            img = img + (1 - alpha) * bg
         else:
             img = rasterize(m, q, s, o, sh, vm, K, w, h, sh_degree=wg.sh_degree, background=bg, backend="torch").rgb
         loss = photometric_loss(img, target)

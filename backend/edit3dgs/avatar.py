@@ -82,6 +82,21 @@ def face_frames(verts: torch.Tensor, faces: torch.Tensor):
 
 
 @dataclass
+class PosedFrames:
+    """Per-face frames of one posed mesh: center (F,3), R (F,3,3), k (F,), q_xyzw (F,4) = quat(R)."""
+
+    center: torch.Tensor
+    R: torch.Tensor
+    k: torch.Tensor
+    q_xyzw: torch.Tensor
+
+
+def posed_frames(verts: torch.Tensor, faces: torch.Tensor) -> PosedFrames:
+    center, R, k = face_frames(verts, faces)
+    return PosedFrames(center, R, k, roma.rotmat_to_unitquat(R))
+
+
+@dataclass
 class GaussianAvatar:
     """Gaussians bound to head-model faces (local parameters, GaussianAvatars layout).
 
@@ -128,14 +143,16 @@ class GaussianAvatar:
         """Place the Gaussians on a posed mesh: verts (V,3), faces (F,3)."""
         if verts.ndim != 2:
             raise ValueError(f"to_world takes one posed mesh (V,3); got {tuple(verts.shape)}")
-        center, R, k = face_frames(verts, faces)
+        return self.to_world_from_frames(posed_frames(verts, faces))
+
+    def to_world_from_frames(self, frames: "PosedFrames") -> WorldGaussians:
+        """Place the Gaussians with precomputed face frames (cheap: a refit reuses them every iteration)."""
         b = self.binding
-        kb = k[b]
-        means = kb[:, None] * (R[b] @ self.xyz[..., None])[..., 0] + center[b]
+        kb = frames.k[b]
+        means = kb[:, None] * (frames.R[b] @ self.xyz[..., None])[..., 0] + frames.center[b]
         scales = torch.exp(self.scaling) * kb[:, None]
-        q_face = roma.rotmat_to_unitquat(R)[b]  # XYZW, per face then gathered (faces << Gaussians)
         q_local = quat_wxyz_to_xyzw(torch.nn.functional.normalize(self.rotation, dim=-1))
-        quats = quat_xyzw_to_wxyz(roma.quat_product(q_face, q_local))
+        quats = quat_xyzw_to_wxyz(roma.quat_product(frames.q_xyzw[b], q_local))
         sh = torch.cat([self.features_dc, self.features_rest], 1)
         return WorldGaussians(means, quats, scales, torch.sigmoid(self.opacity[:, 0]), sh, self.sh_degree)
 

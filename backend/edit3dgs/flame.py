@@ -412,7 +412,9 @@ class FlameHead(nn.Module):
         self.register_buffer("shapedirs", torch.from_numpy(np.ascontiguousarray(sd)))
         self.register_buffer("posedirs", torch.from_numpy(np.ascontiguousarray(model.posedirs.reshape(-1, 36).T)))
         self.register_buffer("J_regressor", torch.from_numpy(model.J_regressor))
-        self.register_buffer("parents", torch.from_numpy(model.parents))
+        # Kept on the CPU on purpose: smplx indexes a Python list with it, which on
+        # CUDA would be a host sync (and breaks CUDA-graph capture of posing).
+        self.parents = torch.from_numpy(model.parents)
         self.register_buffer("lbs_weights", torch.from_numpy(model.weights))
         self.register_buffer("faces", torch.from_numpy(model.faces))
         self.n_shape, self.n_expr = S, E

@@ -112,6 +112,8 @@ class WorldPoser:
         return self._static_out
 
     def _capture(self, p: dict) -> None:
+        # smplx indexes with the joint parents on the host; a pinned copy keeps that legal inside a capture.
+        self.head.parents = self.head.parents.pin_memory()
         self._static_in = {k: v.clone() for k, v in p.items()}
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
