@@ -115,3 +115,17 @@ def test_world_poser_matches_posing_then_binding(builtin_avatar_dir):
     ref = b.world(b.pose(timesteps=[3])[0])
     torch.testing.assert_close(g.means, ref.means)
     torch.testing.assert_close(g.quats, ref.quats)
+
+
+def test_world_poser_sequence_matches_per_timestep(builtin_avatar_dir):
+    from edit3dgs.views import WorldPoser
+
+    b = open_avatar(builtin_avatar_dir)
+    poser = WorldPoser(b)
+    seq = b.params.select([0, 4, 9])
+    placed = poser.place_sequence(poser.pose(seq))
+    for i, t in enumerate([0, 4, 9]):
+        ref = b.world(b.pose(timesteps=[t])[0])
+        torch.testing.assert_close(placed[i].means, ref.means, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(placed[i].quats, ref.quats, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(placed[i].scales, ref.scales, atol=1e-7, rtol=1e-5)

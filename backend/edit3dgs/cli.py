@@ -78,9 +78,9 @@ def _motion(a, b):
 def cmd_render(a) -> int:
     from tqdm import tqdm  # progress bars: maintained, prints to stderr
 
-    from .cameras import load_cameras
+    from .cameras import load_cameras, stack
     from .fsutil import atomic_dir
-    from .views import render_frames, save_png
+    from .views import save_png
 
     b, dev = _load(a)
     cams = load_cameras(a.cameras)
@@ -97,11 +97,19 @@ def cmd_render(a) -> int:
     groups: dict = {}
     for c in cams:
         groups.setdefault((c.width, c.height), []).append(c)
+    from .render import rasterize
+    from .views import WorldPoser, background_tensor
+
+    poser = WorldPoser(b)
+    bg = background_tensor(a.background, dev)
+    stacks = [(group, stack(group, dev)) for group in groups.values()]
     with atomic_dir(a.out, overwrite=a.overwrite) as tmp, tqdm(total=len(ts) * len(cams), desc="render", unit="img") as bar:
-        for t in ts:
-            verts = b.pose(params, [t], device=dev)
-            for group in groups.values():
-                for res in render_frames(b, verts, group, a.background):
+        for start in range(0, len(ts), 16):  # one LBS call and one binding pass per chunk of timesteps
+            chunk = ts[start:start + 16]
+            for t, g in zip(chunk, poser.place_sequence(poser.pose(params.select(chunk)))):
+                for group, (vm, K, w, h) in stacks:
+                    res = rasterize(g.means, g.quats, g.scales, g.opacities, g.sh, vm, K, w, h,
+                                    sh_degree=g.sh_degree, background=bg)
                     for i, c in enumerate(group):
                         save_png(tmp / f"{t:05d}_{c.index:02d}.png", res.rgb[i], res.alpha[i] if a.alpha else None)
                     bar.update(len(group))

@@ -75,12 +75,13 @@ def load_png(path: os.PathLike | str) -> np.ndarray:
 
 
 class WorldPoser:
-    """FLAME posing + binding transform for one timestep, for rendering (no gradients).
+    """FLAME posing + binding transform, for rendering sequences (no gradients).
 
-    On CUDA the ~200 small kernels of LBS and the binding transform cost more
-    in launch overhead than gsplat's whole rasterization of 16 views, so the
-    step is captured once as a CUDA graph and replayed. The returned tensors
-    are overwritten by the next call: render them before posing again.
+    Posing (LBS) runs once for a whole batch of timesteps; the binding
+    transform then places the Gaussians per timestep. On CUDA that transform's
+    small kernels cost more in launch overhead than gsplat's rasterization of
+    16 views, so it is captured once as a CUDA graph and replayed. The tensors
+    returned by ``place`` are overwritten by the next call: render them first.
     """
 
     def __init__(self, bundle: AvatarBundle, gaussians: GaussianAvatar | None = None, use_graph: bool | None = None):
@@ -91,36 +92,57 @@ class WorldPoser:
         self.faces = self.head.faces
         self.use_graph = (self.device.type == "cuda") if use_graph is None else use_graph
         self._graph = None
-        self._static_in: dict | None = None
+        self._static_in = None
         self._static_out = None
 
-    def _run(self, params: dict):
-        verts = self.head(params)[0]
+    @torch.no_grad()
+    def pose(self, params: FlameParams) -> torch.Tensor:
+        """Posed vertices (T,V,3) for every timestep of ``params`` in one LBS call."""
+        return self.head(params.to_torch(self.device))
+
+    def _place(self, verts: torch.Tensor):
         return self.gaussians.to_world(verts, self.faces)
 
     @torch.no_grad()
-    def __call__(self, params: FlameParams):
-        p = params.to_torch(self.device)
+    def place(self, verts: torch.Tensor):
+        """World Gaussians on one posed mesh ``verts`` (V,3)."""
         if not self.use_graph:
-            return self._run(p)
-        if self._graph is None or set(p) != set(self._static_in) or any(
-                p[k].shape != self._static_in[k].shape for k in p):
-            self._capture(p)
-        for k, v in p.items():
-            self._static_in[k].copy_(v)
+            return self._place(verts)
+        if self._graph is None or verts.shape != self._static_in.shape:
+            self._static_in = verts.clone()
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(2):  # warm up outside the graph (allocations, lazy inits)
+                    self._place(self._static_in)
+            torch.cuda.current_stream().wait_stream(s)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._static_out = self._place(self._static_in)
+        self._static_in.copy_(verts)
         self._graph.replay()
         return self._static_out
 
-    def _capture(self, p: dict) -> None:
-        # smplx indexes with the joint parents on the host; a pinned copy keeps that legal inside a capture.
-        self.head.parents = self.head.parents.pin_memory()
-        self._static_in = {k: v.clone() for k, v in p.items()}
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(2):  # warm up outside the graph (allocations, lazy inits)
-                self._run(self._static_in)
-        torch.cuda.current_stream().wait_stream(s)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._static_out = self._run(self._static_in)
+    @torch.no_grad()
+    def place_sequence(self, verts: torch.Tensor) -> list:
+        """World Gaussians for every posed mesh of ``verts`` (T,V,3), in one batched pass
+        (a fixed number of kernels, however many timesteps)."""
+        import roma
+
+        from .avatar import WorldGaussians, face_frames, quat_wxyz_to_xyzw, quat_xyzw_to_wxyz
+
+        g = self.gaussians
+        center, R, k = face_frames(verts, self.faces)
+        b = g.binding
+        kb = k[:, b]
+        means = kb[..., None] * torch.einsum("tnij,nj->tni", R[:, b], g.xyz) + center[:, b]
+        scales = torch.exp(g.scaling)[None] * kb[..., None]
+        q_local = quat_wxyz_to_xyzw(torch.nn.functional.normalize(g.rotation, dim=-1))
+        quats = quat_xyzw_to_wxyz(roma.quat_product(roma.rotmat_to_unitquat(R)[:, b], q_local[None].expand(len(verts), -1, -1)))
+        opac = torch.sigmoid(g.opacity[:, 0])
+        sh = torch.cat([g.features_dc, g.features_rest], 1)
+        return [WorldGaussians(means[t], quats[t], scales[t], opac, sh, g.sh_degree) for t in range(len(verts))]
+
+    def __call__(self, params: FlameParams):
+        """World Gaussians for a single-timestep ``params``."""
+        return self.place(self.pose(params)[0])
