@@ -43,7 +43,7 @@ def test_good_avatar_renders_and_exports(tiny_avatar, cli, tmp_path):
     assert code == 0, err and (tmp_path / "w.ply").is_file()
 
 
-def _export_fails(cli, tmp_path, avatar, *needles, extra=()):
+def _assert_export_fails(cli, tmp_path, avatar, *needles, extra=()):
     out = tmp_path / "out.ply"
     code, _, err = cli("export", "--avatar", avatar, "--out", out, *extra)
     assert code == 2
@@ -53,13 +53,13 @@ def _export_fails(cli, tmp_path, avatar, *needles, extra=()):
 
 def test_missing_ply(tiny_avatar, cli, tmp_path):
     (tiny_avatar / "point_cloud.ply").unlink()
-    _export_fails(cli, tmp_path, tiny_avatar, str(tiny_avatar), "point_cloud.ply")
+    _assert_export_fails(cli, tmp_path, tiny_avatar, str(tiny_avatar), "point_cloud.ply")
 
 
 def test_truncated_ply(tiny_avatar, cli, tmp_path):
     p = tiny_avatar / "point_cloud.ply"
     p.write_bytes(p.read_bytes()[:-50])
-    _export_fails(cli, tmp_path, tiny_avatar, "point_cloud.ply", "expected a complete PLY")
+    _assert_export_fails(cli, tmp_path, tiny_avatar, "point_cloud.ply", "expected a complete PLY")
 
 
 def test_ply_without_binding(tiny_avatar, cli, tmp_path):
@@ -71,14 +71,14 @@ def test_ply_without_binding(tiny_avatar, cli, tmp_path):
     from numpy.lib.recfunctions import repack_fields
 
     PlyData([PlyElement.describe(repack_fields(data[names]), "vertex")]).write(str(p))
-    _export_fails(cli, tmp_path, tiny_avatar, "point_cloud.ply", "binding_0", "static 3DGS")
+    _assert_export_fails(cli, tmp_path, tiny_avatar, "point_cloud.ply", "binding_0", "static 3DGS")
 
 
 def test_binding_outside_face_count(tiny_avatar, cli, tmp_path):
     a = random_avatar(N=30, F=60)
     a.binding[3] = 60
     a.save_ply(tiny_avatar / "point_cloud.ply")
-    _export_fails(cli, tmp_path, tiny_avatar, "point_cloud.ply", "face count 60", "binding 60")
+    _assert_export_fails(cli, tmp_path, tiny_avatar, "point_cloud.ply", "face count 60", "binding 60")
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -86,28 +86,28 @@ def test_nan_inf_attributes(tiny_avatar, cli, tmp_path, bad):
     a = random_avatar(N=30, F=60)
     a.scaling[5, 1] = bad
     a.save_ply(tiny_avatar / "point_cloud.ply")
-    _export_fails(cli, tmp_path, tiny_avatar, "point_cloud.ply", "finite values in 'scale_1'")
+    _assert_export_fails(cli, tmp_path, tiny_avatar, "point_cloud.ply", "finite values in 'scale_1'")
 
 
 def test_npz_missing_key(tiny_avatar, cli, tmp_path):
     d = FlameParams.neutral(3).as_dict()
     del d["jaw_pose"]
     np.savez(tiny_avatar / "flame_param.npz", **d)
-    _export_fails(cli, tmp_path, tiny_avatar, "flame_param.npz", "no jaw_pose")
+    _assert_export_fails(cli, tmp_path, tiny_avatar, "flame_param.npz", "no jaw_pose")
 
 
 def test_npz_wrong_shape(tiny_avatar, cli, tmp_path):
     d = FlameParams.neutral(3).as_dict()
     d["eyes_pose"] = np.zeros((3, 3), np.float32)
     np.savez(tiny_avatar / "flame_param.npz", **d)
-    _export_fails(cli, tmp_path, tiny_avatar, "flame_param.npz", "eyes_pose of shape (3,6)", "(3, 3)")
+    _assert_export_fails(cli, tmp_path, tiny_avatar, "flame_param.npz", "eyes_pose of shape (3,6)", "(3, 3)")
 
 
 def test_pickle_with_objects(tiny_avatar, cli, tmp_path):
     import collections
 
     evil = write_pickle(tmp_path / "evil_flame.pkl", {"v_template": collections.Counter("ab")})
-    _export_fails(cli, tmp_path, tiny_avatar, "evil_flame.pkl", "numpy/scipy arrays only", extra=("--flame", evil))
+    _assert_export_fails(cli, tmp_path, tiny_avatar, "evil_flame.pkl", "numpy/scipy arrays only", extra=("--flame", evil))
 
 
 def test_camera_json_non_rigid(tiny_avatar, cli, tmp_path):
