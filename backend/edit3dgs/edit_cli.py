@@ -70,8 +70,10 @@ def add_edit_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--iters-per-batch", type=int, default=10, help="refit iterations per edit timestep (10 x n)")
     s.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of every parameter group")
     s.add_argument("--lrs", help="per-group rates as JSON ({\"xyz\": 5e-3, ...}) or the preset 'gaussian_avatars'")
-    s.add_argument("--views-per-iter", type=int, help="cameras per refit iteration (default: all of the timestep)")
-    s.add_argument("--scale", type=float, default=1.0, help="render resolution factor of the cameras")
+    s.add_argument("--views-per-iter", type=int, help="cameras per refit iteration (default: all of the timestep on CUDA, 4 on CPU)")
+    s.add_argument("--scale", type=float, default=None,
+                   help="render resolution factor of the cameras (default: 1 on CUDA, 0.25 on CPU/MPS, where "
+                        "full-resolution refits take far longer)")
     s.add_argument("--densify", action="store_true", help="densify/prune during the refit (bindings kept valid)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="output avatar folder (default: <avatar>_edited)")
@@ -109,11 +111,22 @@ def settings_from_args(a):
         elif getattr(a, "model", None):
             opts = {"model": a.model}
     regions = [r.strip() for r in a.regions.split(",") if r.strip()] if a.regions else None
+    from .views import pick_device
+
+    on_gpu = pick_device(a.device).type == "cuda"
+    scale, views = a.scale, a.views_per_iter
+    if not on_gpu and (scale is None or views is None):
+        # Full-resolution refits of every view per iteration take far too long on a CPU.
+        scale = 0.25 if scale is None else scale
+        views = 4 if views is None else views
+        print(f"edit: on this device the edit set renders at {scale}x and each refit iteration fits {views} views "
+              "(--scale / --views-per-iter change it)", file=sys.stderr)
+    scale = 1.0 if scale is None else scale
     return EditSettings(prompt=a.prompt, editor=a.editor, editor_options=opts, cameras=cam_ids, camera_file=cam_file,
                         timesteps=_parse_int_list(a.timesteps, "--timesteps"), regions=regions, rounds=a.rounds,
                         reedit_each_round=a.reedit_each_round, iters_per_batch=a.iters_per_batch, lr=a.lr, lrs=lrs,
-                        scale=a.scale, densify=a.densify, seed=a.seed, device=a.device, num_timesteps=a.num_timesteps,
-                        views_per_iter=a.views_per_iter)
+                        scale=scale, densify=a.densify, seed=a.seed, device=a.device, num_timesteps=a.num_timesteps,
+                        views_per_iter=views)
 
 
 def cmd_edit(a) -> int:
