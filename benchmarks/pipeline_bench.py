@@ -106,11 +106,9 @@ def main() -> None:
 
     with torch.no_grad():
         eager = b.gaussians.to_world(b.head(params)[0], faces)
-        graphed = poser(one)
-        batched = poser.place_sequence(poser.pose(one))[0]
-        err = max((eager.means - graphed.means).abs().max().item(), (eager.means - batched.means).abs().max().item(),
-                  (eager.quats - batched.quats).abs().max().item())
-    print(f"posing: graph/batched vs eager max difference = {err:.2e}")
+        batched = poser(one)
+        err = max((eager.means - batched.means).abs().max().item(), (eager.quats - batched.quats).abs().max().item())
+    print(f"posing: batched vs eager max difference = {err:.2e}")
 
     reps = a.reps if dev.type == "cuda" else max(1, a.reps // 5)
     t_whole = timeit(whole, reps, sync)

@@ -37,3 +37,10 @@ def note(context, text: str, status: str = "") -> None:
     if status:
         s.status = status
     print(f"Edit3DGS: {text}")
+
+
+def fail(op, context, text: str) -> set:
+    """Report a failure on the panel and as the operator's error; the operator's return value."""
+    note(context, text, "FAILED")
+    op.report({"ERROR"}, text)
+    return {"CANCELLED"}

@@ -14,7 +14,7 @@ from ..jobargs import edit_settings, parse_names
 from ..rigfile import RigFileError, load
 from ..scene import preview as preview_mod
 from ..scene.cameras import camera_for_backend
-from .common import avatar_root, note, preview_object
+from .common import avatar_root, note, preview_object, fail
 
 UI_KEYS = ("prompt", "editor", "steps", "guidance_text", "guidance_image", "rounds", "iters_per_batch",
            "iteration_multiplier", "scale", "seed", "timesteps", "num_timesteps", "use_frame_range", "frame_start",
@@ -103,9 +103,7 @@ class EDIT3DGS_OT_run_edit(bpy.types.Operator):
         return {"FINISHED"}
 
     def _fail(self, context, msg):
-        note(context, f"Edit not started: {msg}", "FAILED")
-        self.report({"ERROR"}, f"Edit not started: {msg}")
-        return {"CANCELLED"}
+        return fail(self, context, f"Edit not started: {msg}")
 
 
 class EDIT3DGS_OT_cancel_edit(bpy.types.Operator):

@@ -12,7 +12,7 @@ from .. import runtime
 from ..bridge import BridgeError
 from ..rigfile import RigFileError, load
 from ..scene.avatar import build_avatar
-from .common import note
+from .common import note, fail
 
 
 class EDIT3DGS_OT_import_avatar(bpy.types.Operator):
@@ -66,9 +66,7 @@ class EDIT3DGS_OT_import_avatar(bpy.types.Operator):
         return {"PASS_THROUGH"}
 
     def _fail(self, context, msg):
-        note(context, f"Import failed: {msg}", "FAILED")
-        self.report({"ERROR"}, f"Import failed: {msg}")
-        return {"CANCELLED"}
+        return fail(self, context, f"Import failed: {msg}")
 
     def _finish(self, context):
         job = self._job

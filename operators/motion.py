@@ -10,7 +10,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 
 from .. import motion as mo
 from ..scene import motion as scene_motion
-from .common import avatar_root, note, preview_object
+from .common import avatar_root, note, preview_object, fail
 
 
 def find_rig(context):
@@ -89,9 +89,7 @@ Another person's motion on this avatar is cross-identity reenactment: the avatar
         return {"FINISHED"}
 
     def _fail(self, context, msg):
-        note(context, f"Motion not imported: {msg}", "FAILED")
-        self.report({"ERROR"}, f"Motion not imported: {msg}")
-        return {"CANCELLED"}
+        return fail(self, context, f"Motion not imported: {msg}")
 
 
 class EDIT3DGS_OT_export_motion(bpy.types.Operator):

@@ -413,7 +413,7 @@ class FlameHead(nn.Module):
         self.register_buffer("posedirs", torch.from_numpy(np.ascontiguousarray(model.posedirs.reshape(-1, 36).T)))
         self.register_buffer("J_regressor", torch.from_numpy(model.J_regressor))
         # Kept on the CPU on purpose: smplx indexes a Python list with it, which on
-        # CUDA would be a host sync (and breaks CUDA-graph capture of posing).
+        # CUDA would be a host sync per joint.
         self.parents = torch.from_numpy(model.parents)
         self.register_buffer("lbs_weights", torch.from_numpy(model.weights))
         self.register_buffer("faces", torch.from_numpy(model.faces))

@@ -77,51 +77,22 @@ def load_png(path: os.PathLike | str) -> np.ndarray:
 class WorldPoser:
     """FLAME posing + binding transform, for rendering sequences (no gradients).
 
-    Posing (LBS) runs once for a whole batch of timesteps; the binding
-    transform then places the Gaussians per timestep. On CUDA that transform's
-    small kernels cost more in launch overhead than gsplat's rasterization of
-    16 views, so it is captured once as a CUDA graph and replayed. The tensors
-    returned by ``place`` are overwritten by the next call: render them first.
+    Posing (LBS) runs once for a whole batch of timesteps and the binding
+    transform places the Gaussians of all of them in one batched pass: on CUDA
+    both are launch-bound, so per-timestep calls would cost more than gsplat's
+    rasterization of 16 views.
     """
 
-    def __init__(self, bundle: AvatarBundle, gaussians: GaussianAvatar | None = None, use_graph: bool | None = None):
-        self.bundle = bundle
+    def __init__(self, bundle: AvatarBundle, gaussians: GaussianAvatar | None = None):
         self.gaussians = bundle.gaussians if gaussians is None else gaussians
         self.device = self.gaussians.device
         self.head = bundle.head.to(self.device)
         self.faces = self.head.faces
-        self.use_graph = (self.device.type == "cuda") if use_graph is None else use_graph
-        self._graph = None
-        self._static_in = None
-        self._static_out = None
 
     @torch.no_grad()
     def pose(self, params: FlameParams) -> torch.Tensor:
         """Posed vertices (T,V,3) for every timestep of ``params`` in one LBS call."""
         return self.head(params.to_torch(self.device))
-
-    def _place(self, verts: torch.Tensor):
-        return self.gaussians.to_world(verts, self.faces)
-
-    @torch.no_grad()
-    def place(self, verts: torch.Tensor):
-        """World Gaussians on one posed mesh ``verts`` (V,3)."""
-        if not self.use_graph:
-            return self._place(verts)
-        if self._graph is None or verts.shape != self._static_in.shape:
-            self._static_in = verts.clone()
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(2):  # warm up outside the graph (allocations, lazy inits)
-                    self._place(self._static_in)
-            torch.cuda.current_stream().wait_stream(s)
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
-                self._static_out = self._place(self._static_in)
-        self._static_in.copy_(verts)
-        self._graph.replay()
-        return self._static_out
 
     @torch.no_grad()
     def place_sequence(self, verts: torch.Tensor) -> list:
@@ -145,4 +116,4 @@ class WorldPoser:
 
     def __call__(self, params: FlameParams):
         """World Gaussians for a single-timestep ``params``."""
-        return self.place(self.pose(params)[0])
+        return self.place_sequence(self.pose(params))[0]
