@@ -126,6 +126,9 @@ def test_world_poser_sequence_matches_per_timestep(builtin_avatar_dir):
     placed = poser.place_sequence(poser.pose(seq))
     for i, t in enumerate([0, 4, 9]):
         ref = b.world(b.pose(timesteps=[t])[0])
-        torch.testing.assert_close(placed[i].means, ref.means, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(placed[i].quats, ref.quats, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(placed[i].scales, ref.scales, atol=1e-7, rtol=1e-5)
+        # Two float32 evaluation orders (batched vs one timestep): tolerances are float32 rounding
+        # amplified by LBS and the matrix -> quaternion square root, not one CPU's exact bits
+        # (an Intel Xeon differs by 4e-6 in the quaternions where this machine agrees to 1e-7).
+        torch.testing.assert_close(placed[i].means, ref.means, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(placed[i].quats, ref.quats, atol=5e-5, rtol=1e-5)
+        torch.testing.assert_close(placed[i].scales, ref.scales, atol=1e-6, rtol=1e-5)

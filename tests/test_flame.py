@@ -109,7 +109,7 @@ def test_skinning_matches_smplx_lbs_on_a_random_model(tmp_path):
     m = load_flame_model(write_pickle(tmp_path / "m.pkl", tiny_flame_dict()))
     p = _random_params(3, 300, 100, V=m.n_verts)
     head = FlameHead(m)
-    torch.testing.assert_close(head(p.to_torch()), _smplx_reference(m, p), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(head(p.to_torch()), _smplx_reference(m, p), atol=1e-5, rtol=1e-5)  # float32, two orders
 
 
 def test_skinning_matches_smplx_lbs_on_the_builtin_head(tmp_path):
@@ -119,7 +119,7 @@ def test_skinning_matches_smplx_lbs_on_the_builtin_head(tmp_path):
     m = load_flame_model(pkl, masks)
     p = _random_params(2, m.n_shape, m.n_expr, V=m.n_verts, seed=3)
     head = FlameHead(m)
-    torch.testing.assert_close(head(p.to_torch()), _smplx_reference(m, p), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(head(p.to_torch()), _smplx_reference(m, p), atol=1e-5, rtol=1e-5)  # float32, two orders
     assert "FLAME" not in m.name  # the built-in head never claims to be FLAME
 
 

@@ -186,7 +186,7 @@ def test_sh_basics():
     sh[:, 0] = RGB2SH(rgb)
     dirs = torch.randn(5, 3)
     for d in range(4):
-        assert torch.allclose(eval_sh(d, sh.expand(5, 16, 3), dirs) + 0.5, rgb.expand(5, 3), atol=1e-6)
+        assert torch.allclose(eval_sh(d, sh.expand(5, 16, 3), dirs) + 0.5, rgb.expand(5, 3), atol=1e-5)
     # first band: -C1 y, +C1 z, -C1 x (3DGS/gsplat sign convention)
     sh1 = torch.zeros(3, 4, 1)
     sh1[0, 1] = sh1[1, 2] = sh1[2, 3] = 1.0
@@ -229,8 +229,8 @@ def test_batch_of_cameras_equals_one_at_a_time():
     assert batch.rgb.shape == (3, H, W, 3) and batch.alpha.shape == (3, H, W, 1) and batch.depth.shape == (3, H, W, 1)
     for c in range(3):
         single = rasterize(**scene, viewmats=viewmats[c : c + 1], Ks=Ks[c : c + 1], width=W, height=H, sh_degree=2)
-        assert torch.allclose(single.rgb[0], batch.rgb[c], atol=1e-6)
-        assert torch.allclose(single.depth[0], batch.depth[c], atol=1e-6)
+        assert torch.allclose(single.rgb[0], batch.rgb[c], atol=1e-5)     # float32 compositing, batched order
+        assert torch.allclose(single.depth[0], batch.depth[c], atol=1e-5)
     assert not torch.allclose(batch.rgb[0], batch.rgb[1])
 
 
