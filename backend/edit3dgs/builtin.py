@@ -243,7 +243,7 @@ def make_gaussians(head: FlameHead, identity: Identity, shape: np.ndarray, gauss
     rot = np.stack([np.cos(angle), np.zeros_like(angle), np.sin(angle), np.zeros_like(angle)], 1)  # about the normal
     return GaussianAvatar(
         xyz=local.float().contiguous(), features_dc=torch.from_numpy(RGB2SH(rgb))[:, None, :].float(),
-        features_rest=torch.from_numpy(rest), opacity=torch.from_numpy(opacity),
+        features_rest=torch.from_numpy(rest.astype(np.float32)), opacity=torch.from_numpy(opacity),
         scaling=scaling.float(), rotation=torch.from_numpy(rot.astype(np.float32)),
         binding=torch.from_numpy(binding.astype(np.int64)),
     )

@@ -12,7 +12,7 @@ REGISTRY: list = []
 def _collect() -> None:
     import importlib
 
-    for name in ("edit3dgs.demo_cli", "edit3dgs.edit_cli", "edit3dgs.eval_cli", "edit3dgs.server"):
+    for name in ("edit3dgs.demo_cli", "edit3dgs.edit_cli", "edit3dgs.eval_cli", "edit3dgs.train_cli", "edit3dgs.server"):
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -19,6 +19,7 @@ Read top to bottom as the method:
 
 from __future__ import annotations
 
+import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,10 @@ from .inpaint import latent_masks, reinject
 from .mv_attention import MultiViewContext, View, install
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+# ``--model builtin``: the small Instruct-Pix2Pix trained on the built-in head (``edit3dgs train-editor``).
+BUILTIN_MODEL = "builtin"
+BUILTIN_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "builtin_ip2p"
+MODEL_JSON = "edit3dgs_model.json"  # a model folder's native resolution (written by train-editor)
 DEFAULT_INPAINT_REGIONS = ("eye_region", "eyes", "lips")
 DOWNLOAD_HINT = ("Instruct-Pix2Pix weights in diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/ "
                  "with .safetensors); download them once, e.g. `hf download timbrooks/instruct-pix2pix "
@@ -60,6 +65,7 @@ class IP2PModels:
     mv: MultiViewContext
     source: str
     offload: bool = False
+    resolution: int = 512               # native short side (edit3dgs_model.json; 512 for Stable Diffusion 1.5)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -130,6 +136,11 @@ def load_ip2p(model: str = DEFAULT_MODEL, device: str | torch.device = "auto", d
     dt = resolve_dtype(dev, dtype)
     offload = bool(cpu_offload) and dev.type != "cpu"
     model = str(model)
+    if model == BUILTIN_MODEL:
+        if not (BUILTIN_MODEL_DIR / "model_index.json").is_file():
+            raise Edit3DGSError(BUILTIN_MODEL_DIR, "the built-in editor model (edit3dgs train-editor writes one)",
+                                "no model_index.json")
+        model = str(BUILTIN_MODEL_DIR)
     local = Path(model).expanduser()
     looks_local = local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
     if looks_local and not local.is_dir():
@@ -157,7 +168,13 @@ def load_ip2p(model: str = DEFAULT_MODEL, device: str | torch.device = "auto", d
             m.requires_grad_(False).eval()
             m.to("cpu" if offload else dev)
         ctx = install(unet)
-        _MODELS[key] = IP2PModels(tokenizer, text_encoder, vae, unet, scheduler, dev, dt, ctx, src, offload)
+        native = 512
+        if looks_local and (local / MODEL_JSON).is_file():
+            try:
+                native = int(json.loads((local / MODEL_JSON).read_text())["resolution"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise Edit3DGSError(local / MODEL_JSON, "JSON with an integer 'resolution'", str(exc)) from None
+        _MODELS[key] = IP2PModels(tokenizer, text_encoder, vae, unet, scheduler, dev, dt, ctx, src, offload, native)
     m = _MODELS[key]
     m.mv.slice_size = 1 if attention_slicing else None
     if vae_tiling:
@@ -185,7 +202,7 @@ class IP2PSettings:
     guidance_text: float = 7.5
     guidance_image: float = 1.5
     seed: int = 0
-    resolution: int = 512
+    resolution: int | None = None       # None: the model's native size (512 for Instruct-Pix2Pix)
     batch_size: int = 8                 # views per UNet call (each ×3 guidance branches)
     # multi-view batch editing (formats.md §4)
     multiview: bool = True
@@ -325,7 +342,7 @@ def edit_images(models: IP2PModels, images: torch.Tensor, instruction: str, sett
     B, H, W, _ = images.shape
     dev, dt = models.device, models.dtype
     sched, ctx = models.scheduler, models.mv
-    hw = diffusion_size(H, W, s.resolution, models.size_multiple)
+    hw = diffusion_size(H, W, s.resolution or models.resolution, models.size_multiple)
     cpu_gen = torch.Generator().manual_seed(int(s.seed))
 
     # Encode the instruction: guidance branches [text+image, image only, none].
@@ -435,7 +452,7 @@ class InstructPix2PixEditor:
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype=None,
                  steps: int = 20, guidance_text: float = 7.5, guidance_image: float = 1.5, seed: int | None = None,
-                 resolution: int = 512, batch_size: int = 8, multiview: bool = True, chunk_size: int = 5,
+                 resolution: int | None = None, batch_size: int = 8, multiview: bool = True, chunk_size: int = 5,
                  key_neighbours: int = 2, temporal: bool = True, inpaint: bool = True,
                  inpaint_regions: Sequence[str] = DEFAULT_INPAINT_REGIONS, inpaint_strength: float = 1.0,
                  inpaint_start: int | None = None, inpaint_dilate: int = 1, mask_source: str = "flame",
@@ -455,7 +472,7 @@ class InstructPix2PixEditor:
         self.memory = dict(attention_slicing=attention_slicing, vae_tiling=vae_tiling, cpu_offload=cpu_offload)
         self.settings = IP2PSettings(
             steps=int(steps), guidance_text=float(guidance_text), guidance_image=float(guidance_image),
-            seed=0 if seed is None else int(seed), resolution=int(resolution), batch_size=int(batch_size),
+            seed=0 if seed is None else int(seed), resolution=None if resolution is None else int(resolution), batch_size=int(batch_size),
             multiview=bool(multiview), chunk_size=int(chunk_size), key_neighbours=int(key_neighbours),
             temporal=bool(temporal), inpaint=bool(inpaint), inpaint_strength=float(inpaint_strength),
             inpaint_start=inpaint_start, inpaint_dilate=int(inpaint_dilate))
@@ -533,13 +550,16 @@ def add_cli_args(parser) -> None:
         if flag not in parser._option_string_actions:   # e.g. --device shared with the edit command
             g.add_argument(flag, **kw)
 
-    add("--model", default=DEFAULT_MODEL, help="Instruct-Pix2Pix model id or local diffusers folder (safetensors)")
+    add("--model", default=DEFAULT_MODEL,
+        help="Instruct-Pix2Pix model id or local diffusers folder (safetensors); 'builtin': the small model "
+             "trained on the built-in head (ships with Edit3DGS)")
     add("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
     add("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 elsewhere), fp16, bf16, fp32")
     add("--steps", type=int, default=20, help="denoising steps")
     add("--guidance-text", type=float, default=7.5, help="text guidance scale")
     add("--guidance-image", type=float, default=1.5, help="image guidance scale")
-    add("--resolution", type=int, default=512, help="short side of the images the diffusion model sees")
+    add("--resolution", type=int, default=None,
+        help="short side of the images the diffusion model sees (default: the model's native size, 512 for Instruct-Pix2Pix)")
     add("--no-multiview", action="store_true", help="edit every view on its own (ablation)")
     add("--chunk-size", type=int, default=5, help="views per chunk; one key view per chunk per step")
     add("--no-inpaint", action="store_true", help="no expression-preserving inpainting (ablation)")
@@ -563,7 +583,7 @@ def options_from_args(args) -> dict:
     regions = [r.strip() for r in (get("inpaint_regions") or "").split(",") if r.strip()]
     opts = dict(model=get("model", DEFAULT_MODEL), device=get("device", "auto"), dtype=get("dtype"),
                 steps=get("steps", 20), guidance_text=get("guidance_text", 7.5), guidance_image=get("guidance_image", 1.5),
-                resolution=get("resolution", 512), multiview=not get("no_multiview", False),
+                resolution=get("resolution"), multiview=not get("no_multiview", False),
                 chunk_size=get("chunk_size", 5), inpaint=not get("no_inpaint", False),
                 inpaint_regions=regions or list(DEFAULT_INPAINT_REGIONS), inpaint_strength=get("inpaint_strength", 1.0),
                 inpaint_start=get("inpaint_start"), mask_source=get("mask_source", "flame"),
@@ -571,4 +591,4 @@ def options_from_args(args) -> dict:
                 reedit_strength=get("reedit_strength"), attention_slicing=get("attention_slicing", False),
                 vae_tiling=get("vae_tiling", False), cpu_offload=get("cpu_offload", False))
     # No seed here: the loop gives each round's EditRequest its own seed (--seed + round).
-    return {k: v for k, v in opts.items() if v is not None or k in ("reedit_strength", "inpaint_start")}
+    return {k: v for k, v in opts.items() if v is not None or k in ("reedit_strength", "inpaint_start", "resolution")}

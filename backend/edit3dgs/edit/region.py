@@ -174,6 +174,33 @@ def colour_map(step: Step, ref: np.ndarray, ref_chroma: np.ndarray) -> ColourMap
     raise Edit3DGSError("--prompt", HELP, step.kind)
 
 
+def reference_colours(images: torch.Tensor, mask: torch.Tensor, alphas: torch.Tensor | None = None,
+                      background=(1.0, 1.0, 1.0), region: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """A region's mean foreground colour (3,) in ``images`` (B,H,W,3) under its soft ``mask`` (B,H,W),
+    and the colour of its most coloured part (chroma-weighted mean: the iris of an eyeball)."""
+    bg = torch.tensor(background, dtype=images.dtype, device=images.device)
+    a = torch.ones_like(images[..., 0]) if alphas is None else alphas.to(images).reshape(images.shape[:3])
+    fg = ((images - (1 - a[..., None]) * bg) / a[..., None].clamp_min(1e-3)).clamp(0, 1)
+    m = mask.to(images)
+    w = (m > 0.9).to(images) * m  # pixels mostly of this region
+    if float(w.sum()) < 1:
+        w = m
+    if float(w.sum()) <= 0:
+        raise Edit3DGSError(f"region '{region}'", "a region visible in the edit views", "no pixel of it")
+    px = fg.reshape(-1, 3)
+    wf = w.reshape(-1, 1)
+    ref = (px * wf).sum(0) / wf.sum()
+    chroma = (px - px.mean(1, keepdim=True)).norm(dim=1, keepdim=True)
+    wc = wf * chroma ** 2
+    ref_c = (px * wc).sum(0) / wc.sum().clamp_min(1e-8) if float(wc.sum()) > 1e-8 else ref
+    return ref.cpu().numpy(), ref_c.cpu().numpy()
+
+
+def instruction_maps(instruction: str, references: dict) -> list[ColourMap]:
+    """The colour maps of ``instruction`` given each region's ``(ref, ref_chroma)`` colours."""
+    return [colour_map(step, *references[step.region]) for step in parse_instruction(instruction)]
+
+
 def apply_maps(images: torch.Tensor, masks: dict, maps: list, alphas: torch.Tensor | None = None,
                background=(1.0, 1.0, 1.0)) -> torch.Tensor:
     """Apply colour maps in image space. images (B,H,W,3), masks name -> (B,H,W), alphas (B,H,W)."""
@@ -236,24 +263,10 @@ class RegionEditor:
         """Colour maps for ``instruction``, with each region's reference colour measured in ``images``."""
         if instruction in self._cache:
             return self._cache[instruction]
-        bg = torch.tensor(self.background, dtype=images.dtype, device=images.device)
-        a = torch.ones_like(images[..., 0]) if alphas is None else alphas.to(images)
-        fg = ((images - (1 - a[..., None]) * bg) / a[..., None].clamp_min(1e-3)).clamp(0, 1)
         maps = []
         for step in parse_instruction(instruction):
-            m = masks[step.region].to(images)
-            w = (m > 0.9).to(images) * m  # pixels mostly of this region
-            if float(w.sum()) < 1:
-                w = m
-            if float(w.sum()) <= 0:
-                raise Edit3DGSError(f"region '{step.region}'", "a region visible in the edit views", "no pixel of it")
-            px = fg.reshape(-1, 3)
-            wf = w.reshape(-1, 1)
-            ref = (px * wf).sum(0) / wf.sum()
-            chroma = (px - px.mean(1, keepdim=True)).norm(dim=1, keepdim=True)
-            wc = wf * chroma ** 2
-            ref_c = (px * wc).sum(0) / wc.sum().clamp_min(1e-8) if float(wc.sum()) > 1e-8 else ref
-            maps.append(colour_map(step, ref.cpu().numpy(), ref_c.cpu().numpy()))
+            ref, ref_c = reference_colours(images, masks[step.region], alphas, self.background, step.region)
+            maps.append(colour_map(step, ref, ref_c))
         self._cache[instruction] = maps
         self.maps = maps
         return maps

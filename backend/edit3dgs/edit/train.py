@@ -1,0 +1,531 @@
+"""Training a small Instruct-Pix2Pix for the built-in head (``edit3dgs train-editor``).
+
+The model has exactly the Instruct-Pix2Pix architecture (formats.md §6b): an
+``AutoencoderKL``, a ``UNet2DConditionModel`` whose first convolution takes 8
+channels (noisy latent + the unscaled ``encode().mode()`` latent of the
+conditioning image), a ``CLIPTextModel`` with its tokenizer and a DDIM
+scheduler, saved in the diffusers folder layout with safetensors, so
+``load_ip2p`` opens it exactly as it opens ``timbrooks/instruct-pix2pix``.
+
+Training, read top down (``train_editor``):
+
+1. the data: ``editor_data.EditorDataset`` renders (original, instruction,
+   exactly edited) triples of the built-in head on the fly;
+2. the VAE alone (reconstruction L1 + MSE + a small KL), then frozen; its latent
+   scaling factor is set to 1 / std of the latents, as Stable Diffusion's is;
+3. the UNet and the text encoder together with the Instruct-Pix2Pix objective:
+   epsilon prediction, MSE, conditioning dropout (``conditioning_dropout``),
+   an EMA of the weights (what is saved);
+4. the folder: the model in diffusers layout, a model card, the training
+   manifest, the loss log and its curve, sample edits on the held-out camera.
+
+``--resume`` continues from ``DIR/checkpoints/last.pt`` (weights, optimiser,
+step, data-sampler state).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import Edit3DGSError
+
+MODEL_JSON = "edit3dgs_model.json"  # native resolution and recommended settings, read by load_ip2p
+
+
+@dataclass
+class Architecture:
+    """Sizes of the model (``small``: the shipped one; ``tiny``: tests)."""
+
+    vae_channels: tuple = (32, 64, 128)
+    vae_groups: int = 16
+    unet_channels: tuple = (32, 64, 128)
+    unet_down: tuple = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    unet_heads: tuple = (1, 2, 4)
+    unet_groups: int = 16
+    text_hidden: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    max_tokens: int = 32
+
+
+ARCHITECTURES = {
+    "small": Architecture(),
+    "tiny": Architecture(vae_channels=(16, 16), vae_groups=8, unet_channels=(16, 32),
+                         unet_down=("DownBlock2D", "CrossAttnDownBlock2D"), unet_heads=(1, 2), unet_groups=8,
+                         text_hidden=32, text_layers=1, text_heads=2, max_tokens=16),
+}
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``steps``/``vae_steps``: optimiser steps of each phase; ``minutes``: a wall-clock
+    budget for the UNet phase (it stops early and saves when it runs out)."""
+
+    out: str
+    steps: int = 6000
+    vae_steps: int = 1500
+    arch: str = "small"
+    groups: int = 8                  # identity-timestep groups per batch
+    views: int = 4                   # cameras per group
+    edits: int = 2                   # instructions per group
+    lr: float = 4e-4
+    vae_lr: float = 1e-3
+    warmup: int = 200
+    ema: float = 0.999
+    conditioning_dropout: float = 0.05
+    kl_weight: float = 1e-6
+    random_identities: int = 14
+    frames: int = 24
+    size: tuple = (160, 112)
+    seed: int = 0
+    device: str = "auto"
+    minutes: float | None = None
+    checkpoint_every: int = 500
+    log_every: int = 25
+    samples: bool = True
+
+
+# ---------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------
+
+def build_models(arch: Architecture, tokenizer_dir: Path, words, seed: int = 0):
+    """Fresh (tokenizer, text encoder, VAE, UNet) of the Instruct-Pix2Pix architecture."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .tokenizer import clip_tokenizer
+
+    torch.manual_seed(seed)
+    tok = clip_tokenizer(tokenizer_dir, words, max_length=arch.max_tokens)
+    te = CLIPTextModel(CLIPTextConfig(hidden_size=arch.text_hidden, intermediate_size=4 * arch.text_hidden,
+                                      num_attention_heads=arch.text_heads, num_hidden_layers=arch.text_layers,
+                                      vocab_size=len(tok), max_position_embeddings=arch.max_tokens,
+                                      bos_token_id=0, eos_token_id=1, pad_token_id=1, projection_dim=arch.text_hidden))
+    n = len(arch.vae_channels)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=tuple(arch.vae_channels),
+                        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * n,
+                        up_block_types=("UpDecoderBlock2D",) * n, norm_num_groups=arch.vae_groups,
+                        sample_size=max(160, 32), mid_block_add_attention=False)
+    up = tuple(reversed([t.replace("Down", "Up") for t in arch.unet_down]))
+    unet = UNet2DConditionModel(sample_size=40, in_channels=8, out_channels=4, layers_per_block=1,
+                                block_out_channels=tuple(arch.unet_channels), down_block_types=tuple(arch.unet_down),
+                                up_block_types=up, cross_attention_dim=arch.text_hidden,
+                                attention_head_dim=tuple(arch.unet_heads), norm_num_groups=arch.unet_groups)
+    return tok, te, vae, unet
+
+
+def noise_scheduler():
+    """The training schedule (Stable Diffusion's scaled-linear betas, 1000 steps)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         clip_sample=False, prediction_type="epsilon")
+
+
+def inference_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+
+
+def conditioning_dropout_masks(n: int, prob: float, generator: torch.Generator | None = None,
+                               device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(drop_text, drop_image) bool (n,): one uniform draw p per sample; the text is dropped when
+    p < 2 prob, the image when prob <= p < 3 prob (diffusers' train_instruct_pix2pix: ``prob`` text
+    only, ``prob`` both, ``prob`` image only)."""
+    p = torch.rand(n, generator=generator).to(device)
+    return p < 2 * prob, (p >= prob) & (p < 3 * prob)
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+
+class _Log:
+    def __init__(self, path: Path, resume: bool):
+        self.path = path
+        if not resume or not path.exists():
+            path.write_text("phase,step,loss,lr,seconds\n")
+
+    def __call__(self, phase: str, step: int, loss: float, lr: float, seconds: float):
+        with self.path.open("a") as f:
+            f.write(f"{phase},{step},{loss:.6f},{lr:.3g},{seconds:.1f}\n")
+
+
+def _to_nchw(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2).contiguous() * 2 - 1
+
+
+def _lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    q = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, q))))
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        e = [p for p in ema.parameters()]
+        m = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(e, m, 1 - decay)
+
+
+def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | None = None,
+                 log: Callable[[str], None] = print) -> Path:
+    """Train and write the model folder ``cfg.out`` (see the module docstring). Returns the folder."""
+    from tqdm import tqdm  # progress bars: maintained, prints to stderr
+
+    from .. import headmodel
+    from ..editor_data import EditorDataset, make_identities, vocabulary_words
+    from ..flame import FlameHead, load_flame_model
+    from ..views import pick_device
+
+    if cfg.arch not in ARCHITECTURES:
+        raise Edit3DGSError("--arch", f"one of {', '.join(ARCHITECTURES)}", repr(cfg.arch))
+    if cfg.steps < 1 or cfg.vae_steps < 0:
+        raise Edit3DGSError("--steps", "a positive number of steps", f"{cfg.steps} (vae {cfg.vae_steps})")
+    arch = ARCHITECTURES[cfg.arch]
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    ckpt_path = ckpt_dir / "last.pt"
+    if resume and not ckpt_path.is_file():
+        raise Edit3DGSError(ckpt_path, "a checkpoint to resume from (--resume)", "no such file")
+    if not resume and out.exists() and any(out.iterdir()):
+        raise Edit3DGSError(out, "an empty or new folder (or --resume to continue a run there)", "a folder with files")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(cfg.device)
+    t_start = time.perf_counter()
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # 1. Data: the built-in head model and the training identities.
+    log(f"[train-editor] building {2 + cfg.random_identities} training identities on {dev}")
+    head_dir = ckpt_dir / "head_model"
+    head_dir.mkdir(parents=True, exist_ok=True)
+    head = FlameHead(load_flame_model(*headmodel.write_head_model(head_dir, seed=0)))
+    identities = make_identities(head, cfg.random_identities, cfg.frames, seed=cfg.seed, device=dev)
+    data = EditorDataset(identities, size=cfg.size, seed=cfg.seed)
+    t_data = time.perf_counter() - t_start
+
+    tok, te, vae, unet = build_models(arch, ckpt_dir / "tokenizer_src", vocabulary_words(), cfg.seed)
+    te, vae, unet = te.to(dev), vae.to(dev), unet.to(dev)
+    sched = noise_scheduler()
+    alphas = sched.alphas_cumprod.to(dev)
+    empty_ids = tok([""], padding="max_length", max_length=arch.max_tokens, return_tensors="pt").input_ids.to(dev)
+    amp = dict(device_type="cuda", dtype=torch.bfloat16) if dev.type == "cuda" else dict(device_type="cpu", enabled=False)
+    state = {"phase": "vae", "step": 0, "scaling_factor": None, "seconds": {"data": round(t_data, 1)}}
+    opt_vae = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    params = list(unet.parameters()) + list(te.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    ema_unet, ema_te = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
+    if resume:
+        ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        for m, k in ((vae, "vae"), (unet, "unet"), (te, "te"), (ema_unet, "ema_unet"), (ema_te, "ema_te"),
+                     (opt_vae, "opt_vae"), (opt, "opt")):
+            m.load_state_dict(ck[k])
+        state = ck["state"]
+        data.rng.setstate(ck["data_rng"])
+        data.log = ck["data_log"]
+        torch.set_rng_state(ck["torch_rng"])
+        log(f"[train-editor] resumed at {state['phase']} step {state['step']}")
+    losses = _Log(out / "loss_log.csv", resume)
+
+    def save_checkpoint():
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"vae": vae.state_dict(), "unet": unet.state_dict(), "te": te.state_dict(),
+                    "ema_unet": ema_unet.state_dict(), "ema_te": ema_te.state_dict(),
+                    "opt_vae": opt_vae.state_dict(), "opt": opt.state_dict(), "state": state,
+                    "data_rng": data.rng.getstate(), "data_log": data.log, "torch_rng": torch.get_rng_state(),
+                    "config": asdict(cfg)}, tmp)
+        tmp.replace(ckpt_path)
+
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    # 2. The VAE.
+    if state["phase"] == "vae":
+        t0 = time.perf_counter()
+        vae.train()
+        bar = tqdm(total=cfg.vae_steps, initial=state["step"], desc="vae", unit="step", dynamic_ncols=True)
+        while state["step"] < cfg.vae_steps:
+            b = data.batch(cfg.groups // 2 or 1, cfg.views, 1)
+            x = _to_nchw(torch.cat([b["original"], b["edited"]]).to(dev))
+            lr = _lr(state["step"], cfg.vae_steps, cfg.vae_lr, cfg.warmup)
+            for g_ in opt_vae.param_groups:
+                g_["lr"] = lr
+            with torch.autocast(**amp):
+                post = vae.encode(x).latent_dist
+                rec = vae.decode(post.sample()).sample
+            rec = rec.float()
+            loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.kl_weight * post.kl().mean()
+            opt_vae.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt_vae.step()
+            state["step"] += 1
+            bar.update(1)
+            if state["step"] % cfg.log_every == 0 or state["step"] == cfg.vae_steps:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                losses("vae", state["step"], loss.item(), lr, time.perf_counter() - t_start)
+            if state["step"] % cfg.checkpoint_every == 0:
+                save_checkpoint()
+            if progress:
+                progress("vae", state["step"], cfg.vae_steps)
+        bar.close()
+        vae.eval()
+        # Latent scaling so the diffusion sees unit variance (Stable Diffusion's 0.18215 is this for its VAE).
+        with torch.no_grad():
+            zs = [vae.encode(_to_nchw(data.batch(cfg.groups, cfg.views, 1)["edited"].to(dev))).latent_dist.mode() for _ in range(4)]
+        state.update(phase="unet", step=0, scaling_factor=float(1.0 / torch.cat(zs).float().std()))
+        state["seconds"]["vae"] = round(time.perf_counter() - t0, 1)
+        state["vae_psnr_held_out"] = _vae_psnr(vae, identities, cfg, dev)
+        log(f"[train-editor] VAE done: scaling factor {state['scaling_factor']:.4f}, "
+            f"reconstruction PSNR on held-out-camera renders {state['vae_psnr_held_out']:.2f} dB")
+        save_checkpoint()
+    vae.requires_grad_(False).eval()
+    vae.register_to_config(scaling_factor=state["scaling_factor"])
+    sf = state["scaling_factor"]
+
+    # 3. The UNet and the text encoder.
+    t0 = time.perf_counter()
+    budget = None if cfg.minutes is None else cfg.minutes * 60
+    unet.train()
+    te.train()
+    bar = tqdm(total=cfg.steps, initial=state["step"], desc="unet", unit="step", dynamic_ncols=True)
+    run_seconds = state["seconds"].get("unet", 0.0)
+    stopped_early = False
+    while state["step"] < cfg.steps:
+        if budget is not None and run_seconds + (time.perf_counter() - t0) > budget:
+            stopped_early = True
+            break
+        b = data.batch(cfg.groups, cfg.views, cfg.edits)
+        with torch.no_grad():
+            cond = vae.encode(_to_nchw(b["original"].to(dev))).latent_dist.mode()
+            target = vae.encode(_to_nchw(b["edited"].to(dev))).latent_dist.sample() * sf
+            ids = tok(b["prompts"], padding="max_length", max_length=arch.max_tokens, truncation=True,
+                      return_tensors="pt").input_ids.to(dev)
+        n = target.shape[0]
+        noise = torch.randn_like(target)
+        t = torch.randint(0, sched.config.num_train_timesteps, (n,), device=dev)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * target + (1 - a).sqrt() * noise
+        drop_text, drop_image = conditioning_dropout_masks(n, cfg.conditioning_dropout, gen, dev)
+        ids = torch.where(drop_text[:, None], empty_ids.expand(n, -1), ids)
+        cond = cond * (~drop_image).float().view(-1, 1, 1, 1)
+        lr = _lr(state["step"], cfg.steps, cfg.lr, cfg.warmup)
+        for g_ in opt.param_groups:
+            g_["lr"] = lr
+        with torch.autocast(**amp):
+            emb = te(ids)[0]
+            pred = unet(torch.cat([noisy, cond], 1), t, encoder_hidden_states=emb).sample
+        loss = F.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        _ema_update(ema_unet, unet, cfg.ema if state["step"] > cfg.warmup else 0.0)
+        _ema_update(ema_te, te, cfg.ema if state["step"] > cfg.warmup else 0.0)
+        state["step"] += 1
+        bar.update(1)
+        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            losses("unet", state["step"], loss.item(), lr, time.perf_counter() - t_start)
+        if state["step"] % cfg.checkpoint_every == 0:
+            state["seconds"]["unet"] = round(run_seconds + time.perf_counter() - t0, 1)
+            save_checkpoint()
+        if progress:
+            progress("unet", state["step"], cfg.steps)
+    bar.close()
+    state["seconds"]["unet"] = round(run_seconds + time.perf_counter() - t0, 1)
+    state["stopped_early"] = stopped_early
+    save_checkpoint()
+
+    # 4. The model folder.
+    save_model(out, tok, ema_te, vae, ema_unet, cfg, state, data.manifest(), dev)
+    if cfg.samples:
+        write_samples(out, identities[0], cfg, dev)
+    plot_losses(out / "loss_log.csv", out / "loss_curve.png")
+    write_model_card(out, cfg, state, data.manifest())
+    log(f"[train-editor] model written to {out} ({time.perf_counter() - t_start:.0f} s)")
+    return out
+
+
+def _vae_psnr(vae, identities, cfg: TrainConfig, dev) -> float:
+    """Reconstruction PSNR of the VAE on camera-8 renders (never trained on) of the first identity."""
+    from ..cameras import HELD_OUT_CAMERA, camera_rig
+    from ..editor_data import EditorDataset
+    from ..metrics import psnr
+
+    ident = identities[0]
+    cam = [c.scaled(0.2) for c in camera_rig() if c.index == HELD_OUT_CAMERA]
+    ds = EditorDataset([ident], size=cfg.size)
+    ts = np.linspace(0, ident.params.num_timesteps - 1, 8).round().astype(int)
+    with torch.no_grad():
+        imgs = torch.cat([ds._render(ident.bundle, ident.bundle.gaussians, ident.bundle.pose(ident.params, [int(t)])[0], cam)
+                          for t in ts])
+        rec = vae.decode(vae.encode(_to_nchw(imgs)).latent_dist.mode()).sample
+        rec = ((rec.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    return float(psnr(rec, imgs))
+
+
+def save_model(out: Path, tok, te, vae, unet, cfg: TrainConfig, state: dict, manifest: dict, dev) -> None:
+    """The diffusers folder layout (fp16 safetensors: half the size; loaders cast to their dtype)."""
+    import diffusers
+
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    half = lambda m: copy.deepcopy(m).to("cpu", torch.float16)  # noqa: E731
+    half(unet).save_pretrained(out / "unet", safe_serialization=True)
+    half(vae).save_pretrained(out / "vae", safe_serialization=True)
+    half(te).save_pretrained(out / "text_encoder", safe_serialization=True)
+    tok.save_pretrained(out / "tokenizer")
+    inference_scheduler().save_pretrained(out / "scheduler")
+    (out / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionInstructPix2PixPipeline", "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
+        "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=1))
+    (out / MODEL_JSON).write_text(json.dumps({
+        "name": "edit3dgs-builtin-ip2p", "resolution": int(min(cfg.size)), "size_hw": list(cfg.size),
+        "recommended": {"steps": 20, "guidance_text": 7.5, "guidance_image": 1.5},
+        "knows": "the built-in head only (not real faces)"}, indent=1))
+    (out / "training_manifest.json").write_text(json.dumps({
+        "config": asdict(cfg), "state": {k: v for k, v in state.items() if k != "step"},
+        "steps_done": state["step"], "hardware": _hardware(dev), **manifest}, indent=1, default=str))
+
+
+def _hardware(dev) -> str:
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} (torch {torch.__version__})"
+    return f"{platform.processor() or platform.machine()} CPU (torch {torch.__version__})"
+
+
+def write_samples(out: Path, ident, cfg: TrainConfig, dev, prompts=None) -> Path:
+    """Edits of held-out-camera renders by the saved model (per view, the real editing path):
+    rows original / edited / ground truth, one column per prompt."""
+    from ..cameras import HELD_OUT_CAMERA, camera_rig
+    from ..editor_data import EditorDataset, ground_truth_gaussians
+    from ..report import grid, label_rows, save_image
+    from .ip2p import IP2PSettings, clear_cache, edit_images, load_ip2p
+
+    prompts = prompts or ["make the hair blue", "give her red lips", "green eyes", "make him look older",
+                          "make the hair pink", "blue lips"]
+    cam = [c.scaled(0.2) for c in camera_rig() if c.index == HELD_OUT_CAMERA]
+    ds = EditorDataset([ident], size=cfg.size)
+    verts = ident.bundle.pose(ident.params, [ident.params.num_timesteps // 3])[0]
+    orig = ds._render(ident.bundle, ident.bundle.gaussians, verts, cam)
+    clear_cache()
+    models = load_ip2p(str(out), device=dev)
+    cols = [[], [], []]
+    for i, p in enumerate(prompts):
+        gt = ds._render(ident.bundle, ground_truth_gaussians(ident.bundle, ident.bundle.gaussians, p, ident.references), verts, cam)
+        e = edit_images(models, orig, p, IP2PSettings(seed=i, multiview=False, inpaint=False)).images
+        for row, img in zip(cols, (orig, e, gt)):
+            row.append(img[0].float().cpu().numpy())
+    clear_cache()
+    path = out / "samples.png"
+    save_image(path, label_rows(grid(cols), ["original", "edited", "ground truth"]))
+    (out / "samples.txt").write_text("columns: " + " | ".join(prompts) + " (held-out combinations: pink hair, blue lips)\n")
+    return path
+
+
+def plot_losses(csv: Path, png: Path) -> None:
+    """The loss log as a PNG (one panel per phase, log-scale loss), drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    rows = [ln.split(",") for ln in csv.read_text().splitlines()[1:] if ln.strip()]
+    phases = [p for p in ("vae", "unet") if any(r[0] == p for r in rows)]
+    W, H, pad = 420, 260, 40
+    img = Image.new("RGB", (W * max(1, len(phases)), H), "white")
+    d = ImageDraw.Draw(img)
+    for k, ph in enumerate(phases):
+        pts = [(int(r[1]), float(r[2])) for r in rows if r[0] == ph and float(r[2]) > 0]
+        if len(pts) < 2:
+            continue
+        xs, ys = [p[0] for p in pts], [math.log10(p[1]) for p in pts]
+        x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys) + 1e-9
+        ox = k * W
+        d.rectangle([ox + pad, 10, ox + W - 10, H - pad], outline="black")
+        line = [(ox + pad + (x - x0) / max(1, x1 - x0) * (W - pad - 10), H - pad - (y - y0) / (y1 - y0) * (H - pad - 10))
+                for x, y in zip(xs, ys)]
+        d.line(line, fill=(30, 80, 200), width=2)
+        d.text((ox + pad + 4, 14), f"{ph}: loss {pts[0][1]:.3g} -> {pts[-1][1]:.3g} (log scale)", fill="black")
+        d.text((ox + pad, H - pad + 6), f"step {x0}", fill="black")
+        d.text((ox + W - 90, H - pad + 6), f"step {x1}", fill="black")
+    img.save(png)
+
+
+def write_model_card(out: Path, cfg: TrainConfig, state: dict, manifest: dict) -> None:
+    m = json.loads((out / "training_manifest.json").read_text())
+    held = ", ".join(manifest["instructions"]["held_out_combinations"])
+    n_ids = len(manifest["identities"])
+    sizes = {p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+             for p in out.iterdir() if p.is_dir() and p.name != "checkpoints"}
+    card = f"""---
+license: gpl-3.0-or-later
+library_name: diffusers
+pipeline_tag: image-to-image
+---
+# edit3dgs-builtin-ip2p: a small Instruct-Pix2Pix for Edit3DGS's built-in head
+
+A model with exactly the Instruct-Pix2Pix architecture (8-channel `UNet2DConditionModel`,
+`AutoencoderKL`, `CLIPTextModel` + `CLIPTokenizer`, DDIM scheduler) trained from scratch by
+`edit3dgs train-editor` on renders of the **built-in head** only. It lets the paper's method
+(multi-view batch editing, expression-preserving inpainting, refit) run offline end to end
+and be measured against exact ground truth. `--model builtin` selects it.
+
+## Limits
+- It knows the built-in procedural head and its renders (white background, the rig's framing),
+  not real faces or photographs: on anything else its edits are meaningless.
+- It knows appearance edits only: a colour on the hair, lips, eyes or skin, "look older",
+  "paler skin". Native size {cfg.size[1]}x{cfg.size[0]} (W x H); eyes are a few pixels wide there.
+- Text understanding is limited to the training phrasings (below); unknown words fall back
+  to characters and are effectively ignored.
+
+## Data (training_manifest.json has everything)
+- {n_ids} identities: the 2 built-in ones and {n_ids - 2} drawn from the head model's identity space
+  (shape directions, skin/hair/iris/lip colours); Gaussians per face and SH degree varied.
+- Motion: the training sequences only ({', '.join(manifest['sequences']['kinds'])}); never
+  {' or '.join(manifest['sequences']['never'])}.
+- Cameras: the rig's training cameras {manifest['cameras']['rig_indices']} (never camera 8) and
+  {manifest['cameras']['jittered']['count']} jittered cameras around the rig, each at least
+  {manifest['cameras']['jittered']['min_angle_to_held_out_deg_allowed']} degrees from camera 8's view
+  (closest drawn: {manifest['cameras']['jittered']['min_angle_to_held_out_deg_drawn']} degrees).
+- Targets: exact edits (the region's Gaussians recoloured by the region editor's colour map, rendered).
+- Vocabulary: colours {{{', '.join(sorted({k.split(':')[1] for k in manifest['instructions']['vocabulary'] if ':' in k}))}}}
+  x regions {{hair, lips, eyes, skin}}, "look older", "paler skin"; each in several phrasings.
+- **Held out** (colours seen on other regions, never on this one): {held}.
+
+## Training
+- VAE: {cfg.vae_steps} steps (L1 + MSE + {cfg.kl_weight:g} KL), then frozen; latent scaling factor
+  {state.get('scaling_factor', float('nan')):.4f}; reconstruction PSNR on held-out-camera renders
+  {state.get('vae_psnr_held_out', float('nan')):.2f} dB.
+- UNet + text encoder: {m['steps_done']} steps of the Instruct-Pix2Pix objective (epsilon, MSE),
+  batch {cfg.groups * cfg.views * cfg.edits}, AdamW lr {cfg.lr:g} (warm-up, cosine), conditioning dropout
+  {cfg.conditioning_dropout} (text {cfg.conditioning_dropout:g}, both {cfg.conditioning_dropout:g},
+  image {cfg.conditioning_dropout:g}), EMA {cfg.ema} (the saved weights), seed {cfg.seed}.
+- Time: data set-up {state['seconds'].get('data', 0)} s, VAE {state['seconds'].get('vae', 0)} s,
+  UNet {state['seconds'].get('unet', 0)} s on {m['hardware']}.
+- Sizes: {', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in sorted(sizes.items()))} (fp16 safetensors).
+- Loss curve: `loss_curve.png` (log: `loss_log.csv`); sample edits on the held-out camera: `samples.png`.
+
+## Reproduce
+`edit3dgs train-editor --out DIR --steps {cfg.steps} --vae-steps {cfg.vae_steps} --seed {cfg.seed} --device cuda`
+"""
+    (out / "README.md").write_text(card)

@@ -1,0 +1,33 @@
+"""``edit3dgs train-editor``: train the small Instruct-Pix2Pix for the built-in head (``--model builtin``)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def cmd_train_editor(a) -> int:
+    from .edit.train import TrainConfig, train_editor
+
+    cfg = TrainConfig(out=a.out, steps=a.steps, vae_steps=a.vae_steps, arch=a.arch, seed=a.seed, device=a.device,
+                      minutes=a.minutes, random_identities=a.random_identities, checkpoint_every=a.checkpoint_every,
+                      groups=a.groups, samples=not a.no_samples)
+    out = train_editor(cfg, resume=a.resume, log=lambda s: print(s, file=sys.stderr))
+    print(f"model written to {out} (use it with --model {out}; model card: {out}/README.md)")
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("train-editor", help="train the small Instruct-Pix2Pix editor of the built-in head")
+    s.add_argument("--out", required=True, help="model folder to write (diffusers layout, model card, loss log)")
+    s.add_argument("--steps", type=int, default=6000, help="UNet + text-encoder steps")
+    s.add_argument("--vae-steps", type=int, default=1500, help="VAE steps (trained first, then frozen)")
+    s.add_argument("--minutes", type=float, default=None, help="wall-clock budget of the UNet phase (stops and saves)")
+    s.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--arch", default="small", choices=("small", "tiny"), help="model size (tiny: for tests)")
+    s.add_argument("--random-identities", type=int, default=14, help="random heads besides the two built-in ones")
+    s.add_argument("--groups", type=int, default=8, help="identity-timestep groups per batch (x4 views x2 edits)")
+    s.add_argument("--checkpoint-every", type=int, default=500)
+    s.add_argument("--no-samples", action="store_true", help="skip the sample-edits figure")
+    s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    s.set_defaults(func=cmd_train_editor)
