@@ -21,6 +21,7 @@ What goes in (and what never does) is fixed here and written to a manifest:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import random
@@ -139,6 +140,7 @@ def make_identities(head, n_random: int = 14, frames: int = 24, seed: int = 0, d
 
     rng = np.random.default_rng(seed)
     out = []
+    dev_head = copy.deepcopy(head).to(device)  # one posing layer on the device, shared; ``head`` stays put
     specs = [(IDENTITIES[i], IDENTITY_SHAPES[i], i) for i in range(len(IDENTITIES))]
     specs += [(*random_identity(rng, k), 100 + k) for k in range(n_random)]
     for n, (ident, shape_spec, sseed) in enumerate(specs):
@@ -153,7 +155,7 @@ def make_identities(head, n_random: int = 14, frames: int = 24, seed: int = 0, d
         gpf = int(gaussians_per_face[n % len(gaussians_per_face)])
         sh = int(sh_degree[(n // len(gaussians_per_face)) % len(sh_degree)])
         g = make_gaussians(head, ident, shape, gpf, sh, seed=sseed)
-        bundle = AvatarBundle(Path(f"<training identity {ident.name}>"), g.to(device), params, head.to(device),
+        bundle = AvatarBundle(Path(f"<training identity {ident.name}>"), g.to(device), params, dev_head,
                               {"background": [1.0, 1.0, 1.0]}, "built-in head")
         refs = measure_references(bundle, params, [0, frames], train_rig(reference_scale))
         out.append(TrainIdentity(ident.name, bundle, params, refs,
