@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .builtin import CROSS_SEQUENCE, HELD_OUT_SEQUENCE, IDENTITIES, IDENTITY_SHAPES, TRAIN_SEQUENCES, Identity, _shape_vector
 from .cameras import HELD_OUT_CAMERA, RIG_AZIMUTHS, RIG_ELEVATIONS, Camera, camera_rig
-from .edit.region import instruction_maps, parse_instruction, recolour_gaussians, reference_colours
+from .edit.region import instruction_maps, parse_instruction, recolour_gaussians, recolour_sh, reference_colours
 
 EDIT_REGIONS = ("hair", "lips", "eyes", "skin")
 TRAIN_COLOURS = ("blue", "red", "green", "pink", "purple", "orange", "yellow", "teal", "black", "white", "silver", "brown")
@@ -111,6 +111,13 @@ class TrainIdentity:
     params: object            # FlameParams: the training sequences, concatenated
     references: dict          # region -> (ref, ref_chroma) colours
     spec: dict = field(default_factory=dict)
+    _masks: dict = field(default_factory=dict)
+
+    def mask(self, region: str) -> torch.Tensor:
+        """Bool (N,): the Gaussians bound to ``region`` (cached)."""
+        if region not in self._masks:
+            self._masks[region] = self.bundle.gaussian_mask([region])
+        return self._masks[region]
 
 
 def random_identity(rng: np.random.Generator, k: int) -> tuple[Identity, dict]:
@@ -266,37 +273,41 @@ class EditorDataset:
         return out
 
     def _render(self, bundle, gaussians, verts, cams) -> torch.Tensor:
+        """Renders (C,H,W,3) of ``gaussians`` posed by ``verts`` from ``cams``, at the training size."""
+        wg = bundle.world(verts, gaussians)
+        return self._raster(wg, wg.sh, cams)
+
+    def _raster(self, wg, sh: torch.Tensor, cams) -> torch.Tensor:
+        from .cameras import stack
         from .render import rasterize
 
-        wg = bundle.world(verts, gaussians)
-        out = []
-        for c in cams:   # cameras of different sizes: one call each (cheap at this size)
-            from .cameras import stack
-
-            vm, K, w, h = stack([c], wg.means.device)
-            r = rasterize(wg.means, wg.quats, wg.scales, wg.opacities, wg.sh, vm, K, w, h, sh_degree=wg.sh_degree,
-                          background=torch.ones(3, device=wg.means.device))
-            out.append(_resize(r.rgb, self.size))
-        return torch.cat(out)
+        vm, K, w, h = stack(cams, wg.means.device)
+        r = rasterize(wg.means, wg.quats, wg.scales, wg.opacities, sh, vm, K, w, h, sh_degree=wg.sh_degree,
+                      background=torch.ones(3, device=wg.means.device))
+        return _resize(r.rgb, self.size)
 
     @torch.no_grad()
     def batch(self, groups: int = 4, views: int = 4, edits: int = 4) -> dict:
-        """``groups * views * edits`` triples: ``original`` and ``edited`` (B,H,W,3) in [0,1], ``prompts``."""
+        """``groups * edits * views`` triples: ``original`` and ``edited`` (B,H,W,3) in [0,1], ``prompts``.
+
+        A group is one identity at one timestep from ``views`` cameras (one rasterizer call), edited
+        ``edits`` ways: the exact edit recolours the region's SH rows of the posed Gaussians."""
         orig, edited, prompts = [], [], []
         for _ in range(groups):
             ident = self.rng.choice(self.ids)
             t = self.rng.randrange(ident.params.num_timesteps)
             cams = self.cameras(views)
-            verts = ident.bundle.pose(ident.params, [t])[0]
-            o = self._render(ident.bundle, ident.bundle.gaussians, verts, cams)
+            wg = ident.bundle.world(ident.bundle.pose(ident.params, [t])[0])
+            o = self._raster(wg, wg.sh, cams)
             self.log["identities"][ident.name] += 1
             self.log["timesteps"] += 1
             for _ in range(edits):
                 key, text = self.instruction()
-                g = ground_truth_gaussians(ident.bundle, ident.bundle.gaussians, text, ident.references)
-                e = self._render(ident.bundle, g, verts, cams)
+                sh = wg.sh
+                for cm in instruction_maps(text, ident.references):
+                    sh = recolour_sh(sh, ident.mask(cm.region), cm)
                 orig.append(o)
-                edited.append(e)
+                edited.append(self._raster(wg, sh, cams))
                 prompts += [text] * len(cams)
                 self.log["edit_keys"][key] += len(cams)
                 self.log["instructions"][text] += len(cams)

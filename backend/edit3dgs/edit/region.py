@@ -219,19 +219,27 @@ def apply_maps(images: torch.Tensor, masks: dict, maps: list, alphas: torch.Tens
     return out.clamp(0, 1)
 
 
-def recolour_gaussians(gaussians, mask: torch.Tensor, cmap: ColourMap):
-    """The same map applied to Gaussians: SH colour c = C0 dc + rest.Y + 0.5 is linear, so
-    dc' = A dc + (A 0.5 + b - 0.5) / C0 and rest' = A rest. Returns a new GaussianAvatar."""
+def recolour_sh(sh: torch.Tensor, mask: torch.Tensor, cmap: ColourMap) -> torch.Tensor:
+    """The map applied to SH coefficients (N,K,3) (DC first): SH colour c = C0 dc + rest.Y + 0.5 is
+    linear, so dc' = A dc + (A 0.5 + b - 0.5) / C0 and rest' = A rest on the rows in ``mask``."""
     from ..render.sh import C0
 
-    g = gaussians.clone()
-    A = torch.as_tensor(cmap.A, dtype=g.features_dc.dtype, device=g.device)
-    b = torch.as_tensor(cmap.b, dtype=g.features_dc.dtype, device=g.device)
+    out = sh.clone()
+    A = torch.as_tensor(cmap.A, dtype=sh.dtype, device=sh.device)
+    b = torch.as_tensor(cmap.b, dtype=sh.dtype, device=sh.device)
     half = torch.full((3,), 0.5, dtype=A.dtype, device=A.device)
-    m = mask.to(g.device)
-    g.features_dc[m] = g.features_dc[m] @ A.T + (A @ half + b - half) / C0
-    if g.features_rest.shape[1]:
-        g.features_rest[m] = g.features_rest[m] @ A.T
+    m = mask.to(sh.device)
+    rows = out[m] @ A.T
+    rows[:, 0] += (A @ half + b - half) / C0
+    out[m] = rows
+    return out
+
+
+def recolour_gaussians(gaussians, mask: torch.Tensor, cmap: ColourMap):
+    """``recolour_sh`` on a GaussianAvatar's features. Returns a new GaussianAvatar."""
+    g = gaussians.clone()
+    sh = recolour_sh(torch.cat([g.features_dc, g.features_rest], 1), mask, cmap)
+    g.features_dc, g.features_rest = sh[:, :1].contiguous(), sh[:, 1:].contiguous()
     return g
 
 

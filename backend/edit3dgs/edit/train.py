@@ -78,9 +78,9 @@ class TrainConfig:
     steps: int = 6000
     vae_steps: int = 1500
     arch: str = "small"
-    groups: int = 8                  # identity-timestep groups per batch
-    views: int = 4                   # cameras per group
-    edits: int = 2                   # instructions per group
+    groups: int = 4                  # identity-timestep groups per batch
+    views: int = 8                   # cameras per group (one rasterizer call)
+    edits: int = 4                   # instructions per group
     lr: float = 4e-4
     vae_lr: float = 1e-3
     warmup: int = 200
@@ -263,7 +263,7 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
         vae.train()
         bar = tqdm(total=cfg.vae_steps, initial=state["step"], desc="vae", unit="step", dynamic_ncols=True)
         while state["step"] < cfg.vae_steps:
-            b = data.batch(cfg.groups // 2 or 1, cfg.views, 1)
+            b = data.batch(cfg.groups, cfg.views, 1)
             x = _to_nchw(torch.cat([b["original"], b["edited"]]).to(dev))
             lr = _lr(state["step"], cfg.vae_steps, cfg.vae_lr, cfg.warmup)
             for g_ in opt_vae.param_groups:
