@@ -171,10 +171,12 @@ def _to_nchw(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).contiguous() * 2 - 1
 
 
-def _lr(step: int, total: int, base: float, warmup: int) -> float:
+def _lr(step: int, total: int, base: float, warmup: int, done: float | None = None) -> float:
+    """Linear warm-up, then cosine decay to a tenth; ``done`` (0..1) overrides the step fraction
+    (a run with a time budget decays over its budget)."""
     if step < warmup:
         return base * (step + 1) / warmup
-    q = (step - warmup) / max(1, total - warmup)
+    q = (step - warmup) / max(1, total - warmup) if done is None else max(done, step / max(1, total))
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, q))))
 
 
@@ -327,7 +329,8 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
         drop_text, drop_image = conditioning_dropout_masks(n, cfg.conditioning_dropout, gen, dev)
         ids = torch.where(drop_text[:, None], empty_ids.expand(n, -1), ids)
         cond = cond * (~drop_image).float().view(-1, 1, 1, 1)
-        lr = _lr(state["step"], cfg.steps, cfg.lr, cfg.warmup)
+        done = None if budget is None else (run_seconds + time.perf_counter() - t0) / budget
+        lr = _lr(state["step"], cfg.steps, cfg.lr, cfg.warmup, done)
         for g_ in opt.param_groups:
             g_["lr"] = lr
         with torch.autocast(**amp):
