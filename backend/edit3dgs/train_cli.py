@@ -10,7 +10,7 @@ def cmd_train_editor(a) -> int:
 
     cfg = TrainConfig(out=a.out, steps=a.steps, vae_steps=a.vae_steps, arch=a.arch, seed=a.seed, device=a.device,
                       minutes=a.minutes, random_identities=a.random_identities, checkpoint_every=a.checkpoint_every,
-                      groups=a.groups, samples=not a.no_samples)
+                      groups=a.groups, samples=not a.no_samples, bank=a.bank)
     out = train_editor(cfg, resume=a.resume, log=lambda s: print(s, file=sys.stderr))
     print(f"model written to {out} (use it with --model {out}; model card: {out}/README.md)")
     return 0
@@ -27,6 +27,7 @@ def register(sub) -> None:
     s.add_argument("--arch", default="small", choices=("small", "tiny"), help="model size (tiny: for tests)")
     s.add_argument("--random-identities", type=int, default=14, help="random heads besides the two built-in ones")
     s.add_argument("--groups", type=int, default=4, help="identity-timestep groups per batch (x8 views x4 edits)")
+    s.add_argument("--bank", type=int, default=160, help="batches rendered once for the UNet phase (0: render every step)")
     s.add_argument("--checkpoint-every", type=int, default=500)
     s.add_argument("--no-samples", action="store_true", help="skip the sample-edits figure")
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
