@@ -39,7 +39,9 @@ from edit3dgs.errors import Edit3DGSError  # noqa: E402
 def tiny_ip2p_dir(tmp_path_factory):
     from tiny_models import build_tiny_ip2p
 
-    return build_tiny_ip2p(tmp_path_factory.mktemp("models") / "tiny-ip2p")
+    # Small enough that the whole file runs in well under a minute on a 2-core CPU.
+    return build_tiny_ip2p(tmp_path_factory.mktemp("models") / "tiny-ip2p", unet_channels=(8, 16),
+                           vae_channels=(8, 16), groups=4, heads=2)
 
 
 @pytest.fixture(scope="session")
