@@ -335,9 +335,10 @@ def test_injection_matches_once_on_the_image_branch_by_cosine_and_blends_normali
 def test_epipolar_band_on_a_non_square_image_with_an_off_centre_principal_point():
     """Distances from key tokens to each query token's epipolar line equal those computed by
     back-projecting the query token's ray to two depths and projecting both points into the key
-    view. Catches: width and height swapped, a principal point assumed central, pixel instead of
-    token units, the line of the wrong view."""
-    cams, (h, w) = injection_scene()
+    view, on a token grid whose cells are not square. Catches: width and height swapped, a principal
+    point assumed central, pixel instead of token units, the line of the wrong view."""
+    cams, _ = injection_scene()
+    h, w = 5, 12                                        # cells of 8.3 x 12 pixels
     for qi, ki in [(1, 0), (0, 2), (2, 1)]:
         cq, ck = cams[qi], cams[ki]
         got = corr.epipolar_distance(cq, ck, h, w).double()
@@ -360,14 +361,14 @@ def test_epipolar_band_holds_the_true_correspondences():
     cams = ring_cameras(3, size=48, height=32, cx=20.0, cy=18.0)
     rng = np.random.default_rng(0)
     pts = rng.uniform(-0.15, 0.15, (300, 3))
-    h, w = 8, 12
+    h, w = 16, 12                                       # cells of 4 x 2 pixels
     for qa, ka in [(0, 1), (2, 0), (1, 2)]:
         cq, ck = cams[qa], cams[ka]
         uq, _ = cq.project(pts)
         uk, _ = ck.project(pts)
         inside = ((uq >= 0).all(1) & (uq[:, 0] < 48) & (uq[:, 1] < 32) & (uk >= 0).all(1) & (uk[:, 0] < 48) & (uk[:, 1] < 32))
-        tq = (uq[inside] // 4).astype(int)
-        tk = (uk[inside] // 4).astype(int)
+        tq = (uq[inside] // [4, 2]).astype(int)
+        tk = (uk[inside] // [4, 2]).astype(int)
         cand = corr.epipolar_candidates(cq, ck, h, w, band=1.0)
         assert cand[torch.as_tensor(tq[:, 1] * w + tq[:, 0]), torch.as_tensor(tk[:, 1] * w + tk[:, 0])].float().mean() > 0.97
 
