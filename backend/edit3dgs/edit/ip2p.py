@@ -8,10 +8,13 @@ Read top to bottom as the method:
 2. ``edit_images``: our denoising loop, like diffusers'
    ``StableDiffusionInstructPix2PixPipeline.__call__`` (encode prompt, encode
    image, denoise with 3-way guidance, decode) plus the two extensions of the
-   paper: multi-view batch editing (``mv_attention``: key views with extended
-   self-attention, feature injection into the other views along epipolar
-   lines or the FLAME binding) and expression-preserving inpainting
-   (``inpaint``: original latents re-injected in the eye/mouth masks).
+   paper: multi-view batch editing (``mv_attention``: per timestep and step, one
+   random key view per chunk of views ordered by angle; key views with extended
+   self-attention, feature injection into the other views along epipolar lines,
+   matched once per layer on the image-conditioned branch as DGE does; as an option,
+   ``temporal_keys``, one timestep's key views for all, linked by the FLAME binding)
+   and expression-preserving inpainting (``inpaint``: original latents re-injected
+   in the eye/mouth masks, minus the parts the instruction targets).
 3. ``InstructPix2PixEditor``: the ``Editor`` the edit loop calls each round,
    optionally re-editing the current renders at a chosen noise strength
    (Instruct-NeRF2NeRF's iterative dataset update).
