@@ -13,6 +13,16 @@ from edit3dgs import eval as ev
 from edit3dgs.eval import clip_consistency, clip_directional_similarity, format_table, PAPER_ROWS, SettingResult
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These small renders and tiny CLIPs run fastest on one thread (a busy 2-core machine otherwise
+    spends most of the time in OpenMP waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _unit(v):
     v = torch.tensor(v, dtype=torch.float64)
     return v / v.norm()
