@@ -123,10 +123,11 @@ def _missing(model: str, exc: BaseException) -> Edit3DGSError:
 def ddim_scheduler(src: str):
     """The DDIM scheduler of a model folder, with what Instruct-Pix2Pix/Stable Diffusion sampling
     needs whatever the folder's config says: no clipping of the predicted x0 (latents are not in
-    [-1, 1]), the last step towards alpha_bar of the first training timestep rather than 1
-    (``clip_sample=False, set_alpha_to_one=False``, as DGE sets them), and ``steps_offset=1``
-    (timesteps 951, 901, ..., 1 for 20 steps) when the config does not say (timbrooks/instruct-pix2pix
-    ships an Euler config with only the schedule's betas)."""
+    [-1, 1]) and the last step towards alpha_bar of the first training timestep rather than 1
+    (``clip_sample=False, set_alpha_to_one=False``, as in Stable Diffusion's scheduler configs);
+    ``steps_offset=1`` (timesteps 951, 901, ..., 1 for 20 steps) when the config does not say.
+    timbrooks/instruct-pix2pix ships an Euler scheduler config, without the DDIM keys, whose
+    defaults would clip x0 and end at alpha_bar = 1."""
     from diffusers import DDIMScheduler
 
     config = DDIMScheduler.load_config(src, subfolder="scheduler")
