@@ -7,6 +7,11 @@ both ways in one run and prints time, peak memory and the ratio.
 
     python benchmarks/ip2p_bench.py [--views 16] [--steps 20] [--size 512] [--episode] [--profile DIR]
 
+Multi-view editing matches tokens once per self-attention layer and UNet call, on the
+image-conditioned guidance branch (as DGE), and reuses the matches for all three branches;
+key views are drawn per timestep (the default). ``--smoke`` swaps in a small architecture to
+check on a CPU that the script runs (its numbers mean nothing).
+
 ``--episode`` also times a whole ip2p edit of the built-in avatar (16 cameras x 10
 timesteps: render + edit + refit) through ``loop.EditSession``.
 """
@@ -28,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 BENCH_MODEL = "benchmark-random-ip2p"
 
 
-def full_size_models(device, dtype):
-    """Random-weight Instruct-Pix2Pix components of the real sizes, registered in the loader's cache."""
+def full_size_models(device, dtype, smoke: bool = False):
+    """Random-weight Instruct-Pix2Pix components of the real sizes (``smoke``: small ones), registered
+    in the loader's cache."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -38,6 +44,8 @@ def full_size_models(device, dtype):
     from tiny_models import tiny_clip_tokenizer
 
     with torch.device(device):
+        if smoke:
+            return _smoke_models(device, dtype)
         unet = UNet2DConditionModel(
             sample_size=64, in_channels=8, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -57,6 +65,32 @@ def full_size_models(device, dtype):
     ip2p._MODELS[(BENCH_MODEL, str(torch.device(device)), str(dtype), False)] = models
     n = sum(p.numel() for p in unet.parameters())
     return models, n
+
+
+def _smoke_models(device, dtype):
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from edit3dgs.edit import ip2p
+    from edit3dgs.edit.mv_attention import install
+    from tiny_models import tiny_clip_text_config, tiny_clip_tokenizer
+
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2,
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=32, sample_size=32)
+    tok = tiny_clip_tokenizer(Path(tempfile.mkdtemp()) / "tok")
+    te = CLIPTextModel(tiny_clip_text_config(len(tok)))
+    for m in (unet, vae, te):
+        m.to(device, dtype).eval().requires_grad_(False)
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+    models = ip2p.IP2PModels(tok, te, vae, unet, sched, torch.device(device), dtype, install(unet), BENCH_MODEL)
+    ip2p._MODELS[(BENCH_MODEL, str(torch.device(device)), str(dtype), False)] = models
+    return models, sum(p.numel() for p in unet.parameters())
 
 
 def rig_views(n: int, size: int):
@@ -172,11 +206,12 @@ def main() -> int:
     ap.add_argument("--episode", action="store_true", help="also time a whole ip2p edit (16 cameras x 10 timesteps)")
     ap.add_argument("--skip-views", action="store_true")
     ap.add_argument("--profile", type=Path, default=None, help="also profile a short edit; tables written to this folder")
+    ap.add_argument("--smoke", action="store_true", help="a small architecture: checks that the script runs (CPU)")
     a = ap.parse_args()
     dev = torch.device(a.device)
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     t0 = time.perf_counter()
-    models, n = full_size_models(dev, dtype)
+    models, n = full_size_models(dev, dtype, smoke=a.smoke)
     report = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "dtype": str(dtype),
               "unet_params_M": round(n / 1e6, 1), "build_s": round(time.perf_counter() - t0, 1),
               "views": a.views, "steps": a.steps, "size": a.size, "torch": torch.__version__}

@@ -38,6 +38,7 @@ def edit_settings(ui: dict, prefs: dict) -> dict:
         options = {
             "steps": int(ui.get("steps", 20)), "guidance_text": float(ui.get("guidance_text", 7.5)),
             "guidance_image": float(ui.get("guidance_image", 1.5)), "seed": int(ui.get("seed", 0)),
+            "temporal_keys": bool(ui.get("temporal_keys", False)),
             "inpaint": bool(preserve), "inpaint_regions": preserve or ["eyes", "mouth"],
             "inpaint_strength": float(ui.get("mask_strength", 1.0)), "inpaint_dilate": int(ui.get("mask_dilation", 1)),
             "mask_source": "detector" if ui.get("mask_source") == "DETECTOR" else "flame",

@@ -35,6 +35,9 @@ class Edit3DGSSettings(bpy.types.PropertyGroup):
     steps: IntProperty(name="Steps", default=20, min=1, max=200)
     guidance_text: FloatProperty(name="Text guidance", default=7.5, min=0.0, max=30.0)
     guidance_image: FloatProperty(name="Image guidance", default=1.5, min=0.0, max=10.0)
+    temporal_keys: BoolProperty(name="Share key views across time", default=False,
+                                description="One timestep's key views serve all timesteps, linked by the FLAME binding "
+                                            "(off: key views per timestep, as the paper)")
     rounds: IntProperty(name="Rounds", default=1, min=1, max=20)
     iters_per_batch: IntProperty(name="Iterations per batch", default=10, min=1, max=10000)
     iteration_multiplier: FloatProperty(name="Iteration multiplier", default=1.0, min=0.01, max=100.0)

@@ -98,6 +98,7 @@ class EDIT3DGS_PT_editor(_Panel, bpy.types.Panel):
             col.prop(s, "steps")
             col.prop(s, "guidance_text")
             col.prop(s, "guidance_image")
+            col.prop(s, "temporal_keys")
         col.prop(s, "rounds")
         col.prop(s, "iters_per_batch")
         col.prop(s, "iteration_multiplier")

@@ -54,9 +54,11 @@ def tiny_clip_text_config(vocab_size: int):
                           pad_token_id=1, projection_dim=16)
 
 
-def build_tiny_ip2p(folder: Path, seed: int = 0) -> Path:
+def build_tiny_ip2p(folder: Path, seed: int = 0, unet_channels=(32, 64), vae_channels=(32, 64), groups: int = 32,
+                    heads: int = 8) -> Path:
     """A tiny random Instruct-Pix2Pix in diffusers layout: 8-channel UNet with self-attention at
-    both levels, VAE with scale factor 2, 2-layer CLIP text encoder, DDIM scheduler."""
+    both levels, VAE with scale factor 2, 2-layer CLIP text encoder, DDIM scheduler. (Smaller
+    ``*_channels`` with matching ``groups``/``heads`` make a faster one.)"""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -66,15 +68,15 @@ def build_tiny_ip2p(folder: Path, seed: int = 0) -> Path:
     tok.save_pretrained(folder / "tokenizer")
     CLIPTextModel(tiny_clip_text_config(len(tok))).save_pretrained(folder / "text_encoder", safe_serialization=True)
     UNet2DConditionModel(
-        sample_size=16, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        sample_size=16, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=tuple(unet_channels),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+        cross_attention_dim=32, attention_head_dim=heads, norm_num_groups=groups,
     ).save_pretrained(folder / "unet", safe_serialization=True)
     AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=tuple(vae_channels), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=32, sample_size=32,
+        norm_num_groups=groups, sample_size=32,
     ).save_pretrained(folder / "vae", safe_serialization=True)
     DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                   set_alpha_to_one=False, steps_offset=1).save_pretrained(folder / "scheduler")

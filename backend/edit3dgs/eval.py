@@ -4,7 +4,16 @@
   averaged over frames;
 - CLIP-C (consistency): cos(E_I(edit_i) - E_I(orig_i), E_I(edit_{i+1}) - E_I(orig_{i+1})) over consecutive
   frames of a path, averaged.
-E_I, E_T are L2-normalised CLIP embeddings (OpenAI ViT-L/14 by default; images resized to 224 by its processor).
+E_I, E_T are L2-normalised CLIP embeddings (OpenAI ViT-L/14 by default).
+
+Comparable with the seed's table only when computed as its reference implementation
+(instruct-pix2pix ``metrics/clip_similarity.py``, formats.md §6) does: ViT-L/14, each image
+resized **whole** to 224 x 224 with bicubic filtering (no centre crop, which would cut the sides
+of a portrait render), and a caption **of the edited result** beside the original's caption.
+The edited caption is the user's (``caption_edited``, which may be a template with ``{prompt}``
+filled by the instruction); it is never made up from the instruction otherwise, so without
+it CLIP-S is not computed (CLIP-C needs no caption). Rows computed with another CLIP model are
+labelled not comparable.
 
 Settings: novel view (a camera orbit at one timestep, sweeping through the held-out camera),
 self-reenactment (the held-out sequence seen from the held-out camera) and cross-identity
@@ -56,7 +65,11 @@ def clip_consistency(img_orig: torch.Tensor, img_edit: torch.Tensor) -> torch.Te
 # ---------------------------------------------------------------------------
 
 class ClipScorer:
-    """CLIP from a model id or folder (transformers, safetensors): embeddings of images and captions."""
+    """CLIP from a model id or folder (transformers, safetensors): embeddings of images and captions.
+
+    Images are preprocessed as the seed's reference does (not by the transformers processor,
+    which resizes the short side and centre-crops): the whole image resized to the model's
+    input size (224 for ViT-L/14) with bicubic filtering, then normalised by CLIP's mean/std."""
 
     _cache: dict = {}
 
@@ -82,13 +95,32 @@ class ClipScorer:
         self.model, self.processor = self._cache[key]
         self.device = device
 
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.vision_config.image_size)
+
+    @property
+    def comparable(self) -> bool:
+        """Whether this is the seed's CLIP (ViT-L/14 at 224 px: 24 layers of width 1024, 14 px patches)."""
+        v = self.model.config.vision_config
+        return (int(v.image_size), int(v.patch_size), int(v.hidden_size), int(v.num_hidden_layers)) == (224, 14, 1024, 24)
+
+    def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
+        """(N,H,W,3) float in [0,1] -> (N,3,S,S) model input: the whole image resized to S x S
+        (bicubic, no crop), normalised by the processor's mean/std."""
+        ip = getattr(self.processor, "image_processor", self.processor)
+        mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(ip.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        x = images.detach().float().cpu().clamp(0, 1).permute(0, 3, 1, 2)
+        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
+        return (x - mean) / std
+
     @torch.no_grad()
     def images(self, images: torch.Tensor, batch: int = 16) -> torch.Tensor:
         """(N,H,W,3) float in [0,1] -> (N,D) normalised embeddings."""
         out = []
         for s in range(0, images.shape[0], batch):
-            arr = [(im.detach().float().cpu().clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8) for im in images[s:s + batch]]
-            px = self.processor(images=arr, return_tensors="pt")["pixel_values"].to(self.device)
+            px = self.pixel_values(images[s:s + batch]).to(self.device)
             out.append(_features(self.model.get_image_features(pixel_values=px)))
         return F.normalize(torch.cat(out).float(), dim=-1).cpu()
 
@@ -115,9 +147,10 @@ def _features(x):
 
 @dataclass
 class SettingResult:
-    clip_s: float
+    clip_s: float | None                # None: no caption of the edited result was given
     clip_c: float
     frames: int
+    comparable: bool = True             # computed as the seed's table was (see the module docstring)
 
 
 def _held_out_camera(bundle, scale: float):
@@ -178,21 +211,36 @@ def motion_paths(bundle, held_out: str | None = None, cross: str | None = None) 
     return {"self_reenactment": pick(held_out, "held_out_sequence"), "cross_identity": pick(cross, "cross_identity_sequence")}
 
 
+DEFAULT_CAPTION = "a photo of a person's head"
+
+
+def edited_caption(caption_edited: str | None, prompt: str) -> str | None:
+    """The caption of the edited result: the user's text, with ``{prompt}`` (if any) replaced by the
+    instruction (a template the user chose). None when the user gave none: never derived otherwise."""
+    if caption_edited is None or not str(caption_edited).strip():
+        return None
+    text = str(caption_edited)
+    return text.replace("{prompt}", (prompt or "").strip().rstrip(".")) if "{prompt}" in text else text
+
+
 def evaluate(original: str | Path, edited: str | Path, prompt: str, caption_original: str | None = None,
              caption_edited: str | None = None, clip: str = DEFAULT_CLIP, frames: int = 8, scale: float = 0.4,
              device="cpu", held_out_sequence: str | None = None, cross_sequence: str | None = None,
              settings: Sequence[str] = SETTINGS) -> dict:
-    """CLIP-S and CLIP-C of ``edited`` against ``original`` in each setting -> {setting: SettingResult | None}."""
+    """CLIP-S and CLIP-C of ``edited`` against ``original`` in each setting -> {setting: SettingResult | None}.
+
+    ``caption_edited``: a caption of the edited result (may hold ``{prompt}``); without it CLIP-S is None."""
     from .bundle import open_avatar
 
     a = open_avatar(original, device=device)
     b = open_avatar(edited, device=device)
     if a.gaussians.num_gaussians == 0 or b.gaussians.num_gaussians == 0:
         raise Edit3DGSError(edited, "avatars with Gaussians", "an empty avatar")
-    cap_o = caption_original or "a photo of a person's head"
-    cap_e = caption_edited or f"{cap_o}, {prompt.strip().rstrip('.')}"
+    cap_o = caption_original or DEFAULT_CAPTION
+    cap_e = edited_caption(caption_edited, prompt)
     scorer = ClipScorer(clip, device)
-    t = scorer.texts([cap_o, cap_e])
+    comparable = bool(scorer.comparable)
+    t = scorer.texts([cap_o, cap_e]) if cap_e is not None else None
     paths = motion_paths(a, held_out_sequence, cross_sequence)
     out = {}
     for s in settings:
@@ -202,14 +250,15 @@ def evaluate(original: str | Path, edited: str | Path, prompt: str, caption_orig
             out[s] = None
             continue
         ea, eb = scorer.images(ra), scorer.images(rb)
-        cs = clip_directional_similarity(ea, eb, t[0], t[1]).mean().item()
+        cs = clip_directional_similarity(ea, eb, t[0], t[1]).mean().item() if t is not None else None
         cc = clip_consistency(ea, eb).mean().item() if len(ea) > 1 else float("nan")
-        out[s] = SettingResult(cs, cc, len(ea))
+        out[s] = SettingResult(cs, cc, len(ea), comparable)
     return out
 
 
 def format_table(results: dict, name: str = "This edit (ours)") -> str:
-    """The seed's table, the paper's rows and ours beside them (markdown)."""
+    """The seed's table, the paper's rows and ours beside them (markdown). Our row is labelled
+    "not comparable" when it was computed with another CLIP than the seed's."""
     head = "| Method | " + " | ".join(f"{SETTING_TITLES[s]} CLIP-S | {SETTING_TITLES[s]} CLIP-C" for s in SETTINGS) + " |"
     lines = [head, "|" + "---|" * (1 + 2 * len(SETTINGS))]
     for row, vals in PAPER_ROWS.items():
@@ -217,6 +266,11 @@ def format_table(results: dict, name: str = "This edit (ours)") -> str:
     cells = []
     for s in SETTINGS:
         r = results.get(s)
-        cells.append("n/a | n/a" if r is None else f"{r.clip_s:.3f} | {r.clip_c:.3f}")
+        if r is None:
+            cells.append("n/a | n/a")
+        else:
+            cells.append(("n/a" if r.clip_s is None else f"{r.clip_s:.3f}") + f" | {r.clip_c:.3f}")
+    if any(r is not None and not r.comparable for r in results.values()):
+        name += " (not comparable: another CLIP than ViT-L/14)"
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -82,13 +82,15 @@ def test_edit_settings_mapping():
     ui = dict(prompt=" make the hair blue ", editor="ip2p", steps=12, guidance_text=6.0, guidance_image=1.2, rounds=2,
               iters_per_batch=10, iteration_multiplier=1.5, scale=0.5, seed=3, timesteps="0-8:4", num_timesteps=4,
               use_frame_range=False, preserve_eyes=True, preserve_mouth=False, mask_source="DETECTOR",
-              mask_text="eyes, teeth", mask_dilation=2, mask_strength=0.8, local_regions="hair, ears", cameras=[0, 4])
+              mask_text="eyes, teeth", mask_dilation=2, mask_strength=0.8, local_regions="hair, ears", cameras=[0, 4],
+              temporal_keys=True)
     s = jobargs.edit_settings(ui, {"device": "cpu", "editor_model": "/models/ip2p"})
     assert s["prompt"] == "make the hair blue" and s["timesteps"] == [0, 4] and s["regions"] == ["hair", "ears"]
     assert s["iters_per_batch"] == 15 and s["cameras"] == [0, 4] and s["rounds"] == 2
     o = s["editor_options"]
     assert o["steps"] == 12 and o["inpaint_regions"] == ["eyes"] and o["mask_source"] == "detector"
-    assert o["detector_queries"] == ["eyes", "teeth"] and o["model"] == "/models/ip2p"
+    assert o["detector_queries"] == ["eyes", "teeth"] and o["model"] == "/models/ip2p" and o["temporal_keys"] is True
+    assert jobargs.edit_settings({**ui, "temporal_keys": False}, {})["editor_options"]["temporal_keys"] is False
     # every name is a field of the backend's EditSettings (read from its source: no torch here)
     import ast
     from pathlib import Path

@@ -4,7 +4,10 @@ Edits tend to flatten the eyes and mouth, where the expression of each
 timestep lives. The original render is encoded to latents; inside dilated
 eye/mouth masks (latent resolution) the original latents, noised to the
 scheduler's current level, are blended back after every denoising step from
-a chosen step onward, so the source expression survives the edit.
+a chosen step onward, so the source expression survives the edit. An
+instruction that targets the eyes or the mouth ("green eyes", "red lips")
+would be undone by this, so the editor leaves those parts out of the masks
+(``ip2p.inpaint_regions_for``).
 """
 
 from __future__ import annotations

@@ -8,10 +8,13 @@ Read top to bottom as the method:
 2. ``edit_images``: our denoising loop, like diffusers'
    ``StableDiffusionInstructPix2PixPipeline.__call__`` (encode prompt, encode
    image, denoise with 3-way guidance, decode) plus the two extensions of the
-   paper: multi-view batch editing (``mv_attention``: key views with extended
-   self-attention, feature injection into the other views along epipolar
-   lines or the FLAME binding) and expression-preserving inpainting
-   (``inpaint``: original latents re-injected in the eye/mouth masks).
+   paper: multi-view batch editing (``mv_attention``: per timestep and step, one
+   random key view per chunk of views ordered by angle; key views with extended
+   self-attention, feature injection into the other views along epipolar lines,
+   matched once per layer on the image-conditioned branch as DGE does; as an option,
+   ``temporal_keys``, one timestep's key views for all, linked by the FLAME binding)
+   and expression-preserving inpainting (``inpaint``: original latents re-injected
+   in the eye/mouth masks, minus the parts the instruction targets).
 3. ``InstructPix2PixEditor``: the ``Editor`` the edit loop calls each round,
    optionally re-editing the current renders at a chosen noise strength
    (Instruct-NeRF2NeRF's iterative dataset update).
@@ -123,6 +126,21 @@ def _missing(model: str, exc: BaseException) -> Edit3DGSError:
     return Edit3DGSError(model, DOWNLOAD_HINT, f"no loadable weights ({found})")
 
 
+def ddim_scheduler(src: str):
+    """The DDIM scheduler of a model folder, with what Instruct-Pix2Pix/Stable Diffusion sampling
+    needs whatever the folder's config says: no clipping of the predicted x0 (latents are not in
+    [-1, 1]) and the last step towards alpha_bar of the first training timestep rather than 1
+    (``clip_sample=False, set_alpha_to_one=False``, as in Stable Diffusion's scheduler configs);
+    ``steps_offset=1`` (timesteps 951, 901, ..., 1 for 20 steps) when the config does not say.
+    timbrooks/instruct-pix2pix ships an Euler scheduler config, without the DDIM keys, whose
+    defaults would clip x0 and end at alpha_bar = 1."""
+    from diffusers import DDIMScheduler
+
+    config = DDIMScheduler.load_config(src, subfolder="scheduler")
+    extra = {} if "steps_offset" in config else {"steps_offset": 1}
+    return DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False, **extra)
+
+
 def load_ip2p(model: str = DEFAULT_MODEL, device: str | torch.device = "auto", dtype=None,
               attention_slicing: bool = False, vae_tiling: bool = False, cpu_offload: bool = False) -> IP2PModels:
     """Instruct-Pix2Pix components from a model id (Hugging Face cache) or a local diffusers folder.
@@ -156,11 +174,13 @@ def load_ip2p(model: str = DEFAULT_MODEL, device: str | torch.device = "auto", d
                                 f"not installed ({exc.name})") from None
         try:
             tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer")
-            text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", use_safetensors=True, dtype=dt)
+            # Loaded in the stored precision, then cast: transformers renamed ``torch_dtype`` to
+            # ``dtype`` (4.56) and 4.45 rejects ``dtype``; ``.to`` works across the supported range.
+            text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", use_safetensors=True).to(dt)
             vae = AutoencoderKL.from_pretrained(src, subfolder="vae", use_safetensors=True, torch_dtype=dt)
             unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", use_safetensors=True, torch_dtype=dt)
-            scheduler = DDIMScheduler.from_pretrained(src, subfolder="scheduler")
-        except (OSError, ValueError, KeyError) as exc:
+            scheduler = ddim_scheduler(src)
+        except Exception as exc:   # any failure to load is the user's folder or cache: one line, no traceback
             raise _missing(model, exc) from None
         if unet.config.in_channels != 8:
             raise Edit3DGSError(model, "an Instruct-Pix2Pix UNet (8 input channels)", f"{unet.config.in_channels} input channels")
@@ -211,13 +231,20 @@ class IP2PSettings:
     extended_attention: bool = True
     min_timestep: int = 100             # plain attention below this diffusion timestep
     band: float = 1.0                   # epipolar band half-width, in tokens
-    temporal: bool = True               # one set of key views for all timesteps, linked by the FLAME binding
+    # False (default, as the seed and DGE): key views drawn per timestep among its own views.
+    # True: one timestep's key views serve all timesteps, linked through the FLAME binding.
+    temporal_keys: bool = False
     depth_tol: float = 0.01             # metres: visibility test of the FLAME correspondences
     # expression-preserving inpainting (formats.md §5)
     inpaint: bool = True
     inpaint_strength: float = 1.0
     inpaint_start: int | None = None    # first step (0-based) of re-injection; None: half of the steps
     inpaint_dilate: int = 1             # latent cells
+    temporal: bool | None = None        # deprecated alias of ``temporal_keys``
+
+    def __post_init__(self):
+        if self.temporal is not None:
+            self.temporal_keys, self.temporal = bool(self.temporal), None
 
 
 @dataclass
@@ -255,14 +282,18 @@ class ViewGroup:
     members: list[int]
 
 
-def plan_groups(views: Sequence[View], chunk_size: int = 5, temporal: bool = True) -> list[ViewGroup]:
+def plan_groups(views: Sequence[View], chunk_size: int = 5, temporal_keys: bool = False, *,
+                temporal: bool | None = None) -> list[ViewGroup]:
     """Group views for multi-view batch editing.
 
-    Views of one timestep are ordered by camera azimuth and chunked. With ``temporal`` all
-    timesteps share the key views of one reference timestep (the one with most views) and
-    the other timesteps are linked to them through the FLAME binding; otherwise each
-    timestep is its own group.
+    Views of one timestep are ordered by camera azimuth and chunked. By default each timestep
+    is its own group, with its own key views (the seed's and DGE's batch editing; epipolar
+    geometry holds only within a timestep). With ``temporal_keys`` all timesteps share the key
+    views of one reference timestep (the one with most views) and the other timesteps are
+    linked to them through the FLAME binding. (``temporal``: deprecated alias.)
     """
+    if temporal is not None:
+        temporal_keys = bool(temporal)
     by_t: dict[int, list[int]] = {}
     for i, v in enumerate(views):
         by_t.setdefault(int(v.timestep), []).append(i)
@@ -272,7 +303,7 @@ def plan_groups(views: Sequence[View], chunk_size: int = 5, temporal: bool = Tru
         n = max(1, math.ceil(len(ids) / chunk_size))
         return [list(c) for c in np.array_split(np.array(ids), n) if len(c)]
 
-    if temporal:
+    if temporal_keys:
         ref = max(by_t, key=lambda t: len(by_t[t]))
         return [ViewGroup([[int(i) for i in c] for c in chunks_of(by_t[ref])], list(range(len(views))))]
     return [ViewGroup([[int(i) for i in c] for c in chunks_of(ids)], ids) for ids in by_t.values()]
@@ -375,7 +406,7 @@ def edit_images(models: IP2PModels, images: torch.Tensor, instruction: str, sett
         inpaint_start = (s.steps // 2 if s.inpaint_start is None else int(s.inpaint_start)) - (s.steps - len(timesteps))
 
     multiview = s.multiview and views is not None and B > 1
-    groups = plan_groups(views, s.chunk_size, s.temporal) if multiview else []
+    groups = plan_groups(views, s.chunk_size, s.temporal_keys) if multiview else []
     all_views = list(range(B))
     zeros = torch.zeros_like(image_latents[:1])
 
@@ -439,11 +470,63 @@ def edit_images(models: IP2PModels, images: torch.Tensor, instruction: str, sett
 # 3. The editor of the edit loop
 # ---------------------------------------------------------------------------
 
+# Inpainting re-injects the original eyes and mouth so the source expression survives an edit of
+# the rest of the head. An instruction that targets the eyes or the mouth itself ("green eyes",
+# "red lips") would be undone by that, so those parts are left out of the masks of such an edit.
+TARGET_WORDS = {
+    "eyes": {"eye", "eyes", "eyed", "iris", "irises", "pupil", "pupils", "eyelid", "eyelids", "eyelash", "eyelashes",
+             "lashes", "eyeliner", "eyeshadow", "mascara"},
+    "mouth": {"lip", "lips", "lipstick", "lipsticked", "mouth", "teeth", "tooth", "toothed"},
+}
+
+
+def targeted_parts(instruction: str) -> set[str]:
+    """The parts ("eyes", "mouth") an instruction names (word match, e.g. 'give her green eyes')."""
+    import re
+
+    words = set(re.findall(r"[a-z]+", (instruction or "").lower()))
+    return {part for part, vocab in TARGET_WORDS.items() if words & vocab}
+
+
+def _part_of_region(name: str) -> str | None:
+    from ..flame import canonical_region
+
+    r = canonical_region(name)
+    if r in ("eyes", "eye_region"):
+        return "eyes"
+    if r in ("lips", "teeth"):
+        return "mouth"
+    return None
+
+
+def _part_of_query(query: str) -> str | None:
+    q = query.lower()
+    if "eye" in q or "iris" in q or "pupil" in q:
+        return "eyes"
+    if any(w in q for w in ("mouth", "lip", "teeth", "tooth")):
+        return "mouth"
+    return None
+
+
+def inpaint_regions_for(instruction: str, regions: Sequence[str]) -> list[str]:
+    """``regions`` minus those of the parts the instruction targets (see ``TARGET_WORDS``)."""
+    hit = targeted_parts(instruction)
+    return [r for r in regions if _part_of_region(r) not in hit]
+
+
+def detector_queries_for(instruction: str, queries: Sequence[str]) -> list[str]:
+    """Detector text queries minus those naming the parts the instruction targets."""
+    hit = targeted_parts(instruction)
+    return [q for q in queries if _part_of_query(q) not in hit]
+
+
 class InstructPix2PixEditor:
     """Instruct-Pix2Pix behind the ``Editor`` interface (``edit3dgs edit --editor ip2p``).
 
     The first time a view (camera, timestep) is seen its render is kept as the original: it
-    conditions every later edit of that view and supplies the expression for inpainting. With
+    conditions every later edit of that view and supplies the expression for inpainting. The
+    inpainting masks leave out the parts the instruction targets ("green eyes" keeps the eyes
+    out, "red lips" the mouth; ``inpaint_regions_for``), so a local edit there is not undone. With
     ``reedit_strength`` (0 < s < 1) later rounds re-edit the current render noised to that
     strength (Instruct-NeRF2NeRF's iterative dataset update) instead of editing from noise.
     """
@@ -453,13 +536,13 @@ class InstructPix2PixEditor:
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype=None,
                  steps: int = 20, guidance_text: float = 7.5, guidance_image: float = 1.5, seed: int | None = None,
                  resolution: int | None = None, batch_size: int = 8, multiview: bool = True, chunk_size: int = 5,
-                 key_neighbours: int = 2, temporal: bool = True, inpaint: bool = True,
+                 key_neighbours: int = 2, temporal: bool | None = None, inpaint: bool = True,
                  inpaint_regions: Sequence[str] = DEFAULT_INPAINT_REGIONS, inpaint_strength: float = 1.0,
                  inpaint_start: int | None = None, inpaint_dilate: int = 1, mask_source: str = "flame",
                  detector_model: str | None = None, sam_model: str | None = None,
                  detector_queries: Sequence[str] | None = None, box_threshold: float = 0.3, text_threshold: float = 0.25,
                  reedit_strength: float | None = None, attention_slicing: bool = False, vae_tiling: bool = False,
-                 cpu_offload: bool = False):
+                 cpu_offload: bool = False, temporal_keys: bool = False):
         if mask_source not in ("flame", "detector"):
             raise Edit3DGSError("--mask-source", "flame or detector", repr(mask_source))
         if reedit_strength is not None and not 0 < float(reedit_strength) <= 1:
@@ -468,13 +551,21 @@ class InstructPix2PixEditor:
             raise Edit3DGSError("--steps", "at least 1 denoising step", repr(steps))
         if not 0 <= float(inpaint_strength) <= 1:
             raise Edit3DGSError("--inpaint-strength", "a value in [0, 1]", repr(inpaint_strength))
+        if int(batch_size) < 1:
+            raise Edit3DGSError("--batch-size", "at least 1 view per UNet call", repr(batch_size))
+        if int(chunk_size) < 1:
+            raise Edit3DGSError("--chunk-size", "at least 1 view per chunk", repr(chunk_size))
+        if int(key_neighbours) not in (1, 2):
+            raise Edit3DGSError("--key-neighbours", "1 or 2 key views blended into each other view", repr(key_neighbours))
+        if temporal is not None:    # deprecated alias
+            temporal_keys = bool(temporal)
         self.model, self.device, self.dtype = model, device, dtype
         self.memory = dict(attention_slicing=attention_slicing, vae_tiling=vae_tiling, cpu_offload=cpu_offload)
         self.settings = IP2PSettings(
             steps=int(steps), guidance_text=float(guidance_text), guidance_image=float(guidance_image),
             seed=0 if seed is None else int(seed), resolution=None if resolution is None else int(resolution), batch_size=int(batch_size),
             multiview=bool(multiview), chunk_size=int(chunk_size), key_neighbours=int(key_neighbours),
-            temporal=bool(temporal), inpaint=bool(inpaint), inpaint_strength=float(inpaint_strength),
+            temporal_keys=bool(temporal_keys), inpaint=bool(inpaint), inpaint_strength=float(inpaint_strength),
             inpaint_start=inpaint_start, inpaint_dilate=int(inpaint_dilate))
         self.fixed_seed = seed is not None
         self.inpaint_regions = list(inpaint_regions)
@@ -483,7 +574,7 @@ class InstructPix2PixEditor:
                              box_threshold=box_threshold, text_threshold=text_threshold)
         self.reedit_strength = None if reedit_strength is None else float(reedit_strength)
         self._originals: dict[tuple[int, int], torch.Tensor] = {}
-        self._masks: dict[tuple[int, int], torch.Tensor] = {}
+        self._masks: dict[tuple, torch.Tensor] = {}
         self.rounds = 0
 
     def models(self) -> IP2PModels:
@@ -492,12 +583,22 @@ class InstructPix2PixEditor:
     def regions_for(self, instruction: str) -> list[str]:
         if not instruction or not instruction.strip():
             raise Edit3DGSError("--instruction", "a sentence describing the edit", "an empty instruction")
-        return list(self.inpaint_regions) if (self.settings.inpaint and self.mask_source == "flame") else []
+        if not (self.settings.inpaint and self.mask_source == "flame"):
+            return []
+        return inpaint_regions_for(instruction, self.inpaint_regions)
 
-    def _region_mask(self, request: EditRequest) -> torch.Tensor:
+    def _mask_parts(self, instruction: str) -> tuple:
+        """What the masks of an edit of ``instruction`` cover (the cache key of the masks)."""
+        if self.mask_source == "flame":
+            return ("flame",) + tuple(inpaint_regions_for(instruction, self.inpaint_regions))
+        from ..masks import DEFAULT_QUERIES
+
+        return ("detector",) + tuple(detector_queries_for(instruction, self.detector["queries"] or DEFAULT_QUERIES))
+
+    def _region_mask(self, request: EditRequest, regions: Sequence[str]) -> torch.Tensor:
         from ..masks import combine_region_masks
 
-        return combine_region_masks(request.region_masks, self.inpaint_regions, request.images.shape[:3])
+        return combine_region_masks(request.region_masks, regions, request.images.shape[:3])
 
     def edit(self, request: EditRequest, progress: Progress = no_progress) -> torch.Tensor:
         models = self.models()  # load first: a missing model fails before any work
@@ -509,17 +610,19 @@ class InstructPix2PixEditor:
         cond = torch.stack([self._originals[k] for k in keys])
 
         masks = None
-        if self.settings.inpaint:
-            if not all(k in self._masks for k in keys):
+        parts = self._mask_parts(request.instruction)
+        if self.settings.inpaint and len(parts) > 1:
+            mkeys = [(k, parts) for k in keys]
+            if not all(k in self._masks for k in mkeys):
                 if self.mask_source == "flame":
-                    new = self._region_mask(request).float().cpu()
+                    new = self._region_mask(request, parts[1:]).float().cpu()
                 else:
                     from ..masks import detect_region_masks
 
-                    new = detect_region_masks(cond, **self.detector, device=models.device)
-                for k, m in zip(keys, new):
+                    new = detect_region_masks(cond, **{**self.detector, "queries": list(parts[1:])}, device=models.device)
+                for k, m in zip(mkeys, new):
                     self._masks.setdefault(k, m)
-            masks = torch.stack([self._masks[k] for k in keys])
+            masks = torch.stack([self._masks[k] for k in mkeys])
 
         def at(x, i):
             return None if x is None else x[i].detach().float()
@@ -562,6 +665,12 @@ def add_cli_args(parser) -> None:
         help="short side of the images the diffusion model sees (default: the model's native size, 512 for Instruct-Pix2Pix)")
     add("--no-multiview", action="store_true", help="edit every view on its own (ablation)")
     add("--chunk-size", type=int, default=5, help="views per chunk; one key view per chunk per step")
+    add("--key-neighbours", type=int, default=2, choices=(1, 2),
+        help="key views blended into each other view (the nearest in viewing direction)")
+    add("--batch-size", type=int, default=8, help="views per UNet call (each x3 guidance branches); less: less memory")
+    add("--temporal-keys", action="store_true",
+        help="one timestep's key views serve all timesteps, linked by the FLAME binding (default: key views "
+             "per timestep, as the seed and DGE)")
     add("--no-inpaint", action="store_true", help="no expression-preserving inpainting (ablation)")
     add("--inpaint-regions", default=",".join(DEFAULT_INPAINT_REGIONS), help="regions re-injected from the originals")
     add("--inpaint-strength", type=float, default=1.0, help="weight of the re-injected original latents")
@@ -584,7 +693,8 @@ def options_from_args(args) -> dict:
     opts = dict(model=get("model", DEFAULT_MODEL), device=get("device", "auto"), dtype=get("dtype"),
                 steps=get("steps", 20), guidance_text=get("guidance_text", 7.5), guidance_image=get("guidance_image", 1.5),
                 resolution=get("resolution"), multiview=not get("no_multiview", False),
-                chunk_size=get("chunk_size", 5), inpaint=not get("no_inpaint", False),
+                chunk_size=get("chunk_size", 5), key_neighbours=get("key_neighbours", 2), batch_size=get("batch_size", 8),
+                temporal_keys=bool(get("temporal_keys", False)), inpaint=not get("no_inpaint", False),
                 inpaint_regions=regions or list(DEFAULT_INPAINT_REGIONS), inpaint_strength=get("inpaint_strength", 1.0),
                 inpaint_start=get("inpaint_start"), mask_source=get("mask_source", "flame"),
                 detector_model=get("detector_model"), sam_model=get("sam_model"),

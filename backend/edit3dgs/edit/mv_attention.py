@@ -14,21 +14,29 @@ current UNet call is:
   matching token (cosine similarity of normalised hidden states, among the
   candidates of ``correspondence``) of the nearest key view(s) is found and
   the key view's recorded output at that token replaces the view's own
-  self-attention output (weights blend two key views). Tokens with no
-  candidate fall back to the view's own self-attention;
+  self-attention output (weights blend two key views). As in DGE
+  (formats.md §4), the matching is done **once per layer and call, on the
+  image-conditioned guidance branch** (branch 1: its features carry the
+  conditioning image; the unconditional branch's would match at random), and
+  the same indices select the key outputs of all three branches.
+  Tokens with no candidate in any key view's band keep the view's own
+  self-attention (our choice; DGE instead lifts the band for such tokens and
+  matches them against every key token);
 - ``mode = "mixed"``: the first ``n_keys`` views of the batch are the key views
   ("key"), the rest other views ("inject"), all in one UNet call (each layer
   handles the key views first, so the others match against this layer's
   key features): as many UNet calls per step as per-view editing.
 
-UNet batches are laid out branch-major: index ``branch * n_views + view``.
+UNet batches are laid out branch-major: index ``branch * n_views + view``, branches in
+diffusers' Instruct-Pix2Pix order [text+image, image only, none].
 
 Speed: everything that depends only on the views (candidate masks, blend
 weights, tokens without candidates) is built once per UNet call and attention
 resolution (``MultiViewContext.plan``, shared by all layers of that resolution,
 batched over the call's views, with one host sync); inside a layer the matching
 of all views runs as a few batched similarity products, masked fills and
-argmaxes, with no host syncs and no loops over views or tokens.
+argmaxes (one per neighbour slot, not one per guidance branch), with no host
+syncs and no loops over views or tokens.
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ import torch.nn.functional as F
 
 from ..cameras import Camera
 from . import correspondence as corr
+
+MATCH_BRANCH = 1    # the image-conditioned branch of [text+image, image only, none]: DGE matches on it
 
 
 @dataclass
@@ -342,8 +352,9 @@ class MultiViewAttnProcessor:
             o = _merge(_sdpa(_heads(attn, q), _heads(attn, k), _heads(attn, v), ctx.slice_size))
         out = _out(attn, o.to(hs.dtype))
         pos = {view: p for p, view in enumerate(views)}
-        # Features are kept L2-normalised: the other views match against them by cosine similarity.
-        ctx.cache[self.name] = (pos, _unit(hs).view(nb, nk, n, c), out.view(nb, nk, n, -1))
+        # Only the image-conditioned branch's features are kept (the other views match against
+        # them, once for all branches), L2-normalised: matching is by cosine similarity.
+        ctx.cache[self.name] = (pos, _unit(hs.view(nb, nk, n, c)[_match_branch(nb)]), out.view(nb, nk, n, -1))
         return out
 
     def _other_views(self, attn, hs: torch.Tensor, views: list[int]) -> torch.Tensor:
@@ -355,26 +366,26 @@ class MultiViewAttnProcessor:
         nk, co = kout.shape[1], kout.shape[-1]
         plan = ctx.plan(views, h, w, pos, hs.device)
         K = plan.nbr_pos.shape[0]
-        # Matching: the argmax over key tokens of the cosine similarity only needs the key features
-        # normalised (they are, in the cache); the query's norm does not change the argmax.
-        q = hs.view(nb, nv, n, c)
-        idx = torch.empty(nb, K, nv, n, dtype=torch.long, device=hs.device)
+        # Matching, once for all guidance branches, on the image-conditioned branch (DGE): the argmax
+        # over key tokens of the cosine similarity only needs the key features normalised (they
+        # are, in the cache); the query's norm does not change the argmax.
+        q = hs.view(nb, nv, n, c)[_match_branch(nb)]
+        idx = torch.empty(K, nv, n, dtype=torch.long, device=hs.device)
         vstep = max(1, ctx.match_bytes // (n * n * hs.element_size()))
         for k in range(K):
-            for b in range(nb):
-                for s in range(0, nv, vstep):
-                    e = min(nv, s + vstep)
-                    kf = kfeat[b].index_select(0, plan.nbr_pos[k, s:e])            # (v, Nk, C)
-                    sim = torch.matmul(q[b, s:e], kf.transpose(-1, -2))           # (v, Nq, Nk)
-                    sim.masked_fill_(plan.not_cand[k, s:e], float("-inf"))        # same shape: vectorised
-                    torch.argmax(sim, -1, out=idx[b, k, s:e])
-                    del sim, kf
+            for s in range(0, nv, vstep):
+                e = min(nv, s + vstep)
+                kf = kfeat.index_select(0, plan.nbr_pos[k, s:e])                 # (v, Nk, C)
+                sim = torch.matmul(q[s:e], kf.transpose(-1, -2))                 # (v, Nq, Nk)
+                sim.masked_fill_(plan.not_cand[k, s:e], float("-inf"))           # same shape: vectorised
+                torch.argmax(sim, -1, out=idx[k, s:e])
+                del sim, kf
         # The key views' outputs at the matches, blended over the neighbour slots.
-        flat = (plan.nbr_pos[None, :, :, None] * n + idx).view(nb, K, nv * n)
+        flat = (plan.nbr_pos[:, :, None] * n + idx).view(K, nv * n)
         kflat = kout.reshape(nb, nk * n, co)
         res = None
         for k in range(K):
-            got = torch.gather(kflat, 1, flat[:, k, :, None].expand(-1, -1, co))
+            got = torch.gather(kflat, 1, flat[k][None, :, None].expand(nb, -1, co))
             got.mul_(plan.coef[k].view(1, nv * n, 1).to(got.dtype))
             res = got if res is None else res.add_(got)
         if plan.miss_views is not None:
@@ -388,8 +399,12 @@ class MultiViewAttnProcessor:
             res.index_copy_(1, plan.miss_flat, o.reshape(nb, vm * m, co).index_select(1, plan.miss_sel))
         if ctx.record_matches:
             for k, v, i, j in plan.pairs:
-                ctx.matches[(self.name, i, j)] = (idx[:, k, v], plan.valid[k, v])
+                ctx.matches[(self.name, i, j)] = (idx[k, v], plan.valid[k, v])
         return res.view(nb * nv, n, co)
+
+
+def _match_branch(n_branches: int) -> int:
+    return MATCH_BRANCH if n_branches > MATCH_BRANCH else 0
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
