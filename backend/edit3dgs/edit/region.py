@@ -217,6 +217,7 @@ class RegionEditor:
     """
 
     name = "region"
+    appearance_only = True  # colour maps only: the refit keeps the geometry (EditSettings.appearance_only)
 
     def __init__(self, background=(1.0, 1.0, 1.0), **unused):
         if unused:
