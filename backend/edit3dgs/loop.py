@@ -193,6 +193,29 @@ class EditSession:
         cat = lambda xs: torch.cat(xs)  # noqa: E731  (timestep-major: image k = (ts[k // C], cams[k % C]))
         return cat(rgb), cat(alpha), cat(depth), {r: cat(v) for r, v in masks.items()}, verts
 
+    def render_region_colours(self, gaussians, cams, verts, regions) -> dict:
+        """name -> (T*C,H,W,3): each region's own contribution to the renders of the edit set (its
+        Gaussians' SH colours, the others' colour zero, black background; the same blending weights)."""
+        from .render.sh import C0
+        from .views import render_frames
+
+        b = self.bundle
+        out = {}
+        with torch.no_grad():
+            for r in regions:
+                g = gaussians.clone()
+                faces = torch.zeros(b.head.n_faces, dtype=torch.bool, device=g.device)
+                faces[torch.from_numpy(b.region_faces([r])).to(g.device)] = True
+                other = ~faces[g.binding]
+                g.features_dc[other] = -0.5 / C0  # SH colour 0 (= C0 dc + 0.5)
+                g.features_rest[other] = 0.0
+                parts = []
+                for i in range(verts.shape[0]):
+                    self._check()
+                    parts.append(next(render_frames(b, verts[i:i + 1], cams, (0.0, 0.0, 0.0), gaussians=g)).rgb)
+                out[r] = torch.cat(parts).clamp_min(0)
+        return out
+
     # -- the loop -------------------------------------------------------------------
     def run(self, out_dir) -> Path:
         from .edit import EditRequest, make_editor
@@ -235,6 +258,8 @@ class EditSession:
                 t0 = time.perf_counter()
                 # Round 0 renders the input; later rounds re-render the current fit.
                 rgb, alpha, depth, masks, verts = self.render_set(gaussians, cams, ts, regions)
+                colours = (self.render_region_colours(gaussians, cams, verts, regions)
+                           if getattr(editor, "uses_region_colours", False) else {})
                 self._timed("render", t0)
                 if r == 0:
                     seen = alpha.reshape(len(ts), C, -1).sum(-1).amax(0)
@@ -254,7 +279,7 @@ class EditSession:
                 req = EditRequest(images=rgb, cameras=[cams[k % C] for k in range(len(ts) * C)],
                                   timesteps=[ts[k // C] for k in range(len(ts) * C)], instruction=s.prompt,
                                   seed=seed, region_masks=masks, alphas=alpha, depths=depth,
-                                  gaussian_means=means, should_stop=self.should_stop)
+                                  gaussian_means=means, should_stop=self.should_stop, region_colours=colours)
                 for i, t in enumerate(ts):
                     means[t] = b.world(verts[i], gaussians).means
                 edited = editor.edit(req, self.progress).to(self.device)
