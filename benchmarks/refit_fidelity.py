@@ -45,7 +45,7 @@ SPARSE_TIMESTEPS = 2
 # name -> RefitConfig keyword arguments (on top of the demo's views_per_iter and background)
 VARIANTS = {
     "seed": dict(lrs="seed", appearance_only=False, sh_rest="free", stop="fixed"),
-    "seed_400it": dict(lrs="seed", appearance_only=False, sh_rest="free", iters=400),
+    "seed_80it": dict(lrs="seed", appearance_only=False, sh_rest="free", iters=80),
     "ga_rates": dict(lrs="gaussian_avatars", appearance_only=False, sh_rest="free", stop="fixed"),
     "edit_rates": dict(lrs="edit", appearance_only=False, sh_rest="free", stop="fixed"),
     "edit_rates_conv": dict(lrs="edit", appearance_only=False, sh_rest="free"),
