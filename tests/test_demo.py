@@ -15,12 +15,18 @@ QUICK = dict(frames=12, eval_frames=6, orbit_frames=4, grid_frames=3)
 
 def check_bars(m: dict) -> None:
     assert set(m["settings"]) == {"novel_view", "self_reenactment", "cross_identity"}
+    assert BARS["psnr_inside_region_vs_ground_truth"] >= 30
     for key, r in m["settings"].items():
         assert float(r["psnr_vs_ground_truth"]) >= BARS["psnr_vs_ground_truth"], (key, r)
         assert float(r["psnr_outside_region"]) >= BARS["psnr_outside_region"], (key, r)
+        # inside the edited region itself, where the edit is (held-out camera / sequence / cross-identity)
+        assert float(r["psnr_inside_region_vs_ground_truth"]) >= BARS["psnr_inside_region_vs_ground_truth"], (key, r)
+        assert 0.9 < float(r["ssim_inside_region_vs_ground_truth"]) <= 1, (key, r)
         # the edit is real: inside the region the original is far from the ground truth, the refit close to it
         assert float(r["psnr_inside_region_original_vs_ground_truth"]) < float(r["psnr_inside_region_vs_ground_truth"]) - 3, (key, r)
     assert m["passes"]
+    # the edit record has the refit's fit inside the edit too, and the region editor's refit kept the geometry
+    assert float(m["edit"]["edit_view_psnr_inside_edit"]) >= 30 and m["edit"]["appearance_only"]
     assert m["held_out_camera"] == 8 and 8 not in m["edit_set"]["cameras"]
     # novel-view timesteps are not edit timesteps
     assert not set(m["settings"]["novel_view"]["timesteps"]) & set(m["edit_set"]["timesteps"])
@@ -51,6 +57,8 @@ def test_demo_make_the_hair_blue(tmp_path, cli):
         gif = Image.open(out / f"{key}.gif")
         assert gif.n_frames > 1
         assert f"{float(m['settings'][key]['psnr_vs_ground_truth']):.2f}" in html
+        assert f"{float(m['settings'][key]['psnr_inside_region_vs_ground_truth']):.2f}" in html
+        assert f"{float(m['settings'][key]['ssim_inside_region_vs_ground_truth']):.2f}" in html
     # the grid shows three rows: original, edited, ground truth, and the edited row is bluer
     g = np.asarray(Image.open(out / "novel_view_grid.png").convert("RGB")).astype(float)
     g = g[:, 90:]  # past the label column

@@ -66,12 +66,26 @@ def test_local_refit_leaves_other_gaussians_bit_identical(small_avatar):
     assert not torch.equal(g.features_dc[hair], g0.features_dc[hair])
 
 
-def test_default_iterations_are_ten_per_batch(small_avatar):
+def test_fixed_stop_is_ten_iterations_per_batch(small_avatar):
+    """The seed's option: exactly 10 x n iterations."""
     b = open_avatar(small_avatar)
     batches = _targets(b, b.gaussians, ts=(0, 2, 4), cams=(8,), scale=0.08)
     calls = []
-    res = refit(b.gaussians, b.head.faces, batches, RefitConfig(), progress=lambda s, d, n: calls.append((d, n)))
+    res = refit(b.gaussians, b.head.faces, batches, RefitConfig(stop="fixed"), progress=lambda s, d, n: calls.append((d, n)))
     assert res.iters == 30 and calls[-1] == (30, 30)
+
+
+def test_converged_stop_ends_when_the_loss_stops_improving(small_avatar):
+    """The default stops at a plateau (the target is the avatar itself: nothing to fit), well before
+    its cap of max_iters_per_batch x n, and the progress bar still ends full."""
+    b = open_avatar(small_avatar)
+    batches = _targets(b, b.gaussians, ts=(0, 2, 4), cams=(8,), scale=0.08)
+    calls = []
+    cfg = RefitConfig(appearance_only=True, window=5)
+    res = refit(b.gaussians, b.head.faces, batches, cfg, progress=lambda s, d, n: calls.append((d, n)))
+    cap = cfg.max_iters_per_batch * 3
+    assert res.iters < cap / 2 and res.iters % 5 == 0, res.iters
+    assert calls[-1] == (res.iters, res.iters) and calls[0] == (1, cap)
 
 
 def test_learning_rate_groups():
@@ -81,6 +95,30 @@ def test_learning_rate_groups():
         "xyz": 0.02, "features_dc": 0.02, "features_rest": 0.02, "opacity": 0.05, "scaling": 0.02, "rotation": 0.02}
     with pytest.raises(Edit3DGSError, match="colour"):
         RefitConfig(lrs={"colour": 1.0}).group_lrs()
+    assert set(RefitConfig().group_lrs().values()) != {RefitConfig().lr}  # per-group rates by default
+    assert set(RefitConfig(lrs="seed").group_lrs().values()) == {1e-2}
+    for bad, word in ((dict(lrs="fast"), "preset"), (dict(sh_rest="keep"), "sh_rest"), (dict(stop="never"), "stop"),
+                      (dict(window=0), "window"), (dict(lr_drop=2.0), "lr_drop")):
+        with pytest.raises(Edit3DGSError, match=word):
+            RefitConfig(**bad).check()
+
+
+def test_appearance_only_keeps_geometry_and_few_views_keep_sh_rest(small_avatar):
+    """A colour edit refit appearance-only leaves position, scale, rotation, opacity bit-identical;
+    with few cameras (here 3 < 8) the view-dependent SH is held, with many it is free."""
+    b = open_avatar(small_avatar)
+    gt = recolour_gaussians(b.gaussians, b.gaussian_mask(["hair"]), _blue(b))
+    res = refit(b.gaussians, b.head.faces, _targets(b, gt, ts=(0,)), RefitConfig(iters=4, appearance_only=True))
+    g, g0 = res.gaussians, b.gaussians
+    for name in ("xyz", "scaling", "rotation", "opacity", "features_rest"):
+        assert torch.equal(getattr(g, name), getattr(g0, name)), name
+    assert not torch.equal(g.features_dc, g0.features_dc)
+    assert res.frozen == ["features_rest", "opacity", "rotation", "scaling", "xyz"]
+    assert RefitConfig(appearance_only=True).frozen_groups(16) == {"xyz", "scaling", "rotation", "opacity"}
+    assert RefitConfig(sh_rest="hold").frozen_groups(16) == {"features_rest"}
+    assert RefitConfig().frozen_groups(16) == set() and RefitConfig.seed_recipe().frozen_groups(4) == set()
+
+
 
 
 def test_densify_clones_inherit_binding_and_faces_keep_a_gaussian(small_avatar):

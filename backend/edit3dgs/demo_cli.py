@@ -15,9 +15,10 @@ def cmd_demo(a) -> int:
         m = run_demo(a.out, cfg, overwrite=a.overwrite, progress=bar, log=lambda s: print(s, file=sys.stderr))
     finally:
         bar.close()
-    print(f"{'setting':<18} {'PSNR vs GT':>11} {'SSIM':>6} {'PSNR outside':>13}")
+    print(f"{'setting':<18} {'PSNR vs GT':>11} {'SSIM':>6} {'inside region':>14} {'SSIM':>6} {'PSNR outside':>13}")
     for key, r in m["settings"].items():
         print(f"{key:<18} {float(r['psnr_vs_ground_truth']):>8.2f} dB {r['ssim_vs_ground_truth']:>6.3f} "
+              f"{float(r['psnr_inside_region_vs_ground_truth']):>11.2f} dB {float(r['ssim_inside_region_vs_ground_truth']):>6.3f} "
               f"{float(r['psnr_outside_region']):>10.2f} dB")
     print(f"report: {a.out}/report.html  (metrics.json, grids, GIFs, edited/ avatar)")
     return 0

@@ -67,9 +67,17 @@ def add_edit_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--regions", help="local edit: only Gaussians bound to these regions change, e.g. 'hair' or 'lips,eyes'")
     s.add_argument("--rounds", type=int, default=1, help="render -> edit -> refit rounds")
     s.add_argument("--reedit-each-round", action="store_true", help="re-render and re-edit the views every round")
-    s.add_argument("--iters-per-batch", type=int, default=10, help="refit iterations per edit timestep (10 x n)")
-    s.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of every parameter group")
-    s.add_argument("--lrs", help="per-group rates as JSON ({\"xyz\": 5e-3, ...}) or the preset 'gaussian_avatars'")
+    s.add_argument("--refit-stop", default="converged", choices=("converged", "fixed"),
+                   help="converged: refit until the loss stops improving (default); fixed: --iters-per-batch x n (the seed's)")
+    s.add_argument("--iters-per-batch", type=int, default=10, help="with --refit-stop fixed: iterations per edit timestep (10 x n)")
+    s.add_argument("--max-iters-per-batch", type=int, default=40, help="with --refit-stop converged: the cap, per edit timestep")
+    s.add_argument("--appearance-only", default=None, action=argparse.BooleanOptionalAction,
+                   help="fit colours only, geometry frozen (default: the editor decides; the region editor's edits are)")
+    s.add_argument("--sh-rest", default="auto", choices=("auto", "hold", "regularise", "free"),
+                   help="view-dependent colour: auto holds it when the edit set has fewer than 8 cameras")
+    s.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of groups --lrs does not name")
+    s.add_argument("--lrs", default="edit", help="per-group rates as JSON ({\"xyz\": 5e-3, ...}) or a preset: "
+                                                 "edit (default), gaussian_avatars, seed (every group at --lr)")
     s.add_argument("--views-per-iter", type=int, help="cameras per refit iteration (default: all of the timestep on CUDA, 4 on CPU)")
     s.add_argument("--scale", type=float, default=None,
                    help="render resolution factor of the cameras (default: 1 on CUDA, 0.25 on CPU/MPS, where "
@@ -90,7 +98,7 @@ def settings_from_args(a):
     from .loop import EditSettings
 
     cam_file, cam_ids = _parse_cameras(a.cameras)
-    lrs = None
+    lrs = "edit"
     if a.lrs:
         if a.lrs.strip().startswith("{"):
             try:
@@ -126,7 +134,8 @@ def settings_from_args(a):
                         timesteps=_parse_int_list(a.timesteps, "--timesteps"), regions=regions, rounds=a.rounds,
                         reedit_each_round=a.reedit_each_round, iters_per_batch=a.iters_per_batch, lr=a.lr, lrs=lrs,
                         scale=scale, densify=a.densify, seed=a.seed, device=a.device, num_timesteps=a.num_timesteps,
-                        views_per_iter=views)
+                        views_per_iter=views, appearance_only=a.appearance_only, sh_rest=a.sh_rest,
+                        refit_stop=a.refit_stop, max_iters_per_batch=a.max_iters_per_batch)
 
 
 def cmd_edit(a) -> int:
@@ -151,7 +160,9 @@ def cmd_edit(a) -> int:
         bar.close()
     t = session.timings
     print("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()), file=sys.stderr)
-    print(f"edited avatar written to {saved} (edit views PSNR {session.metrics['edit_view_psnr']:.2f} dB; "
+    m = session.metrics
+    print(f"edited avatar written to {saved} (edit views PSNR {float(m['edit_view_psnr']):.2f} dB, "
+          f"inside the edit {float(m['edit_view_psnr_inside_edit']):.2f} dB; "
           f"{saved / 'edit.json'})")
     return 0
 

@@ -17,6 +17,21 @@ Options
 * ``strategy``: densification/pruning as an object plugged into the loop
   (gsplat style, ``BindingDensify``); clones inherit their parent's binding
   and pruning never removes a face's last Gaussian.
+
+What the defaults do (measured in docs/refit.md; ``RefitConfig.seed_recipe()``
+gives the seed's recipe back):
+
+* per-group learning rates (``lrs="edit"``): the base colour fast, geometry
+  at GaussianAvatars' rates; the seed's single rate is the preset ``"seed"``;
+* ``appearance_only``: position, scale, rotation and opacity are frozen (not
+  handed to the optimiser), so a colour edit cannot move or fade Gaussians;
+* ``sh_rest``: the view-dependent SH coefficients are held at their original
+  values when the edit set has few cameras ("auto"), or regularised towards
+  them, so a view never seen cannot get a colour nobody fitted;
+* ``stop="converged"``: iterate until the loss stops improving (checked once
+  per window, the learning rates are halved at each plateau, stop after
+  ``patience`` plateaus or ``max_iters_per_batch x n``); ``stop="fixed"`` is the
+  seed's ``iters_per_batch x n``.
 """
 
 from __future__ import annotations
@@ -38,7 +53,16 @@ PARAMS = GaussianAvatar.PARAM_NAMES  # xyz, features_dc, features_rest, opacity,
 # GaussianAvatars' training rates (formats.md §1), a preset for ``RefitConfig.lrs``.
 GAUSSIAN_AVATARS_LRS = {"xyz": 5e-3, "features_dc": 2.5e-3, "features_rest": 2.5e-3 / 20,
                         "opacity": 5e-2, "scaling": 1.7e-2, "rotation": 1e-3}
-LR_PRESETS = {"gaussian_avatars": GAUSSIAN_AVATARS_LRS}
+# The default: GaussianAvatars' geometry rates, the base colour fast enough to carry a whole
+# recolouring in tens of iterations (Adam moves a parameter by about its rate per step, and a
+# recolour changes f_dc by up to ~2), SH rest at GaussianAvatars' ratio (1/20 of the base colour).
+EDIT_LRS = {"xyz": 5e-3, "features_dc": 5e-2, "features_rest": 5e-2 / 20,
+            "opacity": 5e-2, "scaling": 1.7e-2, "rotation": 1e-3}
+LR_PRESETS = {"edit": EDIT_LRS, "gaussian_avatars": GAUSSIAN_AVATARS_LRS, "seed": {}}
+GEOMETRY = ("xyz", "opacity", "scaling", "rotation")
+SH_REST_MODES = ("auto", "hold", "regularise", "free")
+STOP_MODES = ("converged", "fixed")
+FEW_VIEWS = 8  # an edit set with fewer distinct cameras than this has "few views" (sh_rest="auto" holds SH rest)
 
 
 @dataclass
@@ -53,14 +77,37 @@ class TargetBatch:
 
 @dataclass
 class RefitConfig:
-    """``iters`` None -> ``iters_per_batch x len(batches)``; ``lrs`` per parameter group
-    (missing groups use ``lr``; a preset name from ``LR_PRESETS`` is accepted);
-    ``views_per_iter``: cameras drawn per iteration from the batch (None: all)."""
+    """How a refit runs.
+
+    ``lrs``: per-group learning rates: a dict (missing groups use ``lr``) or a preset name from
+    ``LR_PRESETS`` ("edit", the default; "gaussian_avatars"; "seed": every group at ``lr``, as does None).
+    ``appearance_only``: optimise only the colours (f_dc, f_rest); geometry is frozen.
+    ``sh_rest``: the view-dependent SH coefficients: "hold" (frozen at the input's values),
+    "regularise" (free, plus ``lambda_sh_rest x`` mean squared distance to the input's values),
+    "free", or "auto" (hold when the edit set has fewer than ``few_views`` distinct cameras, else free).
+    ``stop``: "converged" (at most ``max_iters_per_batch x n`` iterations; every ``window``
+    iterations (at least n) the mean loss is compared with the best window so far: an improvement
+    below ``tol`` (relative) or ``tol_abs`` is a plateau, which multiplies the rates by ``lr_drop``; the
+    ``patience``-th plateau ends the refit) or "fixed" (``iters``, or ``iters_per_batch x n``:
+    the seed's 10 x n). ``iters`` given: exactly that many, whatever ``stop`` says.
+    ``views_per_iter``: cameras drawn per iteration from the batch (None: all).
+    """
 
     iters: int | None = None
     iters_per_batch: int = 10
     lr: float = 1e-2
-    lrs: dict | str | None = None
+    lrs: dict | str | None = "edit"
+    appearance_only: bool = False
+    sh_rest: str = "auto"
+    lambda_sh_rest: float = 1.0
+    few_views: int = FEW_VIEWS
+    stop: str = "converged"
+    max_iters_per_batch: int = 40
+    window: int = 10
+    tol: float = 0.01
+    tol_abs: float = 1e-5
+    lr_drop: float = 0.5
+    patience: int = 3
     lambda_ssim: float = 0.2
     lambda_xyz: float = 0.01
     threshold_xyz: float = 1.0
@@ -70,14 +117,46 @@ class RefitConfig:
     background: tuple = (1.0, 1.0, 1.0)
     seed: int = 0
 
+    @classmethod
+    def seed_recipe(cls, **kw) -> "RefitConfig":
+        """The seed paper's refit: every group at lr 1e-2, everything free, 10 x n iterations."""
+        return cls(**{"lrs": "seed", "appearance_only": False, "sh_rest": "free", "stop": "fixed", **kw})
+
     def group_lrs(self) -> dict:
+        from .errors import Edit3DGSError
+
+        if isinstance(self.lrs, str) and self.lrs not in LR_PRESETS:
+            raise Edit3DGSError("lrs", f"per-group rates or a preset among {', '.join(LR_PRESETS)}", repr(self.lrs))
         lrs = LR_PRESETS[self.lrs] if isinstance(self.lrs, str) else (self.lrs or {})
         unknown = set(lrs) - set(PARAMS)
         if unknown:
-            from .errors import Edit3DGSError
-
             raise Edit3DGSError("lrs", f"parameter groups among {', '.join(PARAMS)}", ", ".join(sorted(unknown)))
         return {k: float(lrs.get(k, self.lr)) for k in PARAMS}
+
+    def check(self) -> None:
+        """One-line errors for options out of range."""
+        from .errors import Edit3DGSError
+
+        if self.sh_rest not in SH_REST_MODES:
+            raise Edit3DGSError("sh_rest", f"one of {', '.join(SH_REST_MODES)}", repr(self.sh_rest))
+        if self.stop not in STOP_MODES:
+            raise Edit3DGSError("stop", f"one of {', '.join(STOP_MODES)}", repr(self.stop))
+        for name in ("iters_per_batch", "max_iters_per_batch", "window", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise Edit3DGSError(name, "an integer >= 1", repr(getattr(self, name)))
+        if not 0 < self.lr_drop <= 1:
+            raise Edit3DGSError("lr_drop", "a factor in (0, 1]", repr(self.lr_drop))
+        self.group_lrs()
+
+    def frozen_groups(self, n_cameras: int) -> set:
+        """Parameter groups that are not optimised for an edit set with ``n_cameras`` distinct cameras."""
+        out = set(GEOMETRY) if self.appearance_only else set()
+        if self.sh_rest == "hold" or (self.sh_rest == "auto" and n_cameras < self.few_views):
+            out.add("features_rest")
+        return out
+
+    def regularise_sh_rest(self, n_cameras: int) -> bool:
+        return self.sh_rest == "regularise" and "features_rest" not in self.frozen_groups(n_cameras)
 
 
 def ssim_loss(img: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -99,7 +178,7 @@ class TrainState:
     (-1 for Gaussians added by densification).
     """
 
-    def __init__(self, gaussians: GaussianAvatar, trainable: torch.Tensor | None):
+    def __init__(self, gaussians: GaussianAvatar, trainable: torch.Tensor | None, frozen_groups=()):
         g = gaussians
         N = g.num_gaussians
         idx = torch.arange(N, device=g.device) if trainable is None else torch.nonzero(trainable.to(g.device)).flatten()
@@ -107,9 +186,11 @@ class TrainState:
         self.frozen_idx = torch.ones(N, dtype=torch.bool, device=g.device)
         self.frozen_idx[idx] = False
         self.frozen = g.subset(self.frozen_idx) if trainable is not None else None
-        self.params = {k: getattr(g, k)[idx].detach().clone().requires_grad_(True) for k in PARAMS}
+        # Groups in ``frozen_groups`` keep their values (no gradient, not optimised).
+        self.params = {k: getattr(g, k)[idx].detach().clone().requires_grad_(k not in frozen_groups) for k in PARAMS}
         self.binding = g.binding[idx].clone()
         self.origin = idx.clone()
+        self.rest0 = None  # the input's SH rest of the trainable rows (set when it is regularised)
 
     @property
     def num_trainable(self) -> int:
@@ -146,18 +227,21 @@ class TrainState:
         M = self.num_trainable
         keep = torch.ones(M, dtype=torch.bool, device=self.binding.device) if keep is None else keep
         add = torch.zeros(0, dtype=torch.long, device=self.binding.device) if append_from is None else append_from
-        for group in optimizer.param_groups:
-            name = group["name"]
+        groups = {group["name"]: group for group in optimizer.param_groups}
+        for name in PARAMS:  # every group, optimised or frozen
             old = self.params[name]
             new_val = old.detach()[add] if not append_values or name not in append_values else append_values[name]
-            new = torch.cat([old.detach()[keep], new_val]).requires_grad_(True)
-            st = optimizer.state.pop(old, None)
-            if st:
-                for key in ("exp_avg", "exp_avg_sq"):
-                    st[key] = torch.cat([st[key][keep], torch.zeros_like(st[key][add])])
-                optimizer.state[new] = st
-            group["params"] = [new]
+            new = torch.cat([old.detach()[keep], new_val]).requires_grad_(old.requires_grad)
+            if name in groups:
+                st = optimizer.state.pop(old, None)
+                if st:
+                    for key in ("exp_avg", "exp_avg_sq"):
+                        st[key] = torch.cat([st[key][keep], torch.zeros_like(st[key][add])])
+                    optimizer.state[new] = st
+                groups[name]["params"] = [new]
             self.params[name] = new
+        if self.rest0 is not None:
+            self.rest0 = torch.cat([self.rest0[keep], self.rest0[add]])
         self.binding = torch.cat([self.binding[keep], self.binding[add]])
         self.origin = torch.cat([self.origin[keep], torch.full_like(add, -1)])
 
@@ -245,6 +329,7 @@ class RefitResult:
     iters: int = 0
     seconds: float = 0.0
     densify_log: list = field(default_factory=list)
+    frozen: list = field(default_factory=list)  # parameter groups that were not optimised
 
 
 def refit(gaussians: GaussianAvatar, faces: torch.Tensor, batches: Sequence[TargetBatch], config: RefitConfig | None = None,
@@ -267,12 +352,25 @@ def refit(gaussians: GaussianAvatar, faces: torch.Tensor, batches: Sequence[Targ
     dev = gaussians.device
     faces = faces.to(dev)
     n_faces = int(faces.shape[0])
-    state = TrainState(gaussians, trainable)
+    cfg.check()
+    n_cams = len({c.index for b in batches for c in b.cameras})
+    frozen_groups = cfg.frozen_groups(n_cams)
+    state = TrainState(gaussians, trainable, frozen_groups)
+    reg_rest = cfg.regularise_sh_rest(n_cams) and cfg.lambda_sh_rest > 0 and state.params["features_rest"].shape[1] > 0
+    if reg_rest:
+        state.rest0 = state.params["features_rest"].detach().clone()
     lrs = cfg.group_lrs()
     # fused Adam on CUDA: one kernel for all groups instead of several per group
-    opt = torch.optim.Adam([{"params": [state.params[k]], "lr": lrs[k], "name": k} for k in PARAMS], eps=1e-15,
-                           fused=dev.type == "cuda")
-    iters = cfg.iters if cfg.iters is not None else cfg.iters_per_batch * len(batches)
+    opt = torch.optim.Adam([{"params": [state.params[k]], "lr": lrs[k], "name": k} for k in PARAMS
+                            if k not in frozen_groups], eps=1e-15, fused=dev.type == "cuda")
+    n = len(batches)
+    converge = cfg.iters is None and cfg.stop == "converged"
+    if cfg.iters is not None:
+        iters = cfg.iters
+    else:
+        iters = (cfg.max_iters_per_batch if converge else cfg.iters_per_batch) * n
+    window = max(cfg.window, n)  # a window sees every timestep at least once
+    best, plateaus = math.inf, 0
     rng = random.Random(cfg.seed)
     bg = torch.tensor(cfg.background, dtype=torch.float32, device=dev)
     stacked = [stack(b.cameras, dev) for b in batches]
@@ -305,6 +403,8 @@ def refit(gaussians: GaussianAvatar, faces: torch.Tensor, batches: Sequence[Targ
             loss = loss + cfg.lambda_xyz * F.relu(p["xyz"].norm(dim=-1) - cfg.threshold_xyz).mean()
         if cfg.lambda_scale:
             loss = loss + cfg.lambda_scale * F.relu(torch.exp(p["scaling"]) - cfg.threshold_scale).mean()
+        if reg_rest:
+            loss = loss + cfg.lambda_sh_rest * (p["features_rest"] - state.rest0).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -313,6 +413,17 @@ def refit(gaussians: GaussianAvatar, faces: torch.Tensor, batches: Sequence[Targ
         losses.append(loss.detach())  # no host sync per iteration
         if progress is not None:
             progress(stage, it + 1, iters)
+        if converge and (it + 1) % window == 0:  # one host sync per window
+            mean = float(torch.stack(losses[-window:]).mean())
+            if best - mean < max(cfg.tol * best, cfg.tol_abs):  # a plateau (the first window never is)
+                plateaus += 1
+                if plateaus >= cfg.patience:
+                    break
+                for group in opt.param_groups:
+                    group["lr"] *= cfg.lr_drop
+            best = min(best, mean)
+    if progress is not None and len(losses) < iters:
+        progress(stage, len(losses), len(losses))  # converged early: the bar ends full
     losses = torch.stack(losses).tolist() if losses else []
     return RefitResult(state.result(), losses, len(losses), time.perf_counter() - t0,
-                       list(strategy.log) if strategy is not None else [])
+                       list(strategy.log) if strategy is not None else [], frozen=sorted(frozen_groups))

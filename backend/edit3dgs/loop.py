@@ -23,9 +23,10 @@ from .bundle import AvatarBundle
 from .cameras import Camera, load_cameras
 from .errors import CancelledError, Edit3DGSError
 from .fit import BindingDensify, RefitConfig, TargetBatch, refit
-from .metrics import finite, psnr
+from .metrics import finite, psnr, ssim
 
 DEFAULT_NUM_TIMESTEPS = 8
+EDIT_CHANGE = 0.02  # a pixel is inside the edit when the editor changed one of its channels by more than this
 MIN_ALPHA_SUM = 1.0  # a camera "sees the head" when its renders hold at least one pixel's worth of alpha
 
 
@@ -37,8 +38,18 @@ class EditSettings:
     camera_file: a cameras JSON to take them from (None: the avatar's cameras.json);
     timesteps: None -> ``num_timesteps`` spread over the avatar's sequence;
     regions: None -> all Gaussians are refit; else only those bound to these regions (local edit);
-    lrs: per-group learning rates (or a preset name, "gaussian_avatars"); scale: render resolution
-    factor; views_per_iter: cameras per refit iteration (None: all of the timestep's).
+    scale: render resolution factor; views_per_iter: cameras per refit iteration (None: all of the timestep's).
+
+    The refit (``fit.RefitConfig``, measured in docs/refit.md):
+    lrs: per-group learning rates, a dict or a preset name ("edit", the default: the base colour
+    fast, geometry at GaussianAvatars' rates; "gaussian_avatars"; "seed": every group at ``lr``);
+    appearance_only: fit colours only, geometry (position, scale, rotation, opacity) frozen;
+    None: the editor decides (the region editor's edits are all appearance-only: True; others: False);
+    sh_rest: view-dependent SH coefficients: "auto" (held at the input's when the edit set has
+    fewer than 8 cameras, else free), "hold", "regularise" (pulled towards the input's), "free";
+    refit_stop: "converged" (until the loss stops improving, at most ``max_iters_per_batch x n``
+    iterations) or "fixed" (the seed's ``iters_per_batch x n``).
+    ``EditSettings.seed_recipe(prompt)`` gives the seed paper's refit (lr 1e-2 everywhere, all free, 10 x n).
     """
 
     prompt: str
@@ -51,7 +62,11 @@ class EditSettings:
     reedit_each_round: bool = False
     iters_per_batch: int = 10
     lr: float = 1e-2
-    lrs: dict | str | None = None
+    lrs: dict | str | None = "edit"
+    appearance_only: bool | None = None
+    sh_rest: str = "auto"
+    refit_stop: str = "converged"
+    max_iters_per_batch: int = 40
     scale: float = 1.0
     densify: bool = False
     seed: int = 0
@@ -60,6 +75,13 @@ class EditSettings:
     num_timesteps: int = DEFAULT_NUM_TIMESTEPS
     views_per_iter: int | None = None
     overwrite: bool = False
+
+
+    @classmethod
+    def seed_recipe(cls, prompt: str, **kw) -> "EditSettings":
+        """The seed paper's refit: every group at lr 1e-2, geometry and SH rest free, 10 x n iterations."""
+        return cls(prompt=prompt, **{"lrs": "seed", "appearance_only": False, "sh_rest": "free",
+                                     "refit_stop": "fixed", **kw})
 
 
 def default_timesteps(T: int, n: int) -> list[int]:
@@ -171,6 +193,29 @@ class EditSession:
         cat = lambda xs: torch.cat(xs)  # noqa: E731  (timestep-major: image k = (ts[k // C], cams[k % C]))
         return cat(rgb), cat(alpha), cat(depth), {r: cat(v) for r, v in masks.items()}, verts
 
+    def render_region_colours(self, gaussians, cams, verts, regions) -> dict:
+        """name -> (T*C,H,W,3): each region's own contribution to the renders of the edit set (its
+        Gaussians' SH colours, the others' colour zero, black background; the same blending weights)."""
+        from .render.sh import C0
+        from .views import render_frames
+
+        b = self.bundle
+        out = {}
+        with torch.no_grad():
+            for r in regions:
+                g = gaussians.clone()
+                faces = torch.zeros(b.head.n_faces, dtype=torch.bool, device=g.device)
+                faces[torch.from_numpy(b.region_faces([r])).to(g.device)] = True
+                other = ~faces[g.binding]
+                g.features_dc[other] = -0.5 / C0  # SH colour 0 (= C0 dc + 0.5)
+                g.features_rest[other] = 0.0
+                parts = []
+                for i in range(verts.shape[0]):
+                    self._check()
+                    parts.append(next(render_frames(b, verts[i:i + 1], cams, (0.0, 0.0, 0.0), gaussians=g)).rgb)
+                out[r] = torch.cat(parts).clamp_min(0)
+        return out
+
     # -- the loop -------------------------------------------------------------------
     def run(self, out_dir) -> Path:
         from .edit import EditRequest, make_editor
@@ -189,6 +234,10 @@ class EditSession:
             editor.background = tuple(b.meta.get("background", (1.0, 1.0, 1.0)))
         self.editor = editor
         regions = list(editor.regions_for(s.prompt))  # raises for instructions it cannot do
+        appearance_only = (bool(getattr(editor, "appearance_only", False)) if s.appearance_only is None
+                           else bool(s.appearance_only))
+        RefitConfig(lrs=s.lrs, sh_rest=s.sh_rest, stop=s.refit_stop, max_iters_per_batch=s.max_iters_per_batch,
+                    iters_per_batch=s.iters_per_batch).check()  # bad options fail before any rendering
         if s.regions:
             for r in s.regions:
                 b.region_faces([r])  # validates the names
@@ -209,6 +258,8 @@ class EditSession:
                 t0 = time.perf_counter()
                 # Round 0 renders the input; later rounds re-render the current fit.
                 rgb, alpha, depth, masks, verts = self.render_set(gaussians, cams, ts, regions)
+                colours = (self.render_region_colours(gaussians, cams, verts, regions)
+                           if getattr(editor, "uses_region_colours", False) else {})
                 self._timed("render", t0)
                 if r == 0:
                     seen = alpha.reshape(len(ts), C, -1).sum(-1).amax(0)
@@ -228,17 +279,21 @@ class EditSession:
                 req = EditRequest(images=rgb, cameras=[cams[k % C] for k in range(len(ts) * C)],
                                   timesteps=[ts[k // C] for k in range(len(ts) * C)], instruction=s.prompt,
                                   seed=seed, region_masks=masks, alphas=alpha, depths=depth,
-                                  gaussian_means=means, should_stop=self.should_stop)
+                                  gaussian_means=means, should_stop=self.should_stop, region_colours=colours)
                 for i, t in enumerate(ts):
                     means[t] = b.world(verts[i], gaussians).means
                 edited = editor.edit(req, self.progress).to(self.device)
                 self._check()
                 self._timed("edit", t0)
                 targets = [TargetBatch(t, verts[i], cams, edited[i * C:(i + 1) * C]) for i, t in enumerate(ts)]
+                # the edited region of each view: the pixels the editor changed
+                changed = ((edited - rgb.to(edited)).abs().amax(-1) > EDIT_CHANGE).float()
                 if r == 0:
                     self._edit_images = (rgb, edited, masks)
             t0 = time.perf_counter()
             cfg = RefitConfig(iters_per_batch=s.iters_per_batch, lr=s.lr, lrs=s.lrs, views_per_iter=s.views_per_iter,
+                              appearance_only=appearance_only, sh_rest=s.sh_rest, stop=s.refit_stop,
+                              max_iters_per_batch=s.max_iters_per_batch,
                               background=tuple(b.meta.get("background", (1.0, 1.0, 1.0))), seed=s.seed + r)
             strategy = BindingDensify() if s.densify else None
             if r > 0 and trainable is not None and gaussians.num_gaussians != trainable.shape[0]:
@@ -254,18 +309,26 @@ class EditSession:
 
         # How well the fit reproduces the edited views (train-view fit quality).
         t0 = time.perf_counter()
-        fit_psnr = []
+        fits = []
         with torch.no_grad():
             from .views import render_frames
 
             bg = tuple(b.meta.get("background", (1.0, 1.0, 1.0)))
-            for tb in targets:
+            for i, tb in enumerate(targets):
                 self._check()
                 out = next(render_frames(b, tb.verts[None], cams, bg, gaussians=gaussians))
-                fit_psnr.append(psnr(out.rgb, tb.images))
-        self.metrics = {"edit_view_psnr": finite(float(np.mean(fit_psnr))), "final_loss": losses[-1] if losses else None,
+                inside = changed[i * C:(i + 1) * C]
+                fits.append([psnr(out.rgb, tb.images), ssim(out.rgb, tb.images), psnr(out.rgb, tb.images, inside),
+                             ssim(out.rgb, tb.images, inside)])
+        fits = np.array(fits, dtype=np.float64)
+        mean = lambda j: finite(float(np.nanmean(fits[:, j])) if not np.isnan(fits[:, j]).all() else float("nan"))  # noqa: E731
+        self.metrics = {"edit_view_psnr": mean(0), "edit_view_ssim": mean(1),
+                        "edit_view_psnr_inside_edit": mean(2), "edit_view_ssim_inside_edit": mean(3),
+                        "edit_view_changed_fraction": round(float(changed.mean()), 5),
+                        "final_loss": losses[-1] if losses else None,
                         "first_loss": losses[0] if losses else None, "iterations": len(losses),
-                        "num_gaussians_before": b.gaussians.num_gaussians, "num_gaussians_after": gaussians.num_gaussians}
+                        "num_gaussians_before": b.gaussians.num_gaussians, "num_gaussians_after": gaussians.num_gaussians,
+                        "appearance_only": appearance_only, "frozen_groups": res.frozen}
         self._timed("check", t0)
         self._check()
         self.result = gaussians

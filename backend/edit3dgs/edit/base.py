@@ -32,7 +32,10 @@ class EditRequest:
     gaussian_means: timestep -> (N,3) world positions of the avatar's Gaussians at that timestep,
         so an editor can relate pixels of different timesteps through the FLAME binding
         (the same Gaussian projected in both frames);
-    instruction: the user's sentence; seed: for reproducible randomness.
+    instruction: the user's sentence; seed: for reproducible randomness;
+    region_colours: region name -> (B,H,W,3) the region's own contribution to each pixel (its
+        Gaussians' colours times their blending weights, the rest of the head black), rendered
+        only for editors that set ``uses_region_colours = True``.
     """
 
     images: torch.Tensor
@@ -45,6 +48,7 @@ class EditRequest:
     depths: torch.Tensor | None = None
     gaussian_means: dict = field(default_factory=dict)
     should_stop: Callable[[], bool] = lambda: False
+    region_colours: dict = field(default_factory=dict)
 
 
 class Editor(Protocol):

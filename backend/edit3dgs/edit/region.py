@@ -202,8 +202,25 @@ def instruction_maps(instruction: str, references: dict) -> list[ColourMap]:
 
 
 def apply_maps(images: torch.Tensor, masks: dict, maps: list, alphas: torch.Tensor | None = None,
-               background=(1.0, 1.0, 1.0)) -> torch.Tensor:
-    """Apply colour maps in image space. images (B,H,W,3), masks name -> (B,H,W), alphas (B,H,W)."""
+               background=(1.0, 1.0, 1.0), colours: dict | None = None) -> torch.Tensor:
+    """Apply colour maps in image space. images (B,H,W,3), masks name -> (B,H,W), alphas (B,H,W).
+
+    ``colours`` name -> (B,H,W,3): the region's own contribution to each pixel (``EditRequest.
+    region_colours``). With it a map is exact at the region's edges too: the region's part of a
+    pixel, ``C``, becomes ``A C + m b``, whatever else the pixel mixes; without it the region's colour
+    is estimated from the pixel's foreground colour (exact only where the region does not mix).
+    """
+    if colours and all(cm.region in colours for cm in maps):
+        out = images.clone()
+        cols = {k: v.to(images) for k, v in colours.items()}
+        for cm in maps:
+            m = masks[cm.region].to(images)[..., None].clamp(0, 1)
+            A = torch.as_tensor(cm.A, dtype=images.dtype, device=images.device)
+            b = torch.as_tensor(cm.b, dtype=images.dtype, device=images.device)
+            new = cols[cm.region] @ A.T + m * b
+            out = out + new - cols[cm.region]
+            cols[cm.region] = new  # later maps of the same region see the edited colour
+        return out.clamp(0, 1)
     out = images.clone()
     bg = torch.tensor(background, dtype=images.dtype, device=images.device)
     a = torch.ones_like(images[..., :1]) if alphas is None else alphas[..., None].to(images)
@@ -252,6 +269,8 @@ class RegionEditor:
     """
 
     name = "region"
+    appearance_only = True  # colour maps only: the refit keeps the geometry (EditSettings.appearance_only)
+    uses_region_colours = True  # exact edits at region edges (EditRequest.region_colours)
 
     def __init__(self, background=(1.0, 1.0, 1.0), **unused):
         if unused:
@@ -290,6 +309,7 @@ class RegionEditor:
                 raise CancelledError("edit cancelled")
             masks = {k: v[i:i + 1] for k, v in request.region_masks.items()}
             al = request.alphas[i:i + 1] if request.alphas is not None else None
-            out.append(apply_maps(request.images[i:i + 1], masks, maps, al, self.background))
+            cols = {k: v[i:i + 1] for k, v in (getattr(request, "region_colours", None) or {}).items()}
+            out.append(apply_maps(request.images[i:i + 1], masks, maps, al, self.background, cols))
             progress("edit", i + 1, B)
         return torch.cat(out)
