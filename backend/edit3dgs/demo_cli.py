@@ -9,7 +9,8 @@ def cmd_demo(a) -> int:
     from .demo import DemoConfig, run_demo
     from .edit_cli import TqdmProgress
 
-    cfg = DemoConfig(prompt=a.prompt, seed=a.seed, device=a.device)
+    cfg = DemoConfig(prompt=a.prompt, seed=a.seed, device=a.device, editor=a.editor, model=a.model,
+                     ablation=not a.no_ablation)
     bar = TqdmProgress()
     try:
         m = run_demo(a.out, cfg, overwrite=a.overwrite, progress=bar, log=lambda s: print(s, file=sys.stderr))
@@ -33,4 +34,9 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    s.add_argument("--editor", default="ip2p", choices=("ip2p", "region"),
+                   help="ip2p (default): the paper's method with the built-in Instruct-Pix2Pix; region: no weights")
+    s.add_argument("--model", default="builtin", help="Instruct-Pix2Pix model for --editor ip2p (default: builtin)")
+    s.add_argument("--no-ablation", action="store_true",
+                   help="only the paper's method, not the other three variants of the ablation")
     s.set_defaults(func=cmd_demo)

@@ -1,0 +1,182 @@
+"""The built-in editor: its training data, its training command and the shipped model (issue: a trained editor)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edit3dgs.builtin import TRAIN_SEQUENCES
+from edit3dgs.cameras import HELD_OUT_CAMERA
+from edit3dgs.edit.ip2p import BUILTIN_MODEL_DIR
+from edit3dgs.editor_data import (HELD_OUT_COMBOS, MIN_ANGLE_TO_HELD_OUT, angle_to_held_out, edit_key,
+                                  instruction_vocabulary, jittered_camera)
+
+SHIPPED_MANIFEST = BUILTIN_MODEL_DIR / "training_manifest.json"
+
+
+def check_manifest(m: dict) -> None:
+    """What the manifest says went into training leaves out camera 8, the evaluation's motion and
+    the held-out colour-region combinations."""
+    cams = m["cameras"]
+    assert cams["held_out_camera"] == HELD_OUT_CAMERA
+    assert HELD_OUT_CAMERA not in cams["rig_indices"]
+    assert str(HELD_OUT_CAMERA) not in cams["rig_draws"] and sum(cams["rig_draws"].values()) > 0
+    jit = cams["jittered"]
+    if jit["count"]:
+        assert jit["min_angle_to_held_out_deg_drawn"] >= MIN_ANGLE_TO_HELD_OUT
+    assert set(m["sequences"]["kinds"]) <= set(TRAIN_SEQUENCES)
+    assert {"held_out", "other_identity"} & set(m["sequences"]["kinds"]) == set()
+    for ident in m["identities"]:
+        assert set(ident["sequences"]) <= set(TRAIN_SEQUENCES), ident["name"]
+    held = {f"{r}:{c}" for r, c in HELD_OUT_COMBOS}
+    assert held == set(m["instructions"]["held_out_combinations"])
+    drawn = m["instructions"]["edit_keys"]
+    assert drawn and not held & set(drawn)
+    # Every phrasing drawn, parsed as the region editor parses it, is a trained combination.
+    for text in m["instructions"]["phrasings"]:
+        assert edit_key(text) not in held, text
+
+
+def test_shipped_model_manifest_leaves_out_held_out_data():
+    assert SHIPPED_MANIFEST.is_file(), "the shipped built-in model has no training manifest"
+    m = json.loads(SHIPPED_MANIFEST.read_text())
+    check_manifest(m)
+    assert m["draws"]["pairs"] > 10000 and len(m["identities"]) >= 10
+
+
+def test_vocabulary_phrasings_parse_to_their_edit():
+    for held in (False, True):
+        for key, phrasings in instruction_vocabulary(held).items():
+            for p in phrasings:
+                assert edit_key(p) == key, (p, key)
+    train = instruction_vocabulary()
+    assert not {f"{r}:{c}" for r, c in HELD_OUT_COMBOS} & set(train)
+    # each held-out colour is trained on some other region
+    for r, c in HELD_OUT_COMBOS:
+        assert any(k.endswith(":" + c) and not k.startswith(r + ":") for k in train), (r, c)
+
+
+def test_jittered_cameras_keep_away_from_camera_8():
+    import random
+
+    rng = random.Random(0)
+    angles = [angle_to_held_out(jittered_camera(rng, 1000 + i, 0.2)) for i in range(300)]
+    assert min(angles) >= MIN_ANGLE_TO_HELD_OUT
+    assert min(angles) < MIN_ANGLE_TO_HELD_OUT + 5   # they do come near: the rule is what keeps them out
+
+
+def test_conditioning_dropout_has_the_instruct_pix2pix_proportions():
+    from edit3dgs.edit.train import conditioning_dropout_masks
+
+    n = 200_000
+    text, image = conditioning_dropout_masks(n, 0.05, torch.Generator().manual_seed(0))
+    frac = lambda x: float(x.float().mean())  # noqa: E731
+    assert frac(text & ~image) == pytest.approx(0.05, abs=0.003)   # text only
+    assert frac(text & image) == pytest.approx(0.05, abs=0.003)    # both
+    assert frac(~text & image) == pytest.approx(0.05, abs=0.003)   # image only
+    assert frac(~text & ~image) == pytest.approx(0.85, abs=0.004)
+
+
+def test_exact_edit_targets_equal_rendering_the_recoloured_avatar(tiny_identities):
+    """The data's targets (SH rows recoloured after posing) are the ground truth the demo renders."""
+    from edit3dgs.editor_data import EditorDataset, ground_truth_gaussians, train_rig
+
+    ident = tiny_identities[0]
+    ds = EditorDataset([ident], size=(64, 48))
+    verts = ident.bundle.pose(ident.params, [3])[0]
+    cams = train_rig()[:2]
+    for text in ("make the hair blue", "make him look older", "give her red lips"):
+        g = ground_truth_gaussians(ident.bundle, ident.bundle.gaussians, text, ident.references)
+        direct = ds._render(ident.bundle, g, verts, cams)
+        b = ds.batch(1, 2, 1)
+        assert b["edited"].shape == b["original"].shape == (2, 64, 48, 3)
+        from edit3dgs.edit.region import instruction_maps, recolour_sh
+
+        wg = ident.bundle.world(verts)
+        sh = wg.sh
+        for cm in instruction_maps(text, ident.references):
+            sh = recolour_sh(sh, ident.mask(cm.region), cm)
+        assert torch.allclose(ds._raster(wg, sh, cams), direct, atol=1e-6), text
+        assert float((direct - ds._render(ident.bundle, ident.bundle.gaussians, verts, cams)).abs().amax()) > 0.1
+
+
+def test_training_a_tiny_model_writes_a_folder_the_editor_loads(tmp_path):
+    """A few steps of the tiny configuration: the folder loads through ``load_ip2p`` (the user-facing
+    loader) and edits an image at its native size; manifest, loss log, curve and model card are there."""
+    from edit3dgs.edit.ip2p import IP2PSettings, clear_cache, edit_images, load_ip2p
+    from edit3dgs.edit.train import TrainConfig, train_editor
+    from edit3dgs.errors import Edit3DGSError
+
+    out = tmp_path / "model"
+    cfg = TrainConfig(out=str(out), steps=3, vae_steps=2, arch="tiny", groups=1, views=2, edits=2, bank=2,
+                      random_identities=0, frames=6, size=(32, 24), device="cpu", samples=False, log_every=1,
+                      checkpoint_every=2, warmup=1)
+    train_editor(cfg, log=lambda s: None)
+    for f in ("model_index.json", "edit3dgs_model.json", "README.md", "training_manifest.json", "loss_log.csv",
+              "loss_curve.png", "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+              "text_encoder/model.safetensors", "tokenizer/vocab.json", "scheduler/scheduler_config.json"):
+        assert (out / f).is_file(), f
+    m = json.loads((out / "training_manifest.json").read_text())
+    check_manifest(m)
+    assert m["steps_done"] == 3
+    log = (out / "loss_log.csv").read_text().splitlines()
+    assert log[0] == "phase,step,loss,lr,seconds" and any(ln.startswith("unet,3,") for ln in log)
+    card = (out / "README.md").read_text()
+    assert "Held out" in card and "built-in head" in card
+    clear_cache()
+    models = load_ip2p(str(out), device="cpu")
+    assert models.unet.config.in_channels == 8 and models.resolution == 24
+    img = torch.rand(1, 40, 30, 3)
+    res = edit_images(models, img, "make the hair blue", IP2PSettings(steps=2, multiview=False, inpaint=False))
+    assert res.images.shape == img.shape and torch.isfinite(res.images).all()
+    clear_cache()
+    # The same folder again: refused unless resumed.
+    with pytest.raises(Edit3DGSError, match="--resume"):
+        train_editor(cfg, log=lambda s: None)
+    cfg.steps = 4
+    train_editor(cfg, resume=True, log=lambda s: None)
+    assert json.loads((out / "training_manifest.json").read_text())["steps_done"] == 4
+
+
+def test_builtin_model_loads_offline_on_cpu_and_edits_toward_the_instruction(tiny_identities):
+    """``--model builtin``: the shipped weights load on CPU (fp32) and "make the hair blue" makes the hair
+    bluer on a held-out-camera render while the face stays near the original."""
+    from edit3dgs.cameras import camera_rig
+    from edit3dgs.edit.ip2p import IP2PSettings, edit_images, load_ip2p
+    from edit3dgs.editor_data import EditorDataset
+    from edit3dgs.metrics import psnr
+
+    models = load_ip2p("builtin", device="cpu")
+    assert models.dtype == torch.float32 and models.resolution == 112
+    ident = tiny_identities[0]
+    ds = EditorDataset([ident])
+    cam = [c.scaled(0.2) for c in camera_rig() if c.index == HELD_OUT_CAMERA]
+    verts = ident.bundle.pose(ident.params, [2])[0]
+    img = ds._render(ident.bundle, ident.bundle.gaussians, verts, cam)
+    out = edit_images(models, img, "make the hair blue", IP2PSettings(multiview=False, inpaint=False)).images
+    hair = ident.bundle.gaussian_mask(["hair"])
+    cols = torch.zeros(ident.bundle.gaussians.num_gaussians, 3)
+    cols[hair, 0] = 1
+    from edit3dgs.views import render_frames
+
+    w = next(render_frames(ident.bundle, verts[None], [c for c in cam], (0, 0, 0), colors=cols)).rgb[..., 0]
+    w = torch.nn.functional.interpolate(w[:, None], size=img.shape[1:3], mode="bilinear")[:, 0] > 0.5
+    blue = lambda x: float((x[..., 2] - x[..., 0])[w].mean())  # noqa: E731
+    assert blue(out) > blue(img) + 0.1
+    face = (~w).float()
+    assert float(psnr(out, img, face)) > 20
+
+
+@pytest.fixture(scope="module")
+def tiny_identities(tmp_path_factory):
+    from edit3dgs import headmodel
+    from edit3dgs.editor_data import make_identities
+    from edit3dgs.flame import FlameHead, load_flame_model
+
+    d = tmp_path_factory.mktemp("head")
+    head = FlameHead(load_flame_model(*headmodel.write_head_model(d, seed=0)))
+    return make_identities(head, n_random=0, frames=6, gaussians_per_face=(1,), sh_degree=(1,))
