@@ -34,8 +34,9 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    s.add_argument("--editor", default="ip2p", choices=("ip2p", "region"),
-                   help="ip2p (default): the paper's method with the built-in Instruct-Pix2Pix; region: no weights")
+    s.add_argument("--editor", default="region", choices=("region", "ip2p"),
+                   help="region (default, no weights) or ip2p: the paper's method with the built-in Instruct-Pix2Pix "
+                        "and its ablation against ground truth")
     s.add_argument("--model", default="builtin", help="Instruct-Pix2Pix model for --editor ip2p (default: builtin)")
     s.add_argument("--no-ablation", action="store_true",
                    help="only the paper's method, not the other three variants of the ablation")
