@@ -49,6 +49,8 @@ def edit_settings(ui: dict, prefs: dict) -> dict:
         for key, pref in (("model", "editor_model"), ("detector_model", "detector_model"), ("sam_model", "sam_model")):
             if prefs.get(pref):
                 options[key] = prefs[pref]
+        if ui.get("ip2p_model") == "builtin":   # the panel's choice wins over the preferences' folder
+            options["model"] = "builtin"
     frames = None
     if ui.get("use_frame_range"):
         frames = list(range(int(ui["frame_start"]), int(ui["frame_end"]) + 1, max(1, int(ui.get("frame_step", 1)))))

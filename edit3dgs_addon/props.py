@@ -32,6 +32,12 @@ class Edit3DGSSettings(bpy.types.PropertyGroup):
     editor: EnumProperty(name="Editor", items=[
         ("region", "Region", "Recolours FLAME regions named in the prompt (no model weights)"),
         ("ip2p", "Instruct-Pix2Pix", "Multi-view Instruct-Pix2Pix with expression-preserving inpainting")])
+    ip2p_model: EnumProperty(name="Model", default="custom", items=[
+        ("custom", "From Preferences", "The model id or folder set in the add-on's preferences "
+                                       "(empty: timbrooks/instruct-pix2pix)"),
+        ("builtin", "Built-in Head", "The small Instruct-Pix2Pix trained on the built-in head (ships with Edit3DGS; "
+                                     "it knows only that head)")],
+        description="Which Instruct-Pix2Pix weights edit the renders")
     steps: IntProperty(name="Steps", default=20, min=1, max=200)
     guidance_text: FloatProperty(name="Text guidance", default=7.5, min=0.0, max=30.0)
     guidance_image: FloatProperty(name="Image guidance", default=1.5, min=0.0, max=10.0)

@@ -19,7 +19,7 @@ from .common import avatar_root, note, preview_object, fail
 UI_KEYS = ("prompt", "editor", "steps", "guidance_text", "guidance_image", "rounds", "iters_per_batch",
            "iteration_multiplier", "scale", "seed", "timesteps", "num_timesteps", "use_frame_range", "frame_start",
            "frame_end", "frame_step", "preserve_eyes", "preserve_mouth", "mask_source", "mask_text", "mask_dilation",
-           "mask_strength", "local_regions")
+           "mask_strength", "local_regions", "temporal_keys", "ip2p_model")
 
 
 def _key_view_indices(context, prev) -> list[int] | None:

@@ -95,6 +95,7 @@ class EDIT3DGS_PT_editor(_Panel, bpy.types.Panel):
         col = self.layout.column()
         col.prop(s, "editor")
         if s.editor == "ip2p":
+            col.prop(s, "ip2p_model")
             col.prop(s, "steps")
             col.prop(s, "guidance_text")
             col.prop(s, "guidance_image")

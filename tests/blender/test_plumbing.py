@@ -91,6 +91,8 @@ def test_edit_settings_mapping():
     assert o["steps"] == 12 and o["inpaint_regions"] == ["eyes"] and o["mask_source"] == "detector"
     assert o["detector_queries"] == ["eyes", "teeth"] and o["model"] == "/models/ip2p" and o["temporal_keys"] is True
     assert jobargs.edit_settings({**ui, "temporal_keys": False}, {})["editor_options"]["temporal_keys"] is False
+    assert jobargs.edit_settings({**ui, "ip2p_model": "builtin"}, {"editor_model": "/models/ip2p"})["editor_options"]["model"] == "builtin"
+    assert jobargs.edit_settings({**ui, "ip2p_model": "custom"}, {"editor_model": "/m"})["editor_options"]["model"] == "/m"
     # every name is a field of the backend's EditSettings (read from its source: no torch here)
     import ast
     from pathlib import Path
