@@ -196,7 +196,7 @@ def cmd_capture(a) -> int:
         held_seq.static_offset = b.params.static_offset
         params = FlameParams.concat([b.params, held_seq])
         splits["test"] = (list(range(T, params.num_timesteps, step)), cams)
-    total = sum(len(ts) for ts, _ in splits.values())
+    total = sum(len(ts) for ts, cs in splits.values() if cs)
     bar = tqdm(total=total, desc="capture", unit="timestep")
 
     def render(t, cs):
@@ -271,7 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    args, rest = [], list(sys.argv[1:] if argv is None else argv)
+    while rest:  # "--up -y": argparse would take "-y" for an option
+        x = rest.pop(0)
+        if x == "--up" and rest[:1] == ["-y"]:
+            x = "--up=" + rest.pop(0)
+        args.append(x)
+    a = parser.parse_args(args)
     try:
         return a.func(a)
     except Edit3DGSError as exc:

@@ -242,7 +242,7 @@ def write_capture(root: os.PathLike | str, splits: dict[str, tuple[Sequence[int]
             frames = []
             for t in timesteps:
                 ti = index_of[int(t)]
-                images = render(int(t), cams) if render is not None else None
+                images = render(int(t), cams) if render is not None and len(cams) else None
                 for i, c in enumerate(cams):
                     name = f"{ti:05d}_{c.index:02d}.png"
                     fr = {"timestep_index": ti, "timestep_index_original": int(t), "timestep_id": f"frame_{int(t):05d}",
