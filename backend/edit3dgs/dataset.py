@@ -66,15 +66,6 @@ class Capture:
     def timesteps(self) -> list[int]:
         return sorted({f.timestep for f in self.frames})
 
-    def describe(self) -> str:
-        parts = []
-        for cf in self.files:
-            ts = sorted({f.timestep for f in self.frames if f.split == cf.path.stem.replace("transforms_", "")})
-            span = f"timesteps {ts[0]}-{ts[-1]}" if ts else "no frames"
-            parts.append(f"{cf.path.name} ({span})")
-        conv = {f"{cf.convention}: {cf.why}" for cf in self.files}
-        return f"dataset {self.root}: {', '.join(parts)}; cy convention {'; '.join(sorted(conv))}"
-
     def flame_files(self) -> dict[int, Path]:
         """timestep_index -> its per-frame FLAME file (one file per timestep across splits)."""
         by_t: dict[int, Path] = {}
