@@ -82,7 +82,8 @@ def frame_entry(index: int, c2w_gl: np.ndarray, K: dict, file_path: str = "", fl
 def write_transforms(path: os.PathLike | str, frames: list[dict], **extra) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"frames": frames, **extra}, indent=1))
+    # cx, cy are top-left pixel coordinates (OpenCV): say so, the backend never guesses.
+    path.write_text(json.dumps({"camera_convention": "nerfstudio", "frames": frames, **extra}, indent=1))
     return path
 
 

@@ -278,3 +278,20 @@ def write_world_ply(path: os.PathLike | str, g: WorldGaussians) -> Path:
     for i in range(4):
         cols[f"rot_{i}"] = q[:, i]
     return write_gaussian_ply(path, cols, g.sh_degree, with_binding=False)
+
+
+# Sign of each real SH basis function (3DGS order, degree <= 3) under (x, y, z) -> (x, -y, -z):
+# a basis polynomial changes sign when its total degree in y and z is odd.
+_SH_SIGNS_X180 = (1, -1, -1, 1, -1, 1, 1, -1, 1, -1, 1, -1, -1, 1, -1, 1)
+
+
+def turn_upside_down(g: WorldGaussians) -> WorldGaussians:
+    """World Gaussians turned 180 degrees about x (up axis y -> -y, z -> -z): positions,
+    orientations and view-dependent colour (SH) turn together, so every view of the turned
+    scene from the turned camera is the same image (for viewers that assume 3DGS's y-down)."""
+    flip = torch.tensor([1.0, -1.0, -1.0], dtype=g.means.dtype, device=g.means.device)
+    w, x, y, z = g.quats.unbind(-1)
+    quats = torch.stack([-x, w, -z, y], -1)  # (0, 1, 0, 0) ⊗ q, w first
+    K = g.sh.shape[1]
+    signs = torch.tensor(_SH_SIGNS_X180[:K], dtype=g.sh.dtype, device=g.sh.device)
+    return WorldGaussians(g.means * flip, quats, g.scales, g.opacities, g.sh * signs[None, :, None], g.sh_degree)

@@ -1,9 +1,29 @@
-"""Pinhole cameras: the one place where camera axes are decided.
+"""Pinhole cameras: the one place where camera axes and camera files are decided.
 
 Files (NeRSemble/GaussianAvatars ``transforms_*.json``) store camera-to-world
 in OpenGL axes (x right, y up, looking down -z). The renderer takes OpenCV
 world-to-camera matrices (x right, y down, z forward) and K with the
-principal point. ``Camera`` converts between the two.
+principal point in top-left pixel coordinates. ``Camera`` always holds the
+latter (``cy`` measured down from the top edge); files are converted on the
+way in and out (formats.md §2):
+
+- ``vhap``: VHAP's export (and so GaussianAvatars' datasets) stores
+  ``cy_file = h - cy`` (its opencv->opengl conversion flips the principal point).
+- ``nerfstudio``: ``cy_file = cy`` (top-left), same keys.
+- ``gaussianavatars``: a GaussianAvatars/3DGS model folder's ``cameras.json``,
+  a list of ``{id, img_name, width, height, position, rotation (camera-to-world,
+  OpenCV axes), fx, fy}`` with a centred principal point.
+
+Which of the first two a transforms file uses is read from the file: the
+``camera_convention`` key (Edit3DGS writes it), VHAP's keys (``timestep_indices``,
+``camera_indices``, ``timestep_id``, ``camera_id``, ``timestep_index_original``)
+or nerfstudio's (``camera_model``, ``applied_transform``), or given by the
+caller; a file with an off-centre principal point and no evidence is refused,
+never guessed. Edit3DGS writes its own files in the ``vhap`` convention.
+
+Rendering with GaussianAvatars' camera model (``Camera.gaussianavatars()``):
+centred principal point, focal length from ``camera_angle_x``, square pixels,
+as GaussianAvatars' reader builds its cameras (it ignores ``cx, cy, fl_y``).
 """
 
 from __future__ import annotations
@@ -11,7 +31,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, replace
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -22,6 +43,16 @@ from .errors import Edit3DGSError
 from .fsutil import atomic_path
 
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
+
+VHAP = "vhap"
+NERFSTUDIO = "nerfstudio"
+GA_LIST = "gaussianavatars"
+CENTRED = "centred"
+CONVENTIONS = (VHAP, NERFSTUDIO)
+VHAP_TOP_KEYS = ("timestep_indices", "camera_indices")
+VHAP_FRAME_KEYS = ("timestep_index_original", "timestep_id", "camera_id")
+NERFSTUDIO_TOP_KEYS = ("camera_model", "applied_transform")
+CAMERA_MODELS = ("auto", "file", "gaussianavatars")
 
 
 @dataclass
@@ -36,6 +67,11 @@ class Camera:
     cx: float
     cy: float
     c2w: np.ndarray
+    angle_x: float | None = None  # the file's camera_angle_x, when it has one
+
+    @property
+    def fov_x(self) -> float:
+        return self.angle_x if self.angle_x is not None else 2 * math.atan(self.width / (2 * self.fx))
 
     @property
     def K(self) -> np.ndarray:
@@ -56,10 +92,30 @@ class Camera:
         return -self.c2w[:3, 2]
 
     def scaled(self, factor: float) -> "Camera":
-        """The same camera at ``factor`` times the resolution."""
+        """The same camera's image resampled to ``factor`` times the resolution (each axis by
+        its own rounded ratio, so pixels become slightly non-square; the edit loop uses it).
+        Commands that write cameras or renders for other tools use ``resized``."""
         w, h = max(1, round(self.width * factor)), max(1, round(self.height * factor))
         sx, sy = w / self.width, h / self.height
-        return replace(self, width=w, height=h, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx, cy=self.cy * sy)
+        return replace(self, width=w, height=h, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx, cy=self.cy * sy,
+                       angle_x=None)
+
+    def resized(self, factor: float) -> "Camera":
+        """This camera at ``factor`` times the resolution with pixels kept square: focal lengths
+        scale by ``factor`` exactly (``fx / fy`` unchanged), the image size is rounded and the
+        rounding is split evenly on both sides (a centred principal point stays centred)."""
+        if not factor > 0:
+            raise Edit3DGSError("--scale", "a positive resolution factor", repr(factor))
+        w, h = max(1, round(self.width * factor)), max(1, round(self.height * factor))
+        return replace(self, width=w, height=h, fx=self.fx * factor, fy=self.fy * factor,
+                       cx=self.cx * factor + (w - self.width * factor) / 2,
+                       cy=self.cy * factor + (h - self.height * factor) / 2, angle_x=None)
+
+    def gaussianavatars(self) -> "Camera":
+        """GaussianAvatars' camera model of this camera: focal length from the horizontal field of
+        view (``camera_angle_x``), square pixels, principal point at the image centre."""
+        f = self.width / (2 * math.tan(self.fov_x / 2))
+        return replace(self, fx=f, fy=f, cx=self.width / 2, cy=self.height / 2)
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """World points (N,3) -> pixel coordinates (N,2) and depth (N,) (OpenCV)."""
@@ -68,11 +124,16 @@ class Camera:
         uv = pc[:, :2] / pc[:, 2:3] * [self.fx, self.fy] + [self.cx, self.cy]
         return uv, pc[:, 2]
 
-    def to_frame(self) -> dict:
+    def to_frame(self, convention: str = VHAP) -> dict:
+        """The transforms-file fields of this camera; ``cy`` in ``convention`` (VHAP's by default)."""
+        if convention not in CONVENTIONS:
+            raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
         return {
             "camera_index": int(self.index), "w": int(self.width), "h": int(self.height),
-            "fl_x": float(self.fx), "fl_y": float(self.fy), "cx": float(self.cx), "cy": float(self.cy),
+            "fl_x": float(self.fx), "fl_y": float(self.fy), "cx": float(self.cx),
+            "cy": float(self.height - self.cy if convention == VHAP else self.cy),
             "camera_angle_x": float(2 * math.atan(self.width / (2 * self.fx))),
+            "camera_angle_y": float(2 * math.atan(self.height / (2 * self.fy))),
             "transform_matrix": np.asarray(self.c2w, float).tolist(),
         }
 
@@ -136,52 +197,220 @@ def _check_rigid(path, m: np.ndarray, where: str) -> None:
                             f"a non-rigid matrix (|R^T R - I| = {err:.3g}, det = {np.linalg.det(R):.4g})")
 
 
-def camera_from_frame(frame: dict, defaults: dict, path=None, where: str = "") -> Camera:
-    get = lambda k: frame.get(k, defaults.get(k))  # noqa: E731
+def _num(frame: dict, defaults: dict, key: str):
+    v = frame.get(key, defaults.get(key))
+    return None if v is None else v
+
+
+def camera_from_frame(frame: dict, defaults: dict, path=None, where: str = "", convention: str = NERFSTUDIO,
+                      root: Path | None = None) -> Camera:
+    """One frame of a transforms file -> ``Camera`` (``cy`` converted from ``convention``).
+
+    Missing ``w``/``h`` are read from the frame's image (as GaussianAvatars does); a focal
+    length needs ``fl_x`` or ``camera_angle_x``; ``cx``/``cy`` come together or not at all
+    (then the principal point is the image centre)."""
+    get = lambda k: _num(frame, defaults, k)  # noqa: E731
     try:
-        w, h = int(get("w")), int(get("h"))
+        w, h = get("w"), get("h")
+        if (w is None or h is None) and root is not None and frame.get("file_path"):
+            img = root / frame["file_path"]
+            if img.is_file():
+                w, h = _image_size(img, path, where)
+        if w is None or h is None:
+            raise Edit3DGSError(path, f"the image size w and h ({where})", f"no {'w' if w is None else 'h'} (and no readable image)")
+        w, h = int(w), int(h)
+        if "transform_matrix" not in frame:
+            raise Edit3DGSError(path, f"a transform_matrix ({where})", "none")
         m = np.asarray(frame["transform_matrix"], dtype=np.float64)
-        fx = get("fl_x")
-        if fx is None and get("camera_angle_x") is not None:
-            fx = w / (2 * math.tan(float(get("camera_angle_x")) / 2))
+        fx, ax = get("fl_x"), get("camera_angle_x")
+        if fx is None and ax is None:
+            raise Edit3DGSError(path, f"intrinsics fl_x or camera_angle_x ({where})", "neither")
+        if fx is None:
+            fx = w / (2 * math.tan(float(ax) / 2))
         fy = get("fl_y") if get("fl_y") is not None else fx
-        cx = get("cx") if get("cx") is not None else w / 2
-        cy = get("cy") if get("cy") is not None else h / 2
-        fx, fy, cx, cy = float(fx), float(fy), float(cx), float(cy)
+        cx, cy = get("cx"), get("cy")
+        if (cx is None) != (cy is None):
+            raise Edit3DGSError(path, f"intrinsics cx and cy together ({where})", f"only {'cx' if cy is None else 'cy'}")
+        cx = float(cx) if cx is not None else w / 2
+        cy = float(cy) if cy is not None else h / 2
+        if convention == VHAP:
+            cy = h - cy
+        fx, fy = float(fx), float(fy)
+        ax = float(ax) if ax is not None else None
     except (KeyError, TypeError, ValueError) as exc:
-        raise Edit3DGSError(path, f"camera fields w, h, fl_x/fl_y (or camera_angle_x), transform_matrix ({where})", f"{type(exc).__name__}: {exc}") from None
-    if w <= 0 or h <= 0 or fx <= 0 or fy <= 0:
-        raise Edit3DGSError(path, f"positive w, h, fl_x, fl_y ({where})", f"w={w} h={h} fl_x={fx} fl_y={fy}")
+        raise Edit3DGSError(path, f"numeric camera fields w, h, fl_x/fl_y (or camera_angle_x), cx, cy, transform_matrix ({where})",
+                            f"{type(exc).__name__}: {exc}") from None
+    if w <= 0 or h <= 0 or not fx > 0 or not fy > 0 or not all(map(math.isfinite, (fx, fy, cx, cy))):
+        raise Edit3DGSError(path, f"positive w, h, fl_x, fl_y and finite cx, cy ({where})", f"w={w} h={h} fl_x={fx} fl_y={fy} cx={cx} cy={cy}")
     _check_rigid(path, m, where)
-    return Camera(int(frame.get("camera_index", 0)), w, h, fx, fy, cx, cy, m)
+    return Camera(int(frame.get("camera_index", 0)), w, h, fx, fy, cx, cy, m, ax)
 
 
-def load_cameras(path: os.PathLike | str) -> list[Camera]:
-    """Unique cameras (by camera_index) of a transforms JSON, sorted by index."""
-    path = Path(path)
-    if not path.is_file():
-        raise Edit3DGSError(path, "a cameras JSON (transforms_*.json layout)", "no such file")
+def _image_size(img: Path, path, where: str) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        data = json.loads(path.read_text())
+        with Image.open(img) as im:  # reads the header only
+            return im.size
+    except (OSError, UnidentifiedImageError) as exc:
+        raise Edit3DGSError(img, f"a readable image ({where} of {path})", f"{type(exc).__name__}: {exc}") from None
+
+
+def detect_convention(data: dict, path=None, convention: str = "auto") -> tuple[str, str]:
+    """(convention, why) of a transforms file: ``vhap`` or ``nerfstudio`` (or ``centred`` when every
+    principal point is the image centre, where the two agree). Never a silent guess."""
+    if convention not in ("auto",) + CONVENTIONS:
+        raise Edit3DGSError("--camera-convention", f"one of auto, {', '.join(CONVENTIONS)}", repr(convention))
+    if convention != "auto":
+        return convention, "chosen with --camera-convention"
+    frames = data.get("frames") or []
+    marked = data.get("camera_convention")
+    if marked is not None:
+        if marked not in CONVENTIONS:
+            raise Edit3DGSError(path, f"camera_convention one of {', '.join(CONVENTIONS)}", repr(marked))
+        return marked, "the file's camera_convention key"
+    vhap = [k for k in VHAP_TOP_KEYS if k in data]
+    vhap += [k for k in VHAP_FRAME_KEYS if any(isinstance(f, dict) and k in f for f in frames)]
+    ns = [k for k in NERFSTUDIO_TOP_KEYS if k in data]
+    if vhap and ns:
+        raise Edit3DGSError(path, "the keys of one camera convention (VHAP's or nerfstudio's)",
+                            f"both ({', '.join(vhap)}; {', '.join(ns)}): add \"camera_convention\" or pass --camera-convention")
+    if vhap:
+        return VHAP, f"VHAP's keys ({', '.join(vhap)})"
+    if ns:
+        return NERFSTUDIO, f"nerfstudio's keys ({', '.join(ns)})"
+    for i, f in enumerate(frames):
+        if not isinstance(f, dict):
+            continue
+        h, cy = _num(f, data, "h"), _num(f, data, "cy")
+        try:
+            off = cy is not None and h is not None and abs(float(cy) - float(h) / 2) > 1e-3
+        except (TypeError, ValueError):
+            continue  # reported with the frame's other fields
+        if off:
+            raise Edit3DGSError(path, "evidence of the cy convention (VHAP's keys timestep_indices/camera_id/..., "
+                                "nerfstudio's camera_model, or a camera_convention key), or --camera-convention vhap|nerfstudio",
+                                f"an off-centre principal point (frames[{i}]: cy={float(cy):g}, h={float(h):g}) and none")
+    return CENTRED, "every principal point is the image centre, where VHAP's and nerfstudio's cy agree"
+
+
+@dataclass
+class CameraFile:
+    """A camera file as read: unique cameras, one camera per frame, and the convention used."""
+
+    path: Path
+    cameras: list[Camera]
+    convention: str
+    why: str
+    frames: list[dict] = field(default_factory=list)
+    frame_cameras: list[Camera] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        kind = ("GaussianAvatars cameras.json (centred principal point)" if self.convention == GA_LIST
+                else f"cy convention {self.convention}: {self.why}")
+        return f"cameras: {self.path} — {len(self.cameras)} cameras; {kind}"
+
+
+def _read_json(path: Path, what: str):
+    if not path.is_file():
+        raise Edit3DGSError(path, what, "no such file")
+    try:
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise Edit3DGSError(path, "valid JSON", f"{type(exc).__name__}: {exc}") from None
-    frames = data.get("frames") if isinstance(data, dict) else None
-    if not isinstance(frames, list) or not frames:
-        raise Edit3DGSError(path, "a 'frames' list with at least one camera", "none")
+
+
+def _ga_cameras(path: Path, entries: list) -> list[Camera]:
+    """A GaussianAvatars/3DGS ``cameras.json``: one entry per training image; a camera per index."""
     cams: dict[int, Camera] = {}
-    for i, fr in enumerate(frames):
-        if not isinstance(fr, dict):
-            raise Edit3DGSError(path, f"frame objects (frames[{i}])", type(fr).__name__)
-        cam = camera_from_frame(fr, data, path, f"frames[{i}]")
-        if "camera_index" not in fr:
-            cam = replace(cam, index=i)
-        cams.setdefault(cam.index, cam)
+    for i, e in enumerate(entries):
+        where = f"entry {i}"
+        try:
+            w, h = int(e["width"]), int(e["height"])
+            fx, fy = float(e["fx"]), float(e["fy"])
+            R = np.asarray(e["rotation"], np.float64)
+            pos = np.asarray(e["position"], np.float64)
+            if R.shape != (3, 3) or pos.shape != (3,):
+                raise ValueError(f"rotation {R.shape}, position {pos.shape}")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Edit3DGSError(path, f"GaussianAvatars camera entries with id, img_name, width, height, position, rotation, fx, fy ({where})",
+                                f"{type(exc).__name__}: {exc}") from None
+        if w <= 0 or h <= 0 or not fx > 0 or not fy > 0:
+            raise Edit3DGSError(path, f"positive width, height, fx, fy ({where})", f"{w} {h} {fx} {fy}")
+        m = np.eye(4)
+        m[:3, :3], m[:3, 3] = R, pos
+        m = m @ GL_TO_CV  # OpenCV camera-to-world -> OpenGL (GL_TO_CV is its own inverse)
+        _check_rigid(path, m, where)
+        match = re.fullmatch(r"\d+_(\d+)", str(e.get("img_name", "")))
+        idx = int(match.group(1)) if match else int(e.get("id", i))
+        cams.setdefault(idx, Camera(idx, w, h, fx, fy, w / 2, h / 2, m, 2 * math.atan(w / (2 * fx))))
     return [cams[k] for k in sorted(cams)]
 
 
-def save_cameras(path: os.PathLike | str, cameras: Iterable[Camera]) -> Path:
+def read_camera_file(path: os.PathLike | str, convention: str = "auto", check_images: bool = True,
+                     allow_empty: bool = False) -> CameraFile:
+    """Read a transforms JSON (``{"frames": [...]}``) or a GaussianAvatars ``cameras.json`` (a list).
+
+    Checks what would make renders land in the wrong place: intrinsics present, ``w/h`` equal
+    to the image's size where the image exists, no ``(timestep_index, camera_index)`` twice."""
     path = Path(path)
-    data = {"frames": [c.to_frame() for c in cameras]}
+    data = _read_json(path, "a cameras JSON (transforms_*.json layout, or a GaussianAvatars cameras.json)")
+    if isinstance(data, list):
+        if not data:
+            raise Edit3DGSError(path, "at least one camera", "an empty list")
+        cams = _ga_cameras(path, data)
+        return CameraFile(path, cams, GA_LIST, "a list of cameras as GaussianAvatars/3DGS write it", frame_cameras=cams)
+    frames = data.get("frames") if isinstance(data, dict) else None
+    if not isinstance(frames, list) or not (frames or allow_empty):
+        raise Edit3DGSError(path, "a 'frames' list with at least one camera", "none")
+    conv, why = detect_convention(data, path, convention)
+    root = path.parent
+    cams: dict[int, Camera] = {}
+    per_frame, seen = [], {}
+    for i, fr in enumerate(frames):
+        where = f"frames[{i}]"
+        if not isinstance(fr, dict):
+            raise Edit3DGSError(path, f"frame objects ({where})", type(fr).__name__)
+        cam = camera_from_frame(fr, data, path, where, conv, root)
+        if "camera_index" not in fr:
+            cam = replace(cam, index=i)
+        if "timestep_index" in fr:
+            key = (fr["timestep_index"], cam.index)
+            if key in seen:
+                raise Edit3DGSError(path, f"each (timestep_index, camera_index) pair once ({where})",
+                                    f"timestep_index {key[0]}, camera_index {key[1]} also in frames[{seen[key]}]")
+            seen[key] = i
+        if check_images and fr.get("file_path"):
+            img = root / fr["file_path"]
+            if img.is_file():
+                size = _image_size(img, path, where)
+                if size != (cam.width, cam.height):
+                    raise Edit3DGSError(path, f"w, h equal to the size of {fr['file_path']} ({where})",
+                                        f"w={cam.width} h={cam.height}, image {size[0]}x{size[1]}")
+        per_frame.append(cam)
+        cams.setdefault(cam.index, cam)
+    return CameraFile(path, [cams[k] for k in sorted(cams)], conv, why, frames, per_frame, data)
+
+
+def load_cameras(path: os.PathLike | str, convention: str = "auto") -> list[Camera]:
+    """Unique cameras (by camera_index) of a camera file, sorted by index (see ``read_camera_file``)."""
+    return read_camera_file(path, convention).cameras
+
+
+def apply_camera_model(cameras: Sequence[Camera], model: str) -> list[Camera]:
+    """``file``: the file's intrinsics; ``gaussianavatars``: GaussianAvatars' camera model."""
+    if model == "gaussianavatars":
+        return [c.gaussianavatars() for c in cameras]
+    if model == "file":
+        return list(cameras)
+    raise Edit3DGSError("--camera-model", "file or gaussianavatars", repr(model))
+
+
+def save_cameras(path: os.PathLike | str, cameras: Iterable[Camera], convention: str = VHAP) -> Path:
+    """A transforms-layout cameras JSON, ``cy`` in ``convention`` (recorded in the file)."""
+    path = Path(path)
+    data = {"camera_convention": convention, "frames": [c.to_frame(convention) for c in cameras]}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1))
     return path

@@ -64,28 +64,70 @@ def _load(a):
     return b, dev
 
 
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
 def _motion(a, b):
     from .dataset import load_motion
 
     if getattr(a, "flame_params", None):
-        p = load_motion(a.flame_params, n_verts=b.head.n_verts)
+        p = load_motion(a.flame_params, n_verts=b.head.n_verts, report=_say)
         if getattr(a, "keep_identity", True):
             p = p.with_identity(b.params)
         return p
     return b.params
 
 
+def auto_camera_model(b) -> tuple[str, str]:
+    """The camera model that puts the avatar where it was trained: GaussianAvatars' own for
+    GaussianAvatars avatars (and edits of them), the file's intrinsics for Edit3DGS's built-in
+    avatars (made with them); ``camera_model`` in avatar.json overrides both."""
+    rec = b.meta.get("camera_model")
+    if rec in ("file", "gaussianavatars"):
+        return rec, f"recorded in {b.folder / 'avatar.json'}"
+    if b.meta.get("kind") == "builtin":
+        return "file", "a built-in avatar, made with the files' intrinsics"
+    return "gaussianavatars", "a GaussianAvatars avatar, trained with GaussianAvatars' camera model"
+
+
+def _cameras(a, b, path, scale: float = 1.0):
+    """The cameras of ``path`` in the convention and camera model the options ask for, said on stderr."""
+    from .cameras import apply_camera_model, read_camera_file
+
+    cf = read_camera_file(path, getattr(a, "camera_convention", "auto"))
+    _say(cf.describe())
+    model = getattr(a, "camera_model", "auto")
+    why = "--camera-model"
+    if model == "auto":
+        model, why = auto_camera_model(b)
+    _say(f"camera model: {model} ({why})" + (" — centred principal point, focal length from camera_angle_x, square pixels"
+                                              if model == "gaussianavatars" else " — fl_x, fl_y, cx, cy as in the file"))
+    cams = apply_camera_model(cf.cameras, model)
+    if scale != 1.0:
+        cams = [c.resized(scale) for c in cams]
+    return cams
+
+
+def _add_camera_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--camera-convention", default="auto", choices=("auto", "vhap", "nerfstudio"),
+                   help="cy of a transforms file: vhap (cy = h - cy_top_left, VHAP/GaussianAvatars datasets) or "
+                        "nerfstudio (top-left); auto reads it from the file and refuses to guess")
+    s.add_argument("--camera-model", default="auto", choices=("auto", "file", "gaussianavatars"),
+                   help="gaussianavatars: GaussianAvatars' cameras (centred principal point, camera_angle_x, square "
+                        "pixels) for renders comparable with its own; file: the file's fl_x, fl_y, cx, cy; "
+                        "auto: GaussianAvatars' for its avatars, the file's for built-in avatars")
+
+
 def cmd_render(a) -> int:
     from tqdm import tqdm  # progress bars: maintained, prints to stderr
 
-    from .cameras import load_cameras, stack
+    from .cameras import stack
     from .fsutil import atomic_dir
     from .views import save_png
 
     b, dev = _load(a)
-    cams = load_cameras(a.cameras)
-    if a.scale != 1.0:
-        cams = [c.scaled(a.scale) for c in cams]
+    cams = _cameras(a, b, a.cameras, a.scale)
     if a.camera_ids is not None:
         ids = _parse_int_list(a.camera_ids, "--camera-ids")
         cams = [c for c in cams if c.index in ids]
@@ -118,28 +160,30 @@ def cmd_render(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from .avatar import write_world_ply
+    from .avatar import turn_upside_down, write_world_ply
 
     b, dev = _load(a)
     params = _motion(a, b)
+    params.select([a.timestep])  # validates the range
     verts = b.pose(params, [a.timestep], device=dev)
     g = b.world(verts[0])
+    if a.up == "-y":
+        g = turn_upside_down(g)
     write_world_ply(a.out, g)
-    print(f"timestep {a.timestep}: {g.means.shape[0]} world-space Gaussians written to {a.out}")
+    print(f"timestep {a.timestep}: {g.means.shape[0]} world-space Gaussians written to {a.out} (up axis {a.up})")
     return 0
 
 
 def cmd_capture(a) -> int:
     from tqdm import tqdm
 
-    from .cameras import load_cameras
     from .dataset import write_capture
     from .flame_params import FlameParams
     from .views import render_frames
 
     b, dev = _load(a)
     cams_file = a.cameras or (b.folder / b.meta.get("cameras", "cameras.json"))
-    cams = [c.scaled(a.scale) for c in load_cameras(cams_file)]
+    cams = _cameras(a, b, cams_file, a.scale)
     held = b.meta.get("held_out_camera", 8)
     train_cams = [c for c in cams if c.index != held]
     val_cams = [c for c in cams if c.index == held]
@@ -152,7 +196,7 @@ def cmd_capture(a) -> int:
         held_seq.static_offset = b.params.static_offset
         params = FlameParams.concat([b.params, held_seq])
         splits["test"] = (list(range(T, params.num_timesteps, step)), cams)
-    total = sum(len(ts) for ts, _ in splits.values())
+    total = sum(len(ts) for ts, cs in splits.values() if cs)
     bar = tqdm(total=total, desc="capture", unit="timestep")
 
     def render(t, cs):
@@ -161,7 +205,7 @@ def cmd_capture(a) -> int:
         bar.update(1)
         return [(res.rgb[i], res.alpha[i]) for i in range(len(cs))]
 
-    write_capture(a.out, splits, params, render, overwrite=a.overwrite)
+    write_capture(a.out, splits, params, render, overwrite=a.overwrite, n_verts=b.head.n_verts)
     bar.close()
     print(f"capture written to {a.out} ({', '.join(f'{k}: {len(v[0])}x{len(v[1])}' for k, v in splits.items())})")
     return 0
@@ -184,11 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("render", help="render an avatar from cameras at timesteps to PNGs")
     _add_avatar_args(s)
-    s.add_argument("--cameras", required=True, help="cameras JSON (transforms_*.json layout)")
+    s.add_argument("--cameras", required=True,
+                   help="cameras JSON: transforms_*.json layout, or a GaussianAvatars model folder's cameras.json")
+    _add_camera_args(s)
     s.add_argument("--camera-ids", help="only these camera indices, e.g. '0,8'")
-    s.add_argument("--flame-params", help="motion npz (flame_param.npz layout); default: the avatar's own")
-    s.add_argument("--timesteps", help="e.g. '0,10,20' or '0-40:5' (default: all)")
-    s.add_argument("--scale", type=float, default=1.0, help="resolution factor")
+    s.add_argument("--flame-params", help="motion: a flame_param.npz, or a dataset folder (frames by timestep_index, "
+                                          "all splits); default: the avatar's own")
+    s.add_argument("--timesteps", help="e.g. '0,10,20' or '0-40:5' (default: all); with a dataset folder, timestep_index values")
+    s.add_argument("--scale", type=float, default=1.0, help="resolution factor (pixels stay square)")
     s.add_argument("--background", default="white", choices=("white", "black"))
     s.add_argument("--alpha", action="store_true", help="write RGBA")
     s.add_argument("--out", required=True)
@@ -198,14 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write one timestep as a standard world-space 3DGS PLY")
     _add_avatar_args(s)
     s.add_argument("--timestep", type=int, default=0)
-    s.add_argument("--flame-params", help="motion npz; default: the avatar's own")
+    s.add_argument("--flame-params", help="motion npz or dataset folder (--timestep is a timestep_index); default: the avatar's own")
+    s.add_argument("--up", default="y", choices=("y", "-y"),
+                   help="up axis of the written PLY: y (FLAME's; upright in Spark and GaussianSplats3D) or -y "
+                        "(turned 180 degrees about x, for viewers that assume 3DGS/COLMAP's y-down)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("capture", help="write an avatar's renders as a GaussianAvatars/VHAP multi-view dataset")
     _add_avatar_args(s)
     s.add_argument("--cameras", help="cameras JSON (default: the avatar's cameras.json)")
-    s.add_argument("--scale", type=float, default=0.25, help="resolution factor of the 550x802 rig")
+    _add_camera_args(s)
+    s.add_argument("--scale", type=float, default=0.25, help="resolution factor of the 550x802 rig (pixels stay square)")
     s.add_argument("--step", type=int, default=1, help="every n-th timestep")
     s.add_argument("--out", required=True)
     s.add_argument("--overwrite", action="store_true")
@@ -220,7 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    args, rest = [], list(sys.argv[1:] if argv is None else argv)
+    while rest:  # "--up -y": argparse would take "-y" for an option
+        x = rest.pop(0)
+        if x == "--up" and rest[:1] == ["-y"]:
+            x = "--up=" + rest.pop(0)
+        args.append(x)
+    a = parser.parse_args(args)
     try:
         return a.func(a)
     except Edit3DGSError as exc:

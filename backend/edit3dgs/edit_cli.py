@@ -98,6 +98,10 @@ def settings_from_args(a):
     from .loop import EditSettings
 
     cam_file, cam_ids = _parse_cameras(a.cameras)
+    if cam_file is not None:  # which cy convention the file is read in (cameras.py), said before the long run
+        from .cameras import read_camera_file
+
+        print(read_camera_file(cam_file).describe(), file=sys.stderr)
     lrs = "edit"
     if a.lrs:
         if a.lrs.strip().startswith("{"):

@@ -396,9 +396,11 @@ class FlameHead(nn.Module):
     ``forward(params)`` returns posed vertices (B,V,3) in metres. ``params``
     holds torch tensors: ``shape`` (S,) or (B,S), ``expr`` (B,E), ``rotation``,
     ``neck_pose``, ``jaw_pose`` (B,3) axis-angle, ``eyes_pose`` (B,6) left then
-    right, ``translation`` (B,3), optional ``static_offset`` (1,V,3) and
-    ``dynamic_offset`` (B,V,3), both added to the shaped template before
-    skinning. Fewer shape/expression components than the model's are zero-padded.
+    right, ``translation`` (B,3), optional ``static_offset`` (1,V,3), added to
+    the shaped template before skinning. ``dynamic_offset`` (B,V,3) is accepted
+    and not added, as GaussianAvatars' FlameHead does (formats.md §1), so avatars
+    pose where GaussianAvatars poses them. Fewer shape/expression components than
+    the model's are zero-padded.
     """
 
     def __init__(self, model: FlameModel, add_teeth_if_flame: bool = True):
@@ -452,8 +454,6 @@ class FlameHead(nn.Module):
         v_t = self.v_template[None].expand(B, -1, -1)
         if params.get("static_offset") is not None:
             v_t = v_t + params["static_offset"].to(dt)
-        if params.get("dynamic_offset") is not None:
-            v_t = v_t + params["dynamic_offset"].to(dt)
         verts, joints = lbs(betas, pose, v_t, self.shapedirs, self.posedirs, self.J_regressor, self.parents, self.lbs_weights)
         t = params["translation"].to(dt)[:, None, :]
         if return_joints:

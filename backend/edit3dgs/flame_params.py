@@ -4,6 +4,14 @@ Keys and shapes (formats.md §1), T timesteps, V head vertices:
 shape (300,), expr (T,100), rotation (T,3), neck_pose (T,3), jaw_pose (T,3),
 eyes_pose (T,6) left then right, translation (T,3), static_offset (1,V,3),
 dynamic_offset (T,V,3). Rotations are axis-angle in radians.
+
+Offsets load batched or not ((1,V,3) or (V,3); (T,V,3) or (V,3) for one timestep), and
+for FLAME with or without the 120 teeth vertices (5023 <-> 5143: teeth get zero offsets,
+as GaussianAvatars pads them, or are dropped).
+
+``dynamic_offset`` is read and written back unchanged but never moves the mesh: Edit3DGS
+follows GaussianAvatars, whose ``FlameHead.forward`` takes it and does not add it (its
+avatars save zeros), so an avatar is posed exactly where GaussianAvatars poses it.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import torch
 from .errors import Edit3DGSError
 from .fsutil import atomic_path
 
+# FLAME's 5023 vertices, and 5143 with GaussianAvatars'/VHAP's 120 teeth vertices appended.
+FLAME_VERTS = {5023, 5143}
 PER_FRAME_KEYS = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
 WIDTHS = {"rotation": 3, "neck_pose": 3, "jaw_pose": 3, "eyes_pose": 6, "translation": 3}
 
@@ -137,14 +147,24 @@ class FlameParams:
                 if a.ndim == 2:
                     a = a[None]
                 want_T = 1 if k == "static_offset" else T
+                if a.ndim == 3 and n_verts is not None and a.shape[1] != n_verts and {a.shape[1], n_verts} == FLAME_VERTS:
+                    a = _fit_teeth(a, n_verts)
                 if a.ndim != 3 or a.shape[0] != want_T or a.shape[2] != 3 or (n_verts is not None and a.shape[1] != n_verts):
                     V = n_verts if n_verts is not None else "V"
-                    raise Edit3DGSError(path, f"{k} of shape ({want_T},{V},3)", f"shape {a.shape}")
+                    raise Edit3DGSError(path, f"{k} of shape ({want_T},{V},3) or ({V},3)", f"shape {a.shape}")
                 out[k] = a
         for k, a in out.items():
             if not np.isfinite(a).all():
                 raise Edit3DGSError(path, f"finite values in {k}", "NaN or inf")
         return cls(**out)
+
+
+def _fit_teeth(a: np.ndarray, n_verts: int) -> np.ndarray:
+    """Offsets for FLAME without teeth on a head with teeth (zero offsets for the teeth, as
+    GaussianAvatars pads them), or the other way round (the appended teeth rows dropped)."""
+    if a.shape[1] < n_verts:
+        return np.concatenate([a, np.zeros((a.shape[0], n_verts - a.shape[1], 3), a.dtype)], 1)
+    return a[:, :n_verts]
 
 
 def load_per_frame(paths: Sequence[os.PathLike | str], n_verts: int | None = None) -> FlameParams:

@@ -134,7 +134,7 @@ def test_render_shot_side_view(scene, ext, avatar_dir, backend_py, tmp_path):
     c2w = np.array(root.matrix_world.inverted() @ cam.matrix_world)
     frame = {"camera_index": 5, "w": W, "h": H, "fl_x": F, "fl_y": F, "cx": W / 2 - 0.05 * H, "cy": H / 2 - 0.03 * H,
              "transform_matrix": c2w.tolist()}
-    (tmp_path / "cams.json").write_text(json.dumps({"frames": [frame]}))
+    (tmp_path / "cams.json").write_text(json.dumps({"camera_convention": "nerfstudio", "frames": [frame]}))
     out = tmp_path / "cli"
     res = subprocess.run([backend_py, "-m", "edit3dgs.cli", "render", "--avatar", str(avatar_dir), "--cameras",
                           str(tmp_path / "cams.json"), "--flame-params", str(motion), "--timesteps", "1",
