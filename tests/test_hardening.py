@@ -60,3 +60,145 @@ def test_save_fails_whole_when_a_source_file_is_gone(tiny_avatar, tmp_path):  # 
     write_pickle(tiny_avatar / "head_model.pkl", tiny_flame_dict())
     out = b.save(tmp_path / "out")
     assert open_avatar(out).gaussians.num_gaussians == b.gaussians.num_gaussians
+
+
+# -- crashes leave nothing behind ------------------------------------------------------------------------------------
+
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from edit3dgs.fsutil import MARKER, atomic_dir, clean_stale  # noqa: E402
+
+
+def _make_avatar(out, *extra):
+    return [sys.executable, "-m", "edit3dgs.cli", "make-avatar", "--out", str(out), "--frames", "4",
+            "--gaussians-per-face", "1", *extra]
+
+
+def _kill_when_part_appears(cmd, parent, timeout=120):
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and p.poll() is None:
+        parts = [e for e in parent.glob(".out.*.part") if e.is_dir() and any(e.glob("*.pkl"))]
+        if parts:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            return parts
+        time.sleep(0.005)
+    p.kill()
+    raise AssertionError(f"no .part folder seen: {p.stderr.read().decode()[-500:]}")
+
+
+def test_sigkill_at_save_then_fresh_run_leaves_no_part_or_old(tmp_path):
+    out = tmp_path / "out"
+    parts = _kill_when_part_appears(_make_avatar(out), tmp_path)
+    assert parts and not out.exists()  # the crash left litter, as a crash does
+    res = subprocess.run(_make_avatar(out), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert sorted(e.name for e in tmp_path.iterdir()) == ["out"]
+    # again over an existing result with overwrite (a light writer: same atomic_dir, no torch start-up)
+    before = tree(out)
+    _kill_when_part_appears([sys.executable, "-c", SLOW_WRITER, str(out)], tmp_path)
+    assert tree(out) == before  # the previous result survives the kill
+    subprocess.run([sys.executable, "-c", SLOW_WRITER, str(out), "0"], check=True)
+    assert sorted(e.name for e in tmp_path.iterdir()) == ["out"] and tree(out) != before
+
+
+SLOW_WRITER = r"""
+import sys, time
+from edit3dgs import fsutil
+with fsutil.atomic_dir(sys.argv[1], overwrite=True) as tmp:
+    (tmp / "head.pkl").write_bytes(b"x" * 1000)
+    time.sleep(float(sys.argv[2]) if len(sys.argv) > 2 else 60)
+"""
+
+
+SWAP_CRASH = r"""
+import os, signal, sys
+from edit3dgs import fsutil
+real, calls = os.replace, []
+def replace(a, b):
+    calls.append(1)
+    real(a, b)
+    if len(calls) == 1:  # the previous result is moved aside; die before the new one is moved in
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+with fsutil.atomic_dir(sys.argv[1], overwrite=True) as tmp:
+    (tmp / "result.txt").write_text("new")
+"""
+
+
+def _write(out, text):
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "result.txt").write_text(text)
+
+
+def test_sigkill_between_the_renames_of_overwrite_keeps_the_previous_result(tmp_path):
+    out = tmp_path / "out"
+    _write(out, "previous")
+    r = subprocess.run([sys.executable, "-c", SWAP_CRASH, str(out)])
+    assert r.returncode == -signal.SIGKILL
+    assert not out.exists() and [e.suffix for e in tmp_path.iterdir()].count(".old") == 1  # mid-swap state
+    done = clean_stale(out)  # what the next run does first
+    assert (out / "result.txt").read_text() == "previous", done
+    assert sorted(e.name for e in tmp_path.iterdir()) == ["out"]
+
+
+def test_interrupted_overwrite_restores_and_says_so(tmp_path, monkeypatch, cli):
+    out = tmp_path / "out"
+    _write(out, "previous")
+    real, calls = os.replace, []
+
+    def replace(a, b):
+        calls.append((a, b))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C between the two renames
+        return real(a, b)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        _write(out, "new")
+    monkeypatch.setattr(os, "replace", real)
+    assert (out / "result.txt").read_text() == "previous"
+    assert sorted(e.name for e in tmp_path.iterdir()) == ["out"]
+    # the command line's message says what is on disk
+    from edit3dgs import cli as cli_mod
+
+    monkeypatch.setattr(cli_mod, "cmd_make_avatar", lambda a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setitem(cli_mod.__dict__, "cmd_make_avatar", cli_mod.cmd_make_avatar)
+    code, _, err = cli("make-avatar", "--out", out, "--overwrite")
+    assert code == 130 and f"{out} is as it was before this run" in err, err
+    code, _, err = cli("make-avatar", "--out", tmp_path / "none")
+    assert code == 130 and f"nothing was written to {tmp_path / 'none'}" in err, err
+
+
+def test_only_this_projects_leftovers_are_removed(tmp_path):
+    out = tmp_path / "out"
+    dead = 2 ** 22 + 12345  # above the default pid_max: no such process
+    mine = tmp_path / f".out.edit3dgs-{dead}-abcd.part"
+    mine.mkdir()
+    (mine / MARKER).write_text("{}")
+    unmarked = tmp_path / f".out.edit3dgs-{dead}-beef.part"  # our name, but no marker inside
+    unmarked.mkdir()
+    live = tmp_path / f".out.edit3dgs-{os.getppid()}-cafe.part"  # a running process's
+    live.mkdir()
+    (live / MARKER).write_text("{}")
+    other = tmp_path / ".out.1234.part"  # someone else's naming
+    other.mkdir()
+    stale_file = tmp_path / f".out.edit3dgs-{dead}-0123.part"
+    stale_file.write_text("half")
+    _write(out, "x")
+    assert not mine.exists() and not stale_file.exists()
+    assert unmarked.exists() and live.exists() and other.exists()
+
+
+def test_overwrite_only_replaces_a_folder_this_project_wrote(tmp_path):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_text("irreplaceable")
+    with pytest.raises(Edit3DGSError, match="a folder this program wrote"):
+        _write(out, "x")
+    assert (out / "holiday.jpg").read_text() == "irreplaceable" and sorted(os.listdir(out)) == ["holiday.jpg"]
+    assert sorted(e.name for e in tmp_path.iterdir()) == ["photos"]

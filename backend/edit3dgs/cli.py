@@ -8,6 +8,7 @@ a temporary path and renamed, so a failed command leaves nothing behind.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -218,9 +219,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stamp(path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def interrupted_message(out, before: tuple | None) -> str:
+    """What an interruption left at ``out``, read from the disk (not assumed)."""
+    if not out:
+        return "interrupted; the input is untouched and no partial output was kept"
+    now = _stamp(out)
+    if now is None:
+        state = f"nothing was written to {out}" + (" (the previous result there is gone)" if before else "")
+    elif now == before:
+        state = f"{out} is as it was before this run"
+    else:
+        state = f"{out} was completed before the interruption"
+    return f"interrupted; the input is untouched, no partial output was kept, and {state}"
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    out = getattr(a, "out", None)
+    before = _stamp(out) if out else None
     try:
         return a.func(a)
     except Edit3DGSError as exc:
@@ -229,7 +254,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, CancelledError):
-        print("error: interrupted; the input is untouched and no partial output was kept", file=sys.stderr)
+        print(f"error: {interrupted_message(out, before)}", file=sys.stderr)
         return 130
 
 
