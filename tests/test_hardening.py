@@ -202,3 +202,93 @@ def test_overwrite_only_replaces_a_folder_this_project_wrote(tmp_path):
         _write(out, "x")
     assert (out / "holiday.jpg").read_text() == "irreplaceable" and sorted(os.listdir(out)) == ["holiday.jpg"]
     assert sorted(e.name for e in tmp_path.iterdir()) == ["photos"]
+
+
+# -- the safe unpickler: every pickle numpy writes, bounded work ---------------------------------------------------------
+
+import pickle  # noqa: E402
+import struct  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def _flame_like():
+    import scipy.sparse as sp
+    from conftest import tiny_flame_dict
+
+    d = tiny_flame_dict()
+    d["J_regressor"] = sp.csc_matrix(d["J_regressor"])  # FLAME stores it sparse
+    d["posedirs"] = np.asfortranarray(d["posedirs"])
+    d["weights_T"] = d["weights"].T  # a non-contiguous view
+    d["scale"] = np.float64(1.0)
+    return d
+
+
+def _same(a, b):
+    if hasattr(a, "toarray"):
+        a, b = a.toarray(), b.toarray()
+    return type(a) is type(b) and np.asarray(a).dtype == np.asarray(b).dtype and np.array_equal(a, b)
+
+
+def test_pickles_of_every_protocol_load_identically(tmp_path):
+    from edit3dgs.flame import load_flame_model, safe_load_pickle
+
+    d = _flame_like()
+    loaded = {}
+    for proto in range(pickle.HIGHEST_PROTOCOL + 1):
+        path = tmp_path / f"p{proto}.pkl"
+        path.write_bytes(pickle.dumps(d, protocol=proto))
+        loaded[proto] = safe_load_pickle(path)
+    for proto, got in loaded.items():
+        assert set(got) == set(d) and all(_same(got[k], d[k]) for k in d), proto
+        assert all(_same(got[k], loaded[0][k]) for k in d), proto
+    m5 = load_flame_model(tmp_path / "p5.pkl")
+    m0 = load_flame_model(tmp_path / "p0.pkl")
+    assert np.array_equal(m5.shapedirs, m0.shapedirs) and np.array_equal(m5.J_regressor, m0.J_regressor)
+
+
+def _nested_shared(levels):
+    a = []
+    for _ in range(levels):
+        a = [a, a, a, a]  # 4**levels entries once expanded, a few bytes each in the pickle (memo references)
+    return a
+
+
+def _deep(n):
+    # EMPTY_DICT, key, n EMPTY_LISTs, n-1 APPENDs (each list into the one below), SETITEM, STOP
+    key = b"\x8c\x0av_template"
+    return b"\x80\x04}" + key + b"]" * n + b"a" * (n - 1) + b"s."
+
+
+@pytest.mark.parametrize("bomb", ["memo", "deep", "bytes_n", "sparse_shape", "array_refs"])
+def test_pickle_bombs_refused_within_a_second(tmp_path, bomb):
+    from edit3dgs.flame import load_flame_model
+
+    d = _flame_like()
+    if bomb == "memo":
+        d["v_template"] = _nested_shared(30)
+        data = pickle.dumps(d, protocol=4)
+    elif bomb == "deep":
+        data = _deep(100_000)
+    elif bomb == "bytes_n":  # builtins.bytes(2**31): 2 GB asked for by 30 bytes
+        data = b"\x80\x02cbuiltins\nbytes\nJ" + struct.pack("<i", 2**31 - 1) + b"\x85R."
+    elif bomb == "sparse_shape":
+        import scipy.sparse as sp
+
+        d["J_regressor"] = sp.csc_matrix((10**9, 5), dtype=np.float32)  # 5e9 elements when densified
+        data = pickle.dumps(d, protocol=2)
+    else:
+        big = np.zeros(500_000, np.float32)
+        d["shapedirs"] = [big] * 1000  # one array, referenced 1000 times
+        data = pickle.dumps(d, protocol=4)
+    assert len(data) < 3_000_000
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(data)
+    t0 = time.perf_counter()
+    with pytest.raises(Edit3DGSError) as exc:
+        load_flame_model(path)
+    took = time.perf_counter() - t0
+    msg = str(exc.value)
+    why = {"memo": "container entries", "deep": "nested at most 64 deep", "bytes_n": "bytes() of int",
+           "sparse_shape": "elements in all", "array_refs": "elements in all"}[bomb]
+    assert "bomb.pkl: expected" in msg and why in msg and "\n" not in msg and took < 1.0, (took, msg)
