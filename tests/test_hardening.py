@@ -292,3 +292,55 @@ def test_pickle_bombs_refused_within_a_second(tmp_path, bomb):
     why = {"memo": "container entries", "deep": "nested at most 64 deep", "bytes_n": "bytes() of int",
            "sparse_shape": "elements in all", "array_refs": "elements in all"}[bomb]
     assert "bomb.pkl: expected" in msg and why in msg and "\n" not in msg and took < 1.0, (took, msg)
+
+
+# -- ranges and indices are validated, not reinterpreted ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["10-0", ",", "", "2-2", "0-3:0", "0-3:-1", "-1", "1,,2", "0-2,x", "1:2"])
+def test_bad_timestep_lists_are_refused(tiny_avatar, cli, tmp_path, text):  # noqa: F811
+    from edit3dgs.cameras import camera_rig, save_cameras
+
+    save_cameras(tmp_path / "cams.json", camera_rig(40, 60)[:1])
+    code, _, err = cli("render", "--avatar", tiny_avatar, "--cameras", tmp_path / "cams.json", "--out", tmp_path / "r",
+                       "--timesteps", text)
+    assert code == 2
+    one_line_error(err, "--timesteps", "expected a list like")
+    assert not (tmp_path / "r").exists()
+
+
+def test_timesteps_outside_the_sequence_name_option_and_file(tiny_avatar, cli, tmp_path):  # noqa: F811
+    from edit3dgs.cameras import camera_rig, save_cameras
+
+    save_cameras(tmp_path / "cams.json", camera_rig(40, 60)[:1])
+    code, _, err = cli("render", "--avatar", tiny_avatar, "--cameras", tmp_path / "cams.json", "--out", tmp_path / "r",
+                       "--timesteps", "0,5")
+    assert code == 2
+    one_line_error(err, "--timesteps", "flame_param.npz: 3 timesteps", "expected timesteps in [0,3)", "found 5")
+    for t in ("-1", "3"):  # -1 used to export timestep 2 while printing -1
+        code, out, err = cli("export", "--avatar", tiny_avatar, "--timestep", t, "--out", tmp_path / "t.ply")
+        assert code == 2 and not (tmp_path / "t.ply").exists()
+        one_line_error(err, "--timestep", "flame_param.npz: 3 timesteps", f"found {t}")
+    from edit3dgs.flame_params import FlameParams
+
+    with pytest.raises(Edit3DGSError, match=r"found -1"):
+        FlameParams.neutral(3).select([-1])
+
+
+@pytest.mark.parametrize("fmt", ["binary_little_endian", "ascii"])
+def test_ply_with_more_data_than_its_header_counts_is_refused(tiny_avatar, cli, tmp_path, fmt):  # noqa: F811
+    from plyfile import PlyData
+
+    import io
+
+    ply = tiny_avatar / "point_cloud.ply"
+    data = PlyData.read(io.BytesIO(ply.read_bytes()))
+    data.text = fmt == "ascii"
+    data.write(str(ply))
+    raw = ply.read_bytes()
+    n = len(data["vertex"].data)
+    raw = raw.replace(f"element vertex {n}\n".encode(), f"element vertex {n - 10}\n".encode(), 1)
+    ply.write_bytes(raw)
+    code, _, err = cli("export", "--avatar", tiny_avatar, "--out", tmp_path / "t.ply")
+    assert code == 2 and not (tmp_path / "t.ply").exists()
+    one_line_error(err, "point_cloud.ply", f"'element vertex {n - 10}'", "bytes more")

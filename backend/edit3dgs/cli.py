@@ -17,24 +17,44 @@ from .errors import CancelledError, Edit3DGSError
 
 
 def _parse_int_list(text: str | None, what: str) -> list[int] | None:
-    """'0,5,10' or '0-20:5' (start-stop:step, stop exclusive) -> list of ints."""
+    """'0,5,10' or '0-20:5' (start-stop:step, stop exclusive) -> list of ints.
+
+    Validated, never reinterpreted: an empty list or item, a range that is empty or reversed, a
+    step below 1, a negative number or text that is not a number is the one-line error.
+    """
     if text is None:
         return None
+    form = "a list like '0,4,8' or a range like '0-40:10' (start below stop, step 1 or more)"
     out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            rng, _, step = part.partition(":")
+    for part in text.split(","):
+        item = part.strip()
+        try:
+            rng, colon, step = item.partition(":")
             if "-" in rng:
                 a, b = rng.split("-", 1)
-                out += list(range(int(a), int(b), int(step or 1)))
+                a, b, k = int(a), int(b), int(step) if colon else 1
+                if min(a, b) < 0 or k < 1 or a >= b:
+                    raise ValueError
+                out += list(range(a, b, k))
             else:
-                out.append(int(rng))
-    except ValueError:
-        raise Edit3DGSError(what, "a list like '0,4,8' or a range like '0-40:10'", repr(text)) from None
+                if colon:
+                    raise ValueError
+                v = int(rng)
+                if v < 0:
+                    raise ValueError
+                out.append(v)
+        except ValueError:
+            raise Edit3DGSError(what, form, repr(item) if item != text else repr(text)) from None
     return out
+
+
+def check_timesteps(ts, params, what: str, source) -> None:
+    """Every timestep is an index of ``params`` (from ``source``), or the one-line error naming both."""
+    T = params.num_timesteps
+    bad = [t for t in ts if t < 0 or t >= T]
+    if bad:
+        raise Edit3DGSError(f"{what} ({source}: {T} timesteps)", f"timesteps in [0,{T})",
+                            ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else ""))
 
 
 def _add_avatar_args(p: argparse.ArgumentParser) -> None:
@@ -76,6 +96,10 @@ def _motion(a, b):
     return b.params
 
 
+def _motion_source(a, b):
+    return getattr(a, "flame_params", None) or (b.folder / "flame_param.npz")
+
+
 def cmd_render(a) -> int:
     from tqdm import tqdm  # progress bars: maintained, prints to stderr
 
@@ -93,8 +117,9 @@ def cmd_render(a) -> int:
         if not cams:
             raise Edit3DGSError(a.cameras, f"cameras with index {ids}", "none of them")
     params = _motion(a, b)
-    ts = _parse_int_list(a.timesteps, "--timesteps") or list(range(params.num_timesteps))
-    params.select(ts)  # validates the range
+    ts = _parse_int_list(a.timesteps, "--timesteps")
+    ts = list(range(params.num_timesteps)) if ts is None else ts
+    check_timesteps(ts, params, "--timesteps", _motion_source(a, b))
     groups: dict = {}
     for c in cams:
         groups.setdefault((c.width, c.height), []).append(c)
@@ -123,6 +148,7 @@ def cmd_export(a) -> int:
 
     b, dev = _load(a)
     params = _motion(a, b)
+    check_timesteps([a.timestep], params, "--timestep", _motion_source(a, b))
     verts = b.pose(params, [a.timestep], device=dev)
     g = b.world(verts[0])
     write_world_ply(a.out, g)

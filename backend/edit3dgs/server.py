@@ -375,7 +375,10 @@ class Server:
         cam = Camera(0, int(c["w"]), int(c["h"]), float(c["fx"]), float(c["fy"]), float(c["cx"]), float(c["cy"]),
                      np.asarray(c["c2w"], np.float64))
         regions = list(args.get("regions") or [])[:3]
-        t = int(args.get("timestep", 0))
+        t = args.get("timestep", 0)
+        if isinstance(t, bool) or not isinstance(t, int):
+            raise Edit3DGSError("job argument 'timestep'", "a whole number", _describe(t))
+        b.params.select([t], what=f"job argument 'timestep' ({b.folder / 'flame_param.npz'})")
         verts = b.pose(None, [t])
         g = b.world(verts[0])
         dev = g.means.device
