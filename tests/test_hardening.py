@@ -344,3 +344,45 @@ def test_ply_with_more_data_than_its_header_counts_is_refused(tiny_avatar, cli, 
     code, _, err = cli("export", "--avatar", tiny_avatar, "--out", tmp_path / "t.ply")
     assert code == 2 and not (tmp_path / "t.ply").exists()
     one_line_error(err, "point_cloud.ply", f"'element vertex {n - 10}'", "bytes more")
+
+
+# -- renders are batched: memory bounded by a setting, not by cameras x Gaussians ------------------------------------
+
+
+def test_render_passes_are_bounded_by_the_setting_and_give_the_same_images(monkeypatch):
+    import torch
+
+    from edit3dgs import render
+    from edit3dgs.cameras import camera_rig, stack
+    from edit3dgs.render import torch_raster
+
+    torch.manual_seed(0)
+    N = 2000
+    means = torch.randn(N, 3) * 0.05
+    quats = torch.nn.functional.normalize(torch.randn(N, 4), dim=-1)
+    scales = torch.rand(N, 3) * 0.01 + 0.002
+    opac = torch.rand(N) * 0.8 + 0.1
+    sh = torch.randn(N, 16, 3) * 0.2
+    vm, K, w, h = stack([c.scaled(0.04) for c in camera_rig()[:6]], "cpu")  # 6 cameras
+    full = render.rasterize(means, quats, scales, opac, sh, vm, K, w, h, sh_degree=3)
+
+    seen, real = [], torch_raster.rasterize_torch
+
+    def spy(means, *a, **k):
+        seen.append(a[4].shape[0] * means.shape[0])  # cameras x Gaussians of this pass
+        return real(means, *a, **k)
+
+    monkeypatch.setattr(render, "rasterize_torch", spy)
+    for limit in (N // 2, 4 * N - 1, 10 ** 9):
+        monkeypatch.setattr(render, "MAX_PAIRS", limit)
+        seen.clear()
+        res = render.rasterize(means, quats, scales, opac, sh, vm, K, w, h, sh_degree=3)
+        assert max(seen) <= max(limit, N) and sum(seen) == 6 * N, (limit, seen)  # one camera at least
+        assert len(seen) == -(-6 // max(1, limit // N))
+        for x, y in ((res.rgb, full.rgb), (res.alpha, full.alpha), (res.depth, full.depth)):
+            assert (x - y).abs().max() < 1e-4, (limit, float((x - y).abs().max()))
+    # gradients flow through the passes
+    means.requires_grad_(True)
+    monkeypatch.setattr(render, "MAX_PAIRS", 3 * N)
+    render.rasterize(means, quats, scales, opac, sh, vm, K, w, h, sh_degree=3).rgb.sum().backward()
+    assert means.grad is not None and torch.isfinite(means.grad).all() and means.grad.abs().sum() > 0

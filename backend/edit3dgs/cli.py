@@ -130,8 +130,12 @@ def cmd_render(a) -> int:
     bg = background_tensor(a.background, dev)
     stacks = [(group, stack(group, dev)) for group in groups.values()]
     with atomic_dir(a.out, overwrite=a.overwrite) as tmp, tqdm(total=len(ts) * len(cams), desc="render", unit="img") as bar:
-        for start in range(0, len(ts), 16):  # one LBS call and one binding pass per chunk of timesteps
-            chunk = ts[start:start + 16]
+        from . import render as render_mod
+
+        # one LBS call and one binding pass per chunk of timesteps; chunk x Gaussians bounded like a render pass
+        per_chunk = max(1, min(16, render_mod.MAX_PAIRS // max(1, b.gaussians.num_gaussians)))
+        for start in range(0, len(ts), per_chunk):
+            chunk = ts[start:start + per_chunk]
             for t, g in zip(chunk, poser.place_sequence(poser.pose(params.select(chunk)))):
                 for group, (vm, K, w, h) in stacks:
                     res = rasterize(g.means, g.quats, g.scales, g.opacities, g.sh, vm, K, w, h,
