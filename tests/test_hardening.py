@@ -386,3 +386,41 @@ def test_render_passes_are_bounded_by_the_setting_and_give_the_same_images(monke
     monkeypatch.setattr(render, "MAX_PAIRS", 3 * N)
     render.rasterize(means, quats, scales, opac, sh, vm, K, w, h, sh_degree=3).rgb.sum().backward()
     assert means.grad is not None and torch.isfinite(means.grad).all() and means.grad.abs().sum() > 0
+
+
+# -- one output-path policy (issue 17): never an input, inside one, or a folder holding one ---------------------------
+
+
+@pytest.mark.parametrize("case", ["equal", "inside", "dotdot", "symlink", "parent", "export_over_input"])
+def test_outputs_never_touch_inputs(tiny_avatar, cli, tmp_path, case):  # noqa: F811
+    from edit3dgs.cameras import camera_rig, save_cameras
+
+    save_cameras(tmp_path / "cams.json", camera_rig(40, 60)[:1])
+    (tmp_path / "link").symlink_to(tiny_avatar)
+    out = {"equal": tiny_avatar, "inside": tiny_avatar / "renders", "dotdot": tmp_path / "x" / ".." / "avatar" / "r",
+           "symlink": tmp_path / "link" / "r", "parent": tmp_path, "export_over_input": tiny_avatar / "point_cloud.ply"}[case]
+    before = tree(tmp_path)
+    if case == "export_over_input":
+        code, _, err = cli("export", "--avatar", tiny_avatar, "--out", out)
+    else:
+        code, _, err = cli("render", "--avatar", tiny_avatar, "--cameras", tmp_path / "cams.json", "--out", out,
+                           "--timesteps", "0", "--overwrite")
+    assert code == 2
+    one_line_error(err, "--out", "expected an output path outside every input", "--avatar")
+    assert tree(tmp_path) == before
+
+
+def test_job_outputs_never_touch_inputs(tiny_avatar, tmp_path):  # noqa: F811
+    from edit3dgs.bundle import open_avatar
+    from edit3dgs.server import _check_job_paths
+
+    with pytest.raises(Edit3DGSError, match=r"job argument 'out'.*inside the input 'avatar'"):
+        _check_job_paths({"avatar": str(tiny_avatar), "out": str(tiny_avatar / "rig.npz")})
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(Edit3DGSError, match=r"job argument 'outputs'.*the input 'cameras' itself"):
+        _check_job_paths({"cameras": str(tmp_path / "c.json"), "outputs": [str(tmp_path / "f1.png"), str(tmp_path / "c.json")]})
+    _check_job_paths({"avatar": str(tiny_avatar), "out": str(tmp_path / "rig.npz")})  # beside it is fine
+    b = open_avatar(tiny_avatar)
+    with pytest.raises(Edit3DGSError, match="a folder that contains the input avatar"):
+        b.save(tmp_path, overwrite=True)
+    assert (tiny_avatar / "point_cloud.ply").is_file()

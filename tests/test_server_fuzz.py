@@ -113,6 +113,14 @@ def test_cancel_unknown_id_is_answered_and_does_not_poison_the_id(srv):
     srv.send("job", {"id": "noavatar", "kind": "export_rig", "args": {}})
     k, p = srv.until({"done", "cancelled", "error"}, "noavatar", timeout=60)
     assert k == "error" and p["kind"] == "input" and "'avatar'" in p["message"]
+    # one output-path policy for every job kind: an output inside an input is the job's input error
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        srv.send("job", {"id": "inside", "kind": "export_rig", "args": {"avatar": d, "out": os.path.join(d, "rig.npz")}})
+        k, p = srv.until({"done", "cancelled", "error"}, "inside", timeout=60)
+        assert k == "error" and p["kind"] == "input" and "outside every input" in p["message"], p
+        assert os.listdir(d) == []
     srv.send("job", {"id": "ok", "kind": "sleep", "args": {"seconds": 0.01}})
     assert srv.until({"done", "cancelled", "error"}, "ok", timeout=30)[0] == "done"
 

@@ -25,7 +25,7 @@ from .avatar import GaussianAvatar, WorldGaussians
 from .errors import Edit3DGSError
 from .flame import FLAME_N_FACES, FLAME_N_VERTS, FlameHead, canonical_region, load_flame_model
 from .flame_params import FlameParams
-from .fsutil import atomic_dir
+from .fsutil import atomic_dir, check_output
 
 AVATAR_JSON = "avatar.json"
 # avatar.json entries that name files of the avatar (copied by save())
@@ -143,8 +143,7 @@ class AvatarBundle:
         ``extra_files`` maps relative names to callables ``fn(path)`` that write them.
         """
         out = Path(out)
-        if out.resolve() == self.folder.resolve():
-            raise Edit3DGSError(out, "an output folder other than the input avatar", "the input folder itself")
+        check_output(out, {"avatar": self.folder, "head model": self.head_path})
         g = self.gaussians if gaussians is None else gaussians
         with atomic_dir(out, overwrite=overwrite) as tmp:
             g.save_ply(tmp / "point_cloud.ply")

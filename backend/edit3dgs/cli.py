@@ -249,6 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Options that name files or folders a command reads, and those it writes (every command, one policy).
+INPUT_OPTIONS = ("avatar", "flame", "flame_masks", "cameras", "flame_params", "original", "edited", "model", "clip",
+                 "held_out_sequence", "cross_sequence")
+OUTPUT_OPTIONS = ("out", "json")
+
+
+def check_outputs(a) -> None:
+    from .fsutil import check_output
+
+    inputs = {"--" + k.replace("_", "-"): getattr(a, k, None) for k in INPUT_OPTIONS}
+    for k in OUTPUT_OPTIONS:
+        v = getattr(a, k, None)
+        if isinstance(v, (str, os.PathLike)) and str(v):
+            check_output(v, inputs, "--" + k)
+
+
 def _stamp(path) -> tuple | None:
     try:
         st = os.stat(path)
@@ -277,6 +293,7 @@ def main(argv=None) -> int:
     out = getattr(a, "out", None)
     before = _stamp(out) if out else None
     try:
+        check_outputs(a)
         return a.func(a)
     except Edit3DGSError as exc:
         if a.debug:

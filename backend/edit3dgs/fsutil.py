@@ -173,3 +173,24 @@ def atomic_dir(path: os.PathLike | str, overwrite: bool = False) -> Iterator[Pat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output(out: os.PathLike | str, inputs: dict, option: str = "--out") -> None:
+    """The one output-path policy: after resolving ``..`` and symlinks, an output is never an input,
+    inside an input, or a folder that contains an input. ``inputs`` maps a label (an option
+    name) to a path, a list of paths, or None; paths that do not exist are not inputs."""
+    o = Path(os.path.realpath(out))
+    for label, value in inputs.items():
+        for p in value if isinstance(value, (list, tuple)) else [value]:
+            if p is None or not isinstance(p, (str, os.PathLike)) or not str(p) or not os.path.lexists(p):
+                continue
+            r = Path(os.path.realpath(p))
+            if o == r:
+                found = f"the input {label} itself ({r})"
+            elif o.is_relative_to(r):
+                found = f"a path inside the input {label} ({r})"
+            elif r.is_relative_to(o):
+                found = f"a folder that contains the input {label} ({r})"
+            else:
+                continue
+            raise Edit3DGSError(f"{option} {out}", "an output path outside every input", found)

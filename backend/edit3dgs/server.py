@@ -264,7 +264,9 @@ class Server:
             fn = getattr(self, "job_" + kind, None) if kind in JOB_KINDS else None
             if fn is None:
                 raise Edit3DGSError(None, f"a job kind among {', '.join(JOB_KINDS)}", repr(kind)[:80])
-            result = fn(jid, job.get("args") or {})
+            args = job.get("args") or {}
+            _check_job_paths(args)
+            result = fn(jid, args)
             self.ch.send("done", {"id": jid, "result": result})
         except CancelledError:
             self.ch.send("cancelled", {"id": jid})
@@ -405,6 +407,22 @@ class Server:
         files = render_shot(b, cams, params, Path(_need(args, "work_dir")) / "frames", progress=cb)
         # Only a finished shot reaches the output folder (a cancel or a failure leaves it as it was).
         return {"files": deliver(files, outputs), "device": str(b.gaussians.device)}
+
+
+JOB_INPUTS = ("avatar", "cameras", "flame_params")
+JOB_OUTPUTS = ("out", "out_dir", "npz", "work_dir", "outputs")
+
+
+def _check_job_paths(args: dict) -> None:
+    """Every job kind: no output is an input, inside one, or a folder holding one (fsutil.check_output)."""
+    from .fsutil import check_output
+
+    inputs = {f"'{k}'": args.get(k) for k in JOB_INPUTS}
+    for k in JOB_OUTPUTS:
+        v = args.get(k)
+        for p in v if isinstance(v, list) else [v]:
+            if isinstance(p, str) and p:
+                check_output(p, inputs, f"job argument '{k}'")
 
 
 def _need(args: dict, name: str, typ=str):
