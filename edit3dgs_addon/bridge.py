@@ -2,10 +2,14 @@
 
 Shape of Blender's extension manager (bl_extension_utils): a subprocess that
 speaks NUL-delimited JSON, a reader thread that only queues what arrives, and
-a ``poll()`` the main thread calls from a timer. Nothing here blocks for long:
-``poll()`` drains a queue, writes are small, and a job that does not answer a
+a ``poll()`` the main thread calls from a timer. Nothing the main thread calls
+blocks on the backend: ``poll()`` drains a queue and reaps the process without
+waiting, writes go to a non-blocking pipe (what does not fit is kept and sent
+from later polls), ``kill()`` sends SIGKILL and does not wait, ``shutdown()``
+waits at most ``shutdown_ms`` milliseconds. A job that does not answer a
 cancel within ``cancel_timeout`` seconds, or says nothing for ``hang_timeout``
-seconds, gets its process killed and a clear report.
+seconds, and a backend that closes its output but keeps running, get the
+process killed and a clear report.
 """
 
 from __future__ import annotations
@@ -72,13 +76,18 @@ class Backend:
     """One long-lived ``python -m edit3dgs.cli serve`` (models stay loaded between jobs)."""
 
     def __init__(self, python: str, log_path: os.PathLike | str, device: str = "auto", env: dict | None = None,
-                 cancel_timeout: float = 2.0, hang_timeout: float = 600.0):
+                 cancel_timeout: float = 2.0, hang_timeout: float = 600.0, shutdown_ms: int = 300):
         self.python = python
         self.log_path = Path(log_path)
         self.device = device
         self.env = env
         self.cancel_timeout = cancel_timeout
         self.hang_timeout = hang_timeout
+        self.shutdown_ms = shutdown_ms
+        self.eof_grace = 1.0
+        self._eof_at: float | None = None
+        self._out = bytearray()  # requests not yet taken by the pipe
+        self._dying: list[subprocess.Popen] = []  # killed, not yet reaped (reaped by poll, never waited on)
         self.proc: subprocess.Popen | None = None
         self.jobs: dict[str, Job] = {}
         self.ready = False
@@ -113,6 +122,9 @@ class Backend:
             raise BridgeError(f"could not start the backend ({python}): {exc}") from None
         finally:
             log.close()
+        os.set_blocking(self.proc.stdin.fileno(), False)
+        self._out = bytearray()
+        self._eof_at = None
         self.ready = False
         self.exit_reason = ""
         self._queue = queue.Queue()
@@ -137,39 +149,61 @@ class Backend:
         q.put(("__exit__", {}))
 
     def kill(self, reason: str = "stopped") -> None:
+        """SIGKILL the process (no waiting: ``poll()`` reaps it later) and fail its unfinished jobs."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
+        proc, self.proc = self.proc, None  # a later submit starts a fresh process at once
+        if proc.poll() is None:
             try:
-                self.proc.kill()
+                proc.kill()
             except OSError:
                 pass
+            self._dying.append(proc)
         try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
+            proc.stdin.close()
+        except OSError:
             pass
+        self._out.clear()
+        self._eof_at = None
         self.exit_reason = self.exit_reason or reason
         self._fail_all(reason)
 
-    def shutdown(self, timeout: float = 2.0) -> None:
+    def shutdown(self, timeout_ms: int | None = None) -> None:
+        """Ask the backend to exit, give it ``timeout_ms`` (default ``shutdown_ms``), then kill it."""
+        budget = (self.shutdown_ms if timeout_ms is None else timeout_ms) / 1000.0
         if self.alive:
             try:
                 self._write("shutdown", {})
-                self.proc.wait(timeout=timeout)
-            except (OSError, subprocess.TimeoutExpired):
+            except OSError:
                 pass
+            end = time.monotonic() + budget
+            while self.proc.poll() is None and time.monotonic() < end:
+                self._flush()
+                time.sleep(0.005)
         self.kill("the backend was shut down")
-        if self.proc is not None:
-            for s in (self.proc.stdin, self.proc.stdout):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-        self.proc = None
+        self._reap()
 
     def _write(self, kind: str, payload: dict) -> None:
-        self.proc.stdin.write(encode(kind, payload))
-        self.proc.stdin.flush()
+        """Queue a request and send what the pipe takes now (never blocks; the rest goes out from ``poll``)."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise BrokenPipeError("the backend process is not running")
+        self._out += encode(kind, payload)
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self._out or self.proc is None:
+            return
+        try:
+            n = os.write(self.proc.stdin.fileno(), bytes(self._out[:1 << 16]))
+        except BlockingIOError:
+            return  # the backend is not reading now; try again at the next poll
+        except (OSError, ValueError):
+            self._out.clear()  # the pipe is gone; the reader sees EOF and poll() reports it
+            return
+        del self._out[:n]
+
+    def _reap(self) -> None:
+        self._dying = [p for p in self._dying if p.poll() is None]
 
     # -- jobs ---------------------------------------------------------------------
     def submit(self, kind: str, args: dict, on_finish: Callable | None = None) -> Job:
@@ -199,21 +233,23 @@ class Backend:
         """Handle what arrived; returns the jobs that finished now (their on_finish already called)."""
         finished: list[Job] = []
         self._finished_now = finished
+        self._flush()
+        self._reap()
         while True:
             try:
                 kind, p = self._queue.get_nowait()
             except queue.Empty:
                 break
             if kind == "__exit__":
-                code = self.proc.wait() if self.proc is not None else None
-                why = self.exit_reason or f"the backend stopped unexpectedly (exit status {code})"
-                self.exit_reason = why
-                self._fail_all(f"{why}; {self.log_tail_hint()}")
+                self._eof_at = time.monotonic()
                 continue
             if kind == "ready":
                 self.ready = True
                 continue
-            job = self.jobs.get(p.get("id"))
+            jid = p.get("id")
+            if not isinstance(jid, str) or p.get("kind") in ("unknown_id", "duplicate_id"):
+                continue  # not about one of our jobs (a late cancel's answer, garbage)
+            job = self.jobs.get(jid)
             if job is None:
                 continue
             job.last_heard = time.monotonic()
@@ -226,6 +262,8 @@ class Backend:
                 self._finish(job, CANCELLED, "cancelled")
             elif kind == "error":
                 self._finish(job, FAILED, p.get("message", "unknown error"))
+        if self._eof_at is not None:
+            self._output_closed()
         now = time.monotonic()
         for job in list(self.jobs.values()):
             if job.finished:
@@ -239,6 +277,26 @@ class Backend:
                 self.exit_reason = f"the backend said nothing for {self.hang_timeout:.0f} s and was ended"
                 self.kill(self.exit_reason)
         return finished
+
+    def _output_closed(self) -> None:
+        """The reader saw EOF: report the exit, or end a backend that stopped talking but still runs.
+
+        A process that is exiting closes its output a moment before its exit status can be read, so
+        it gets ``eof_grace`` seconds (checked at each poll, never waited on) before it is ended.
+        """
+        code = self.proc.poll() if self.proc is not None else None
+        if self.proc is not None and code is None:
+            if time.monotonic() - self._eof_at < self.eof_grace:
+                return
+            self._eof_at = None
+            why = self.exit_reason or "the backend closed its output but kept running, and was ended"
+            self.exit_reason = why
+            self.kill(f"{why}; {self.log_tail_hint()}")
+            return
+        self._eof_at = None
+        why = self.exit_reason or f"the backend stopped unexpectedly (exit status {code})"
+        self.exit_reason = why
+        self._fail_all(f"{why}; {self.log_tail_hint()}")
 
     def _is_head(self, job: Job) -> bool:
         # Only the job the backend is working on can hang; queued ones wait their turn.

@@ -15,6 +15,7 @@ per timestep and never stored as the truth.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -233,14 +234,29 @@ def read_ply_vertices(path: Path) -> tuple[dict, list]:
 
     if not path.is_file():
         raise Edit3DGSError(path, "a point_cloud.ply file", "no such file")
+    class _KeepOpen(io.BufferedReader):
+        def close(self):  # plyfile's text reader closes the stream it is given; we read on after it
+            pass
+
+    fh = _KeepOpen(io.FileIO(path, "rb"))
     try:
-        ply = PlyData.read(str(path))
+        ply = PlyData.read(fh)
         el = ply["vertex"]
         data = el.data
+        extra = fh.read(1 << 16)  # what the header's counts do not cover
+        more = len(extra) + max(0, os.fstat(fh.fileno()).st_size - fh.tell())
     except KeyError:
         raise Edit3DGSError(path, "a PLY with a 'vertex' element", "no 'vertex' element") from None
     except Exception as exc:
         raise Edit3DGSError(path, "a complete PLY file", f"{type(exc).__name__}: {exc}".strip()) from None
+    finally:
+        io.BufferedReader.close(fh)
+    if (extra.strip() if ply.text else extra):
+        # the header counts fewer elements than the file holds: reading on would drop Gaussians silently
+        per = el.data.dtype.itemsize if not ply.text else None
+        holds = f", about {len(data) + more // per} vertices" if per else ""
+        raise Edit3DGSError(path, f"as much data as the header's 'element vertex {len(data)}' describes",
+                            f"{more} bytes more{holds}")
     names = [p.name for p in el.properties]
     return {n: np.asarray(data[n], dtype=np.float32) for n in names}, names
 

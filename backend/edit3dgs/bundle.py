@@ -25,9 +25,30 @@ from .avatar import GaussianAvatar, WorldGaussians
 from .errors import Edit3DGSError
 from .flame import FLAME_N_FACES, FLAME_N_VERTS, FlameHead, canonical_region, load_flame_model
 from .flame_params import FlameParams
-from .fsutil import atomic_dir
+from .fsutil import atomic_dir, check_output
 
 AVATAR_JSON = "avatar.json"
+# avatar.json entries that name files of the avatar (copied by save())
+META_FILES = ("head_model", "head_masks", "cameras", "held_out_sequence", "cross_identity_sequence")
+
+
+def meta_file(folder: Path, key: str, value) -> Path:
+    """An avatar.json file entry as a path inside ``folder``: a relative name of plain parts
+    (``head_model.pkl``, ``sequences/held.npz``) that stays inside the folder after resolving
+    symlinks; anything else is refused with the one-line error."""
+    where = folder / AVATAR_JSON
+    expected = f"'{key}' as a file name inside the avatar folder"
+    if not isinstance(value, str) or not value:
+        raise Edit3DGSError(where, expected, repr(value)[:80])
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value) or any(pt in ("", ".", "..") for pt in parts):
+        raise Edit3DGSError(where, expected + " (no '..', no absolute path)", repr(value)[:80])
+    path = folder.joinpath(*parts)
+    root = folder.resolve()
+    target = path.resolve()
+    if target == root or not target.is_relative_to(root):
+        raise Edit3DGSError(where, expected, f"{value!r}, which leads outside it (to {target})")
+    return path
 
 
 def find_ply(folder: Path) -> Path:
@@ -122,8 +143,7 @@ class AvatarBundle:
         ``extra_files`` maps relative names to callables ``fn(path)`` that write them.
         """
         out = Path(out)
-        if out.resolve() == self.folder.resolve():
-            raise Edit3DGSError(out, "an output folder other than the input avatar", "the input folder itself")
+        check_output(out, {"avatar": self.folder, "head model": self.head_path})
         g = self.gaussians if gaussians is None else gaussians
         with atomic_dir(out, overwrite=overwrite) as tmp:
             g.save_ply(tmp / "point_cloud.ply")
@@ -131,17 +151,29 @@ class AvatarBundle:
             meta = dict(self.meta)
             meta.setdefault("format", "edit3dgs-avatar")
             meta.setdefault("version", 1)
-            if self.head_path is not None and self.meta.get("head_model"):
-                # Built-in heads travel with the avatar; a user's FLAME file never does.
-                for key in ("head_model", "head_masks"):
-                    src = self.folder / self.meta[key]
-                    if src.is_file():
-                        shutil.copy2(src, tmp / self.meta[key])
-                for sub in ("sequences",):
-                    if (self.folder / sub).is_dir():
-                        shutil.copytree(self.folder / sub, tmp / sub)
-                if (self.folder / "cameras.json").is_file():
-                    shutil.copy2(self.folder / "cameras.json", tmp / "cameras.json")
+            # Built-in heads travel with the avatar; a user's FLAME file never does. Every file the
+            # metadata names is copied, or the save fails whole (an output that cannot load is worse).
+            for key in META_FILES:
+                if not self.meta.get(key):
+                    continue
+                src = meta_file(self.folder, key, self.meta[key])
+                if not src.is_file():
+                    raise Edit3DGSError(src, f"the file avatar.json names as '{key}' (the avatar changed while in use?)",
+                                        "no such file; nothing was written")
+                dst = meta_file(tmp, key, self.meta[key])
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+            seqs = self.folder / "sequences"
+            if seqs.is_dir():
+                root = self.folder.resolve()
+                for src in sorted(seqs.rglob("*")):
+                    if src.is_file() and src.resolve().is_relative_to(root):  # never a file from outside the avatar
+                        dst = tmp / src.relative_to(self.folder)
+                        if not dst.exists():
+                            dst.parent.mkdir(parents=True, exist_ok=True)
+                            shutil.copy2(src, dst)
+            if not self.meta.get("cameras") and (self.folder / "cameras.json").is_file():
+                shutil.copy2(self.folder / "cameras.json", tmp / "cameras.json")
             meta.update(extra_meta or {})
             (tmp / AVATAR_JSON).write_text(json.dumps(meta, indent=1))
             for name, fn in (extra_files or {}).items():
@@ -160,13 +192,18 @@ def open_avatar(folder: os.PathLike | str, flame: os.PathLike | str | None = Non
     if (folder / AVATAR_JSON).is_file():
         try:
             meta = json.loads((folder / AVATAR_JSON).read_text())
-        except json.JSONDecodeError as exc:
-            raise Edit3DGSError(folder / AVATAR_JSON, "valid JSON", str(exc)) from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise Edit3DGSError(folder / AVATAR_JSON, "valid JSON", f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(meta, dict):
+            raise Edit3DGSError(folder / AVATAR_JSON, "a JSON object", type(meta).__name__)
+        for key in META_FILES:
+            if meta.get(key) is not None:
+                meta_file(folder, key, meta[key])
     if flame is not None:
         head_path, masks = Path(flame), flame_masks
     elif meta.get("head_model"):
-        head_path = folder / meta["head_model"]
-        masks = flame_masks or (folder / meta["head_masks"] if meta.get("head_masks") else None)
+        head_path = meta_file(folder, "head_model", meta["head_model"])
+        masks = flame_masks or (meta_file(folder, "head_masks", meta["head_masks"]) if meta.get("head_masks") else None)
     else:
         raise Edit3DGSError(folder, "--flame PATH (this GaussianAvatars folder does not record its head model)", "no --flame and no avatar.json")
     model = load_flame_model(head_path, masks)

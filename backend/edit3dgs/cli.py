@@ -8,6 +8,7 @@ a temporary path and renamed, so a failed command leaves nothing behind.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,24 +17,44 @@ from .errors import CancelledError, Edit3DGSError
 
 
 def _parse_int_list(text: str | None, what: str) -> list[int] | None:
-    """'0,5,10' or '0-20:5' (start-stop:step, stop exclusive) -> list of ints."""
+    """'0,5,10' or '0-20:5' (start-stop:step, stop exclusive) -> list of ints.
+
+    Validated, never reinterpreted: an empty list or item, a range that is empty or reversed, a
+    step below 1, a negative number or text that is not a number is the one-line error.
+    """
     if text is None:
         return None
+    form = "a list like '0,4,8' or a range like '0-40:10' (start below stop, step 1 or more)"
     out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            rng, _, step = part.partition(":")
+    for part in text.split(","):
+        item = part.strip()
+        try:
+            rng, colon, step = item.partition(":")
             if "-" in rng:
                 a, b = rng.split("-", 1)
-                out += list(range(int(a), int(b), int(step or 1)))
+                a, b, k = int(a), int(b), int(step) if colon else 1
+                if min(a, b) < 0 or k < 1 or a >= b:
+                    raise ValueError
+                out += list(range(a, b, k))
             else:
-                out.append(int(rng))
-    except ValueError:
-        raise Edit3DGSError(what, "a list like '0,4,8' or a range like '0-40:10'", repr(text)) from None
+                if colon:
+                    raise ValueError
+                v = int(rng)
+                if v < 0:
+                    raise ValueError
+                out.append(v)
+        except ValueError:
+            raise Edit3DGSError(what, form, repr(item) if item != text else repr(text)) from None
     return out
+
+
+def check_timesteps(ts, params, what: str, source) -> None:
+    """Every timestep is an index of ``params`` (from ``source``), or the one-line error naming both."""
+    T = params.num_timesteps
+    bad = [t for t in ts if t < 0 or t >= T]
+    if bad:
+        raise Edit3DGSError(f"{what} ({source}: {T} timesteps)", f"timesteps in [0,{T})",
+                            ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else ""))
 
 
 def _add_avatar_args(p: argparse.ArgumentParser) -> None:
@@ -119,6 +140,10 @@ def _add_camera_args(s: argparse.ArgumentParser) -> None:
                         "auto: GaussianAvatars' for its avatars, the file's for built-in avatars")
 
 
+def _motion_source(a, b):
+    return getattr(a, "flame_params", None) or (b.folder / "flame_param.npz")
+
+
 def cmd_render(a) -> int:
     from tqdm import tqdm  # progress bars: maintained, prints to stderr
 
@@ -134,8 +159,9 @@ def cmd_render(a) -> int:
         if not cams:
             raise Edit3DGSError(a.cameras, f"cameras with index {ids}", "none of them")
     params = _motion(a, b)
-    ts = _parse_int_list(a.timesteps, "--timesteps") or list(range(params.num_timesteps))
-    params.select(ts)  # validates the range
+    ts = _parse_int_list(a.timesteps, "--timesteps")
+    ts = list(range(params.num_timesteps)) if ts is None else ts
+    check_timesteps(ts, params, "--timesteps", _motion_source(a, b))
     groups: dict = {}
     for c in cams:
         groups.setdefault((c.width, c.height), []).append(c)
@@ -146,8 +172,12 @@ def cmd_render(a) -> int:
     bg = background_tensor(a.background, dev)
     stacks = [(group, stack(group, dev)) for group in groups.values()]
     with atomic_dir(a.out, overwrite=a.overwrite) as tmp, tqdm(total=len(ts) * len(cams), desc="render", unit="img") as bar:
-        for start in range(0, len(ts), 16):  # one LBS call and one binding pass per chunk of timesteps
-            chunk = ts[start:start + 16]
+        from . import render as render_mod
+
+        # one LBS call and one binding pass per chunk of timesteps; chunk x Gaussians bounded like a render pass
+        per_chunk = max(1, min(16, render_mod.MAX_PAIRS // max(1, b.gaussians.num_gaussians)))
+        for start in range(0, len(ts), per_chunk):
+            chunk = ts[start:start + per_chunk]
             for t, g in zip(chunk, poser.place_sequence(poser.pose(params.select(chunk)))):
                 for group, (vm, K, w, h) in stacks:
                     res = rasterize(g.means, g.quats, g.scales, g.opacities, g.sh, vm, K, w, h,
@@ -164,7 +194,7 @@ def cmd_export(a) -> int:
 
     b, dev = _load(a)
     params = _motion(a, b)
-    params.select([a.timestep])  # validates the range
+    check_timesteps([a.timestep], params, "--timestep", _motion_source(a, b))
     verts = b.pose(params, [a.timestep], device=dev)
     g = b.world(verts[0])
     if a.up == "-y":
@@ -269,6 +299,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Options that name files or folders a command reads, and those it writes (every command, one policy).
+INPUT_OPTIONS = ("avatar", "flame", "flame_masks", "cameras", "flame_params", "original", "edited", "model", "clip",
+                 "held_out_sequence", "cross_sequence")
+OUTPUT_OPTIONS = ("out", "json")
+
+
+def check_outputs(a) -> None:
+    from .fsutil import check_output
+
+    inputs = {"--" + k.replace("_", "-"): getattr(a, k, None) for k in INPUT_OPTIONS}
+    for k in OUTPUT_OPTIONS:
+        v = getattr(a, k, None)
+        if isinstance(v, (str, os.PathLike)) and str(v):
+            check_output(v, inputs, "--" + k)
+
+
+def _stamp(path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def interrupted_message(out, before: tuple | None) -> str:
+    """What an interruption left at ``out``, read from the disk (not assumed)."""
+    if not out:
+        return "interrupted; the input is untouched and no partial output was kept"
+    now = _stamp(out)
+    if now is None:
+        state = f"nothing was written to {out}" + (" (the previous result there is gone)" if before else "")
+    elif now == before:
+        state = f"{out} is as it was before this run"
+    else:
+        state = f"{out} was completed before the interruption"
+    return f"interrupted; the input is untouched, no partial output was kept, and {state}"
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args, rest = [], list(sys.argv[1:] if argv is None else argv)
@@ -278,7 +346,10 @@ def main(argv=None) -> int:
             x = "--up=" + rest.pop(0)
         args.append(x)
     a = parser.parse_args(args)
+    out = getattr(a, "out", None)
+    before = _stamp(out) if out else None
     try:
+        check_outputs(a)
         return a.func(a)
     except Edit3DGSError as exc:
         if a.debug:
@@ -286,7 +357,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, CancelledError):
-        print("error: interrupted; the input is untouched and no partial output was kept", file=sys.stderr)
+        print(f"error: {interrupted_message(out, before)}", file=sys.stderr)
         return 130
 
 

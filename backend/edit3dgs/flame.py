@@ -63,6 +63,99 @@ def _numpy_reconstruct():
     return _reconstruct, scalar
 
 
+def _frombuffer(buf, dtype, shape, order, axis_order=None):
+    """numpy's own ``_frombuffer`` (protocol-5 pickles of arrays), without importing a private name."""
+    if not isinstance(dtype, np.dtype):
+        raise pickle.UnpicklingError(f"_frombuffer with dtype {type(dtype).__name__}")
+    arr = np.frombuffer(buf, dtype=dtype)
+    if order == "K" and axis_order is not None:
+        return arr.reshape(shape, order="C").transpose(axis_order)
+    return arr.reshape(shape, order=order)
+
+
+def _byte_maker(cls):
+    """``bytes``/``bytearray`` as protocol 0-2 pickles call them (from data or a str), never ``bytes(n)``."""
+    def make(*args):
+        if not args:
+            return cls()
+        if isinstance(args[0], (bytes, bytearray, str)) and len(args) <= 3:
+            return cls(*args)
+        raise pickle.UnpicklingError(f"{cls.__name__}() of {type(args[0]).__name__}")
+    return make
+
+
+# Bounds on the work a pickle can ask for (a small file must not expand into minutes or gigabytes).
+MAX_PICKLE_BYTES = int(os.environ.get("EDIT3DGS_MAX_PICKLE_BYTES", 2 << 30))  # file size
+MAX_PICKLE_DEPTH = 64  # nesting of containers
+MAX_PICKLE_ITEMS = 2_000_000  # entries of lists, tuples, sets, dicts, counted as often as they are referenced
+MAX_PICKLE_ELEMENTS = 400_000_000  # array elements (sparse: rows x columns, as densified), likewise
+
+
+def _kids(x):
+    if isinstance(x, np.ndarray):
+        return x.ravel().tolist() if x.dtype == object else None
+    if isinstance(x, (list, tuple, set, frozenset)):
+        return list(x)
+    if isinstance(x, dict):
+        return list(x.values())
+    if isinstance(x, _ChumpyStand_in):
+        return [x._state]
+    return None
+
+
+def _leaf_elements(x) -> int:
+    if isinstance(x, np.ndarray):
+        return int(x.size)
+    if hasattr(x, "tocsr") and hasattr(x, "shape"):  # scipy.sparse: densified later
+        return int(np.prod([int(v) for v in x.shape], dtype=object)) if x.shape else 0
+    return 0
+
+
+def check_pickle_budget(obj, path) -> None:
+    """Refuse an unpickled object whose expansion exceeds the bounds above.
+
+    Shared references count each time they are reached (converting to arrays would expand them),
+    but each object is visited once (sizes are memoised), so a memo bomb is measured, not walked.
+    """
+    def refuse(expected, found):
+        raise Edit3DGSError(path, expected, found + " (refused as a possible pickle bomb)")
+
+    memo: dict = {}  # id -> (entries, elements) once expanded
+    path_ids: set = set()
+    stack = [(obj, False)]
+    while stack:
+        x, finishing = stack.pop()
+        k = id(x)
+        if not finishing:
+            if k in memo:
+                continue
+            kids = _kids(x)
+            if kids is None:
+                memo[k] = (0, _leaf_elements(x))
+                continue
+            if k in path_ids:
+                refuse("containers without cycles", "a container that contains itself")
+            path_ids.add(k)
+            if len(path_ids) > MAX_PICKLE_DEPTH:
+                refuse(f"containers nested at most {MAX_PICKLE_DEPTH} deep", "deeper nesting")
+            stack.append((x, True))
+            stack.extend((c, False) for c in kids if id(c) not in memo)
+            continue
+        path_ids.discard(k)
+        kids = _kids(x)
+        if any(id(c) in path_ids for c in kids):
+            refuse("containers without cycles", "a container that contains itself")
+        entries = len(kids) + sum(memo[id(c)][0] for c in kids)
+        elements = sum(memo[id(c)][1] for c in kids)
+        if entries > MAX_PICKLE_ITEMS:
+            refuse(f"a pickle of at most {MAX_PICKLE_ITEMS:,} container entries", f"{entries:,} once expanded")
+        if elements > MAX_PICKLE_ELEMENTS:
+            refuse(f"arrays of at most {MAX_PICKLE_ELEMENTS:,} elements in all", f"{elements:,} once expanded")
+        memo[k] = (entries, elements)
+    if id(obj) in memo and _kids(obj) is None and memo[id(obj)][1] > MAX_PICKLE_ELEMENTS:
+        refuse(f"arrays of at most {MAX_PICKLE_ELEMENTS:,} elements in all", f"{memo[id(obj)][1]:,}")
+
+
 def _allowed_globals() -> dict:
     import scipy.sparse as sp
 
@@ -72,7 +165,7 @@ def _allowed_globals() -> dict:
         allowed[(mod, "_reconstruct")] = _reconstruct
         allowed[(mod, "scalar")] = scalar
     for mod in ("numpy.core.numeric", "numpy._core.numeric"):
-        allowed[(mod, "_frombuffer")] = getattr(np, "frombuffer")
+        allowed[(mod, "_frombuffer")] = _frombuffer
     import codecs
 
     # Protocol-2 pickles written by Python 3 store byte strings via _codecs.encode(str, "latin1").
@@ -107,6 +200,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             import copyreg
 
             return copyreg._reconstructor
+        if module == "builtins" and name in ("bytes", "bytearray"):
+            return _byte_maker(bytes if name == "bytes" else bytearray)
         if module == "builtins" and name in ("object", "set", "frozenset"):
             return {"object": object, "set": set, "frozenset": frozenset}[name]
         raise Edit3DGSError(
@@ -121,15 +216,19 @@ def safe_load_pickle(path: os.PathLike | str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise Edit3DGSError(path, "a FLAME model pickle", "no such file")
+    size = path.stat().st_size
+    if size > MAX_PICKLE_BYTES:
+        raise Edit3DGSError(path, f"a pickle of at most {MAX_PICKLE_BYTES:,} bytes", f"{size:,} bytes")
     data = path.read_bytes()
     try:
         obj = _RestrictedUnpickler(io.BytesIO(data), path).load()
     except Edit3DGSError:
         raise
     except Exception as exc:  # truncated or not a pickle at all
-        raise Edit3DGSError(path, "a readable pickle", f"{type(exc).__name__}: {exc}") from None
+        raise Edit3DGSError(path, "a readable pickle", f"{type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(obj, dict):
         raise Edit3DGSError(path, "a pickled dict", f"a pickled {type(obj).__name__}")
+    check_pickle_budget(obj, path)
     out = {}
     for key, value in obj.items():
         if isinstance(value, _ChumpyStand_in):

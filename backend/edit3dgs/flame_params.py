@@ -60,11 +60,13 @@ class FlameParams:
             expr=z(n_expr), rotation=z(3), neck_pose=z(3), jaw_pose=z(3), eyes_pose=z(6), translation=z(3),
         )
 
-    def select(self, timesteps: Sequence[int] | np.ndarray) -> "FlameParams":
-        """The parameters at the given timesteps (static offset kept)."""
+    def select(self, timesteps: Sequence[int] | np.ndarray, what: str = "timesteps") -> "FlameParams":
+        """The parameters at the given timesteps (static offset kept); negative indices are refused."""
         idx = np.asarray(timesteps, dtype=np.int64)
-        if idx.size and (idx.min() < -self.num_timesteps or idx.max() >= self.num_timesteps):
-            raise Edit3DGSError(None, f"timesteps in [0,{self.num_timesteps})", f"{idx.tolist()}")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_timesteps):
+            bad = [int(t) for t in idx.ravel() if t < 0 or t >= self.num_timesteps][:5]
+            raise Edit3DGSError(what, f"timesteps in [0,{self.num_timesteps}) of a {self.num_timesteps}-timestep sequence",
+                                ", ".join(map(str, bad)))
         kw = {k: getattr(self, k)[idx] for k in PER_FRAME_KEYS}
         dyn = self.dynamic_offset[idx] if self.dynamic_offset is not None else None
         return replace(self, dynamic_offset=dyn, **kw)

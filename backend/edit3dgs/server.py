@@ -17,7 +17,16 @@ Replies
     ["progress", {"id", "stage", "done", "total"}]
     ["done", {"id", "result": {...}}]
     ["error", {"id", "message": str, "kind": "input"|"internal"}]
+    ["error", {"id", "message", "kind": "unknown_id"}]          a cancel of an id neither queued nor running
+    ["error", {"id", "message", "kind": "duplicate_id"}]        a job whose id is already queued or running
+                                                                (the job holding the id is not affected)
     ["cancelled", {"id"}]
+
+Every frame is answered: one that is not a ``[kind, payload]`` array with a
+known ``str`` kind and a ``dict`` payload (``str`` ids for jobs and cancels),
+or that is longer than ``MAX_FRAME`` bytes, gets ``["error", {"id": null or
+its id, ...}]`` and the server carries on. No job's failure stops the worker.
+EOF on stdin cancels every job, waits for the running one, and exits 0.
 
 Job kinds (``args``)
     export_rig      avatar, out [, gaussians_only]        -> {"npz"}
@@ -47,10 +56,89 @@ from .errors import CancelledError, Edit3DGSError
 
 PROTOCOL = 1
 SEP = b"\0"
+REQUESTS = ("job", "cancel", "ping", "shutdown")
+JOB_KINDS = ("export_rig", "world_positions", "edit", "region_masks", "render_shot", "sleep")
+# The largest request accepted (bytes before the NUL): requests carry paths and small settings only.
+MAX_FRAME = int(os.environ.get("EDIT3DGS_MAX_FRAME", 16 << 20))
+EOF_JOIN_S = 30.0  # on EOF, how long a running job gets to notice its cancel before the process ends anyway
 
 
 def encode(kind: str, payload: dict) -> bytes:
     return json.dumps([kind, payload], separators=(",", ":")).encode("utf-8") + SEP
+
+
+class FrameReader:
+    """Splits a byte stream into NUL-terminated frames, scanning each byte once.
+
+    A frame longer than ``limit`` is skipped up to its NUL and reported as
+    ``(None, size)`` instead of being buffered (memory stays bounded).
+    """
+
+    def __init__(self, limit: int = MAX_FRAME):
+        self.limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._skipping = False
+
+    def feed(self, chunk: bytes) -> list:
+        out = []
+        start = 0
+        while True:
+            i = chunk.find(SEP, start)
+            piece = chunk[start:] if i < 0 else chunk[start:i]
+            if not self._skipping and self._size + len(piece) > self.limit:
+                self._parts, self._skipping = [], True
+            self._size += len(piece)
+            if not self._skipping and piece:
+                self._parts.append(piece)
+            if i < 0:
+                return out
+            if self._skipping:
+                out.append((None, self._size))
+            else:
+                out.append((b"".join(self._parts), self._size))
+            self._parts, self._size, self._skipping = [], 0, False
+            start = i + 1
+
+
+class BadRequest(Exception):
+    """A frame that is not a well-formed request; ``jid`` is its id when one could be read."""
+
+    def __init__(self, message: str, jid: str | None = None):
+        super().__init__(message)
+        self.jid = jid
+
+
+def parse_request(raw: bytes) -> tuple[str, dict]:
+    """One frame -> (kind, payload), or BadRequest saying what is wrong with it."""
+    try:
+        msg = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise BadRequest("bad message: JSON nested too deeply") from None
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"bad message (not JSON: {exc}): {raw[:80]!r}") from None
+    if not isinstance(msg, list) or len(msg) != 2:
+        raise BadRequest(f"bad message: expected a JSON array [kind, payload], found {_describe(msg)}")
+    kind, payload = msg
+    jid = payload.get("id") if isinstance(payload, dict) and isinstance(payload.get("id"), str) else None
+    if not isinstance(kind, str) or kind not in REQUESTS:
+        raise BadRequest(f"bad message: expected a kind among {', '.join(REQUESTS)}, found {_describe(kind)}", jid)
+    if not isinstance(payload, dict):
+        raise BadRequest(f"bad message: expected a JSON object as the payload of '{kind}', found {_describe(payload)}")
+    if kind in ("job", "cancel"):
+        if not isinstance(payload.get("id"), str) or not payload["id"]:
+            raise BadRequest(f"bad message: expected a non-empty string 'id' in '{kind}', found {_describe(payload.get('id'))}")
+    if kind == "job":
+        if not isinstance(payload.get("kind"), str):
+            raise BadRequest(f"bad job: expected a string 'kind' among {', '.join(JOB_KINDS)}, found {_describe(payload.get('kind'))}", jid)
+        if not isinstance(payload.get("args", {}), dict):
+            raise BadRequest(f"bad job: expected a JSON object as 'args', found {_describe(payload.get('args'))}", jid)
+    return kind, payload
+
+
+def _describe(x) -> str:
+    text = json.dumps(x)[:60] if isinstance(x, (str, int, float, bool, type(None))) else type(x).__name__
+    return {"list": "a JSON array", "dict": "a JSON object"}.get(text, text)
 
 
 class Channel:
@@ -76,6 +164,7 @@ class Server:
         self.device = device
         self.jobs: queue.Queue = queue.Queue()
         self.current: str | None = None
+        self.pending: set[str] = set()  # ids queued or running (a cancel of any other id is answered at once)
         self.cancelled: set[str] = set()
         self._lock = threading.Lock()
         self._avatars: dict = {}
@@ -85,43 +174,69 @@ class Server:
     def serve(self, stdin) -> int:
         self.worker.start()
         self.ch.send("ready", {"protocol": PROTOCOL, "pid": os.getpid(), "version": _version()})
-        buf = b""
+        frames = FrameReader()
         while True:
-            chunk = stdin.read1(65536) if hasattr(stdin, "read1") else stdin.read(65536)
+            try:
+                chunk = stdin.read1(65536) if hasattr(stdin, "read1") else stdin.read(65536)
+            except (OSError, ValueError):
+                chunk = b""
             if not chunk:
-                break  # Blender closed the pipe
-            buf += chunk
-            *msgs, buf = buf.split(SEP)
-            for raw in msgs:
+                return self._stop()  # Blender closed the pipe
+            for raw, size in frames.feed(chunk):
+                if raw is None:
+                    self._reply_error(None, f"bad message: {size} bytes, more than the limit of {frames.limit} bytes")
+                    continue
                 if not raw.strip():
                     continue
                 try:
-                    kind, payload = json.loads(raw.decode("utf-8"))
-                except (ValueError, TypeError):
-                    self.ch.send("error", {"id": None, "message": f"bad message: {raw[:80]!r}", "kind": "internal"})
-                    continue
-                if kind == "shutdown":
-                    return self._stop()
-                self.handle(kind, payload or {})
-        return self._stop()
+                    kind, payload = parse_request(raw)
+                    if kind == "shutdown":
+                        return self._stop()
+                    self.handle(kind, payload)
+                except BadRequest as exc:
+                    self._reply_error(exc.jid, str(exc))
+                except Exception as exc:  # never let one message end the server
+                    traceback.print_exc(file=sys.stderr)
+                    self._reply_error(None, f"internal error handling a message: {type(exc).__name__}: {exc}", "internal")
+
+    def _reply_error(self, jid, message: str, kind: str = "input") -> None:
+        self.ch.send("error", {"id": jid, "message": message, "kind": kind})
 
     def handle(self, kind: str, payload: dict) -> None:
         if kind == "ping":
             self.ch.send("pong", {})
         elif kind == "job":
+            jid = payload["id"]
+            with self._lock:
+                duplicate = jid in self.pending
+                self.pending.add(jid)
+            if duplicate:  # answered with its own kind: the job already holding the id is not affected
+                self.ch.send("error", {"id": jid, "message": f"bad job: id '{jid[:80]}' is already queued or running",
+                                       "kind": "duplicate_id"})
+                return
             self.jobs.put(payload)
         elif kind == "cancel":
+            jid = payload["id"]
             with self._lock:
-                self.cancelled.add(payload.get("id"))
-        else:
-            self.ch.send("error", {"id": payload.get("id"), "message": f"unknown request '{kind}'", "kind": "internal"})
+                known = jid in self.pending
+                if known:
+                    self.cancelled.add(jid)
+            if not known:
+                self.ch.send("error", {"id": jid, "message": f"cancel: no queued or running job with id '{jid[:80]}'",
+                                       "kind": "unknown_id"})
+        else:  # parse_request only lets the kinds above through
+            raise BadRequest(f"unknown request '{kind}'")
 
     def _stop(self) -> int:
         with self._lock:
-            if self.current:
-                self.cancelled.add(self.current)
+            self.cancelled |= self.pending  # queued jobs are answered 'cancelled' without running
         self.jobs.put(None)
-        self.worker.join(timeout=5)
+        self.worker.join(timeout=EOF_JOIN_S)
+        if self.worker.is_alive():
+            # A job that ignores its cancel: end now rather than let the interpreter abort under it.
+            print(f"edit3dgs serve: job {self.current} did not stop within {EOF_JOIN_S:.0f} s; exiting", file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(0)
         return 0
 
     # -- worker thread: run jobs --------------------------------------------------
@@ -130,31 +245,42 @@ class Server:
             job = self.jobs.get()
             if job is None:
                 return
-            jid = job.get("id")
-            with self._lock:
-                if jid in self.cancelled:
-                    self.ch.send("cancelled", {"id": jid})
-                    continue
-                self.current = jid
             try:
-                fn = getattr(self, "job_" + str(job.get("kind")), None)
-                if fn is None:
-                    raise Edit3DGSError(None, "a job kind among export_rig, world_positions, edit, region_masks, render_shot, sleep",
-                                        repr(job.get("kind")))
-                result = fn(jid, job.get("args") or {})
-                self.ch.send("done", {"id": jid, "result": result})
-            except CancelledError:
-                self.ch.send("cancelled", {"id": jid})
-            except Edit3DGSError as exc:
-                self.ch.send("error", {"id": jid, "message": str(exc), "kind": "input"})
-            except Exception as exc:  # report, keep serving
+                self._run(job)
+            except BaseException:  # noqa: BLE001 - the worker must outlive any job
                 traceback.print_exc(file=sys.stderr)
-                self.ch.send("error", {"id": jid, "message": f"{type(exc).__name__}: {exc}", "kind": "internal"})
-            finally:
-                with self._lock:
-                    self.current = None
-                    self.cancelled.discard(jid)
-                sys.stderr.flush()
+
+    def _run(self, job: dict) -> None:
+        jid = job["id"]
+        with self._lock:
+            if jid in self.cancelled:
+                self.pending.discard(jid)
+                self.cancelled.discard(jid)
+                self.ch.send("cancelled", {"id": jid})
+                return
+            self.current = jid
+        try:
+            kind = job.get("kind")
+            fn = getattr(self, "job_" + kind, None) if kind in JOB_KINDS else None
+            if fn is None:
+                raise Edit3DGSError(None, f"a job kind among {', '.join(JOB_KINDS)}", repr(kind)[:80])
+            args = job.get("args") or {}
+            _check_job_paths(args)
+            result = fn(jid, args)
+            self.ch.send("done", {"id": jid, "result": result})
+        except CancelledError:
+            self.ch.send("cancelled", {"id": jid})
+        except Edit3DGSError as exc:
+            self.ch.send("error", {"id": jid, "message": str(exc), "kind": "input"})
+        except Exception as exc:  # report, keep serving
+            traceback.print_exc(file=sys.stderr)
+            self.ch.send("error", {"id": jid, "message": f"{type(exc).__name__}: {exc}", "kind": "internal"})
+        finally:
+            with self._lock:
+                self.current = None
+                self.cancelled.discard(jid)
+                self.pending.discard(jid)
+            sys.stderr.flush()
 
     def should_stop(self, jid: str):
         return lambda: jid in self.cancelled
@@ -185,7 +311,10 @@ class Server:
 
     # -- jobs ------------------------------------------------------------------------
     def job_sleep(self, jid, args):
-        t_end = time.monotonic() + float(args.get("seconds", 1.0))
+        secs = args.get("seconds", 1.0)
+        if isinstance(secs, bool) or not isinstance(secs, (int, float)):
+            raise Edit3DGSError("job argument 'seconds'", "a number", _describe(secs))
+        t_end = time.monotonic() + float(secs)
         cb = self.progress(jid)
         while time.monotonic() < t_end:
             cb("sleep", 0, 1)
@@ -196,8 +325,8 @@ class Server:
         from .rig_export import export_rig
 
         self.progress(jid)("load", 0, 1)
-        b = self.avatar(args["avatar"])
-        out = export_rig(b, args["out"], gaussians_only=bool(args.get("gaussians_only")))
+        b = self.avatar(_need(args, "avatar"))
+        out = export_rig(b, _need(args, "out"), gaussians_only=bool(args.get("gaussians_only")))
         return {"npz": str(out), "n_gaussians": b.gaussians.num_gaussians, "topology": b.topology}
 
     def job_world_positions(self, jid, args):
@@ -205,10 +334,10 @@ class Server:
 
         from .rig_export import world_positions
 
-        b = self.avatar(args["avatar"])
+        b = self.avatar(_need(args, "avatar"))
         pos = world_positions(b, args.get("params") or {})
-        np.save(args["out"], pos)
-        return {"npy": str(args["out"])}
+        np.save(_need(args, "out"), pos)
+        return {"npy": str(_need(args, "out"))}
 
     def job_edit(self, jid, args):
         import dataclasses
@@ -216,7 +345,7 @@ class Server:
         from .loop import EditSession, EditSettings
         from .rig_export import export_rig
 
-        b = self.avatar(args["avatar"])
+        b = self.avatar(_need(args, "avatar"))
         wanted = dict(args.get("settings") or {})
         names = {f.name for f in dataclasses.fields(EditSettings)}
         unknown = sorted(set(wanted) - names)
@@ -224,7 +353,7 @@ class Server:
             print(f"edit3dgs serve: ignoring settings this backend does not know: {unknown}", file=sys.stderr)
         settings = EditSettings(**{k: v for k, v in wanted.items() if k in names})
         session = EditSession(b, settings, progress=self.progress(jid), should_stop=self.should_stop(jid))
-        out_dir = Path(args["out_dir"])
+        out_dir = Path(_need(args, "out_dir"))
         version = Path(session.run(out_dir))
         if jid in self.cancelled:
             raise CancelledError()
@@ -243,12 +372,15 @@ class Server:
         from .render import rasterize
         from .views import save_png
 
-        b = self.avatar(args["avatar"])
-        c = args["camera"]
+        b = self.avatar(_need(args, "avatar"))
+        c = _need(args, "camera", dict)
         cam = Camera(0, int(c["w"]), int(c["h"]), float(c["fx"]), float(c["fy"]), float(c["cx"]), float(c["cy"]),
                      np.asarray(c["c2w"], np.float64))
         regions = list(args.get("regions") or [])[:3]
-        t = int(args.get("timestep", 0))
+        t = args.get("timestep", 0)
+        if isinstance(t, bool) or not isinstance(t, int):
+            raise Edit3DGSError("job argument 'timestep'", "a whole number", _describe(t))
+        b.params.select([t], what=f"job argument 'timestep' ({b.folder / 'flame_param.npz'})")
         verts = b.pose(None, [t])
         g = b.world(verts[0])
         dev = g.means.device
@@ -259,22 +391,47 @@ class Server:
         K = torch.as_tensor(cam.K, dtype=torch.float32, device=dev)[None]
         with torch.no_grad():
             res = rasterize(g.means, g.quats, g.scales, g.opacities, colors, vm, K, cam.width, cam.height)
-        save_png(args["out"], res.rgb[0].cpu())
-        return {"png": str(args["out"]), "regions": regions}
+        save_png(_need(args, "out"), res.rgb[0].cpu())
+        return {"png": str(_need(args, "out")), "regions": regions}
 
     def job_render_shot(self, jid, args):
         from .shot import deliver, load_shot, render_shot
 
         cb = self.progress(jid)
         cb("load", 0, 1)
-        b = self.avatar(args["avatar"])
-        cams, params = load_shot(args["cameras"], args["flame_params"], b)
+        b = self.avatar(_need(args, "avatar"))
+        cams, params = load_shot(_need(args, "cameras"), _need(args, "flame_params"), b)
         outputs = list(args.get("outputs") or [])
         if len(outputs) != len(cams):
-            raise Edit3DGSError(args["cameras"], f"{len(cams)} output paths (one per frame)", f"{len(outputs)}")
-        files = render_shot(b, cams, params, Path(args["work_dir"]) / "frames", progress=cb)
+            raise Edit3DGSError(_need(args, "cameras"), f"{len(cams)} output paths (one per frame)", f"{len(outputs)}")
+        files = render_shot(b, cams, params, Path(_need(args, "work_dir")) / "frames", progress=cb)
         # Only a finished shot reaches the output folder (a cancel or a failure leaves it as it was).
         return {"files": deliver(files, outputs), "device": str(b.gaussians.device)}
+
+
+JOB_INPUTS = ("avatar", "cameras", "flame_params")
+JOB_OUTPUTS = ("out", "out_dir", "npz", "work_dir", "outputs")
+
+
+def _check_job_paths(args: dict) -> None:
+    """Every job kind: no output is an input, inside one, or a folder holding one (fsutil.check_output)."""
+    from .fsutil import check_output
+
+    inputs = {f"'{k}'": args.get(k) for k in JOB_INPUTS}
+    for k in JOB_OUTPUTS:
+        v = args.get(k)
+        for p in v if isinstance(v, list) else [v]:
+            if isinstance(p, str) and p:
+                check_output(p, inputs, f"job argument '{k}'")
+
+
+def _need(args: dict, name: str, typ=str):
+    """A required job argument of the given type, or the one-line error naming it."""
+    v = args.get(name)
+    if not isinstance(v, typ) or (typ is str and not v):
+        what = {str: "a non-empty string", dict: "a JSON object"}.get(typ, typ.__name__)
+        raise Edit3DGSError(f"job argument '{name}'", what, "nothing" if v is None else _describe(v))
+    return v
 
 
 def _version() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -161,3 +162,68 @@ def test_unique_weight_groups():
     w = np.array([0.0, 0.5, 0.25, 0.5, 1.0], np.float32)
     groups = dict(rigfile.unique_weight_groups(w))
     assert groups == {0.25: [2], 0.5: [1, 3], 1.0: [4]}
+
+
+FAKE_BACKENDS = {
+    # says ready, then closes its output and keeps running (the 19 s freeze of the red-team report)
+    "closes_output": "os.write(1, READY); os.close(1); time.sleep(60)",
+    # says ready, then neither reads nor answers: the requests fill the pipe
+    "stops_reading": "os.write(1, READY); time.sleep(60)",
+}
+
+
+def _fake_backend(tmp_path, name):
+    body = FAKE_BACKENDS[name]
+    script = tmp_path / f"fake_{name}.py"
+    script.write_text("import os, time\nREADY = b'[\"ready\",{\"protocol\":1}]\\0'\n" + body + "\n")
+    exe = tmp_path / f"fake_{name}"
+    exe.write_text(f"#!/bin/sh\nexec {sys.executable} {script}\n")  # called as `exe -m edit3dgs.cli serve ...`
+    exe.chmod(0o755)
+    return str(exe)
+
+
+@pytest.mark.parametrize("name", sorted(FAKE_BACKENDS))
+def test_bridge_never_blocks_on_a_backend_that_stops_talking(tmp_path, monkeypatch, name):
+    """Every call the main thread makes returns within 50 ms; the stuck backend is reported and ended from polls."""
+    monkeypatch.delenv("EDIT3DGS_BACKEND_PYTHON", raising=False)
+    b = make_backend(_fake_backend(tmp_path, name), tmp_path, cancel_timeout=1.0)
+    longest = [0.0, ""]
+
+    def timed(label, fn, *a):
+        t = time.perf_counter()
+        r = fn(*a)
+        dt = time.perf_counter() - t
+        if dt > longest[0]:
+            longest[:] = [dt, label]
+        return r
+
+    job = timed("submit", b.submit, "sleep", {"seconds": 1})
+    pid = b.proc.pid
+    # 4 MB of requests: far more than a pipe holds, so a blocking write would hang here
+    extra = [timed("submit", b.submit, "sleep", {"seconds": 1, "pad": "x" * 100_000}) for _ in range(40)]
+    end = time.monotonic() + 15
+    while not job.finished and time.monotonic() < end:
+        timed("poll", b.poll)
+        if name == "stops_reading" and job.cancel_requested is None and time.monotonic() - job.started > 0.3:
+            timed("cancel", b.cancel, job)
+        time.sleep(0.01)
+    timed("shutdown", b.shutdown)
+    assert longest[0] < 0.05, f"{longest[1]} blocked the main loop for {longest[0] * 1000:.0f} ms"
+    assert job.finished and job.state in ("failed", "cancelled"), job.state
+    if name == "closes_output":
+        assert "closed its output but kept running" in job.error, job.error
+    else:
+        assert "did not stop" in b.exit_reason, (b.exit_reason, job.error)
+    assert all(j.finished for j in extra)
+    # the process is ended (it was sent SIGKILL; reaped here if the bridge has not yet)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        b.poll()
+        try:
+            if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                break
+        except ChildProcessError:
+            break  # already reaped by the bridge
+        time.sleep(0.02)
+    else:
+        raise AssertionError("the stuck backend was not ended")

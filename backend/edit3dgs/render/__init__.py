@@ -7,6 +7,7 @@ MPS. ``backend="auto"`` takes gsplat for CUDA tensors when it imports.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,14 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "gsplat", "torch")
+
+# Peak memory of a render grows with cameras x Gaussians (projection, SH colours and binning are
+# per pair). ``rasterize`` draws at most this many camera-Gaussian pairs at once (whole cameras;
+# at least one camera per pass), so peak memory is bounded by this setting, not by the camera
+# count: 16 cameras of a 2-million-Gaussian avatar go through in passes of 4 at the default.
+# Set it with $EDIT3DGS_RENDER_MAX_PAIRS (or this attribute); benchmarks/render_memory_bench.py
+# measures the bound.
+MAX_PAIRS = int(os.environ.get("EDIT3DGS_RENDER_MAX_PAIRS", 8_000_000))
 
 
 @dataclass
@@ -142,12 +151,21 @@ def rasterize(
             raise ImportError("backend='gsplat' needs the gsplat package (pip install gsplat)")
 
     fn = rasterize_gsplat if backend == "gsplat" else rasterize_torch
-    rgb, alpha, depth = fn(
-        means, quats.to(dtype), scales.to(dtype), opacities.to(dtype), colors.to(dtype),
-        viewmats.to(dtype), Ks.to(dtype), width, height,
-        sh_degree=sh_degree, backgrounds=backgrounds, near=near, far=far, eps2d=eps2d,
-        tile_size=tile_size,
-    )
+    per_pass = max(1, MAX_PAIRS // max(1, N))
+    outs = []
+    q, sc, op, co = quats.to(dtype), scales.to(dtype), opacities.to(dtype), colors.to(dtype)
+    vm_all, K_all = viewmats.to(dtype), Ks.to(dtype)
+    for c0 in range(0, C, per_pass):  # whole cameras per pass, at most MAX_PAIRS camera-Gaussian pairs
+        sl = slice(c0, c0 + per_pass)
+        outs.append(fn(
+            means, q, sc, op, co, vm_all[sl], K_all[sl], width, height,
+            sh_degree=sh_degree, backgrounds=None if backgrounds is None else backgrounds[sl], near=near, far=far,
+            eps2d=eps2d, tile_size=tile_size,
+        ))
+    if len(outs) == 1:
+        rgb, alpha, depth = outs[0]
+    else:
+        rgb, alpha, depth = (torch.cat(parts) for parts in zip(*outs))
     return RenderResult(rgb=rgb, alpha=alpha, depth=depth, backend=backend)
 
 
