@@ -170,7 +170,8 @@ def tiny_identities(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("head")
     head = FlameHead(load_flame_model(*headmodel.write_head_model(d, seed=0)))
-    return make_identities(head, n_random=0, frames=6, gaussians_per_face=(1,), sh_degree=(1,))
+    return make_identities(head, n_random=0, frames=6, gaussians_per_face=(1,), sh_degree=(1,), reference_views=4,
+                           reference_scale=0.1)
 
 
 def test_ip2p_demo_runs_the_ablation_and_reports_it(tmp_path):

@@ -139,7 +139,7 @@ def random_identity(rng: np.random.Generator, k: int) -> tuple[Identity, dict]:
 
 def make_identities(head, n_random: int = 14, frames: int = 24, seed: int = 0, device="cpu",
                     gaussians_per_face: Sequence[int] = (1, 2), sh_degree: Sequence[int] = (1, 3),
-                    reference_scale: float = 0.2) -> list[TrainIdentity]:
+                    reference_scale: float = 0.2, reference_views: int | None = None) -> list[TrainIdentity]:
     """The built-in identities (as ``make_avatar`` builds them) and ``n_random`` random ones."""
     from .builtin import make_gaussians, make_sequence
     from .bundle import AvatarBundle
@@ -164,7 +164,10 @@ def make_identities(head, n_random: int = 14, frames: int = 24, seed: int = 0, d
         g = make_gaussians(head, ident, shape, gpf, sh, seed=sseed)
         bundle = AvatarBundle(Path(f"<training identity {ident.name}>"), g.to(device), params, dev_head,
                               {"background": [1.0, 1.0, 1.0]}, "built-in head")
-        refs = measure_references(bundle, params, [0, frames], train_rig(reference_scale))
+        rig = train_rig(reference_scale)
+        if reference_views:   # a spread of the rig (tests); None: all training cameras
+            rig = [rig[int(i)] for i in np.linspace(0, len(rig) - 1, reference_views).round()]
+        refs = measure_references(bundle, params, [0, frames], rig)
         out.append(TrainIdentity(ident.name, bundle, params, refs,
                                  {"name": ident.name, "builtin": builtin, "shape": shape_spec, "skin": ident.skin,
                                   "hair": ident.hair, "iris": ident.iris, "lips": ident.lips,
