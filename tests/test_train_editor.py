@@ -114,7 +114,7 @@ def test_training_a_tiny_model_writes_a_folder_the_editor_loads(tmp_path):
     out = tmp_path / "model"
     cfg = TrainConfig(out=str(out), steps=3, vae_steps=2, arch="tiny", groups=1, views=2, edits=2, bank=2,
                       random_identities=0, frames=6, size=(32, 24), device="cpu", samples=False, log_every=1,
-                      checkpoint_every=2, warmup=1)
+                      checkpoint_every=2, warmup=1, reference_views=3)
     train_editor(cfg, log=lambda s: None)
     for f in ("model_index.json", "edit3dgs_model.json", "README.md", "training_manifest.json", "loss_log.csv",
               "loss_curve.png", "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",

@@ -97,6 +97,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 25
     samples: bool = True
+    reference_views: int | None = None   # cameras that measure each identity's colours (None: the 15 of the rig)
 
 
 # ---------------------------------------------------------------------------
@@ -222,7 +223,8 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
     head_dir = ckpt_dir / "head_model"
     head_dir.mkdir(parents=True, exist_ok=True)
     head = FlameHead(load_flame_model(*headmodel.write_head_model(head_dir, seed=0)))
-    identities = make_identities(head, cfg.random_identities, cfg.frames, seed=cfg.seed, device=dev)
+    identities = make_identities(head, cfg.random_identities, cfg.frames, seed=cfg.seed, device=dev,
+                                 reference_views=cfg.reference_views)
     data = EditorDataset(identities, size=cfg.size, seed=cfg.seed)
     t_data = time.perf_counter() - t_start
 
