@@ -118,7 +118,7 @@ def test_training_a_tiny_model_writes_a_folder_the_editor_loads(tmp_path):
     train_editor(cfg, log=lambda s: None)
     for f in ("model_index.json", "edit3dgs_model.json", "README.md", "training_manifest.json", "loss_log.csv",
               "loss_curve.png", "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
-              "text_encoder/model.safetensors", "tokenizer/vocab.json", "scheduler/scheduler_config.json"):
+              "text_encoder/model.safetensors", "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"):
         assert (out / f).is_file(), f
     m = json.loads((out / "training_manifest.json").read_text())
     check_manifest(m)
