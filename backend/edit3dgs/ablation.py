@@ -94,14 +94,15 @@ def ground_truth(bundle, prompt: str, reference_scale: float = 0.2):
 
 def edit_variant(bundle, prompt: str, variant: str, out_dir: Path, *, model: str = "builtin", device: str = "cpu",
                  scale: float = 0.2, num_timesteps: int = 4, regions=None, views_per_iter=None,
-                 ip2p: dict | None = None, seed: int = 0, progress: Callable | None = None):
+                 ip2p: dict | None = None, seed: int = 0, progress: Callable | None = None,
+                 iters_per_batch: int | None = None):
     """One edit of ``bundle`` with the Instruct-Pix2Pix ``variant``; returns (session, edit record)."""
     from .loop import EditSession, EditSettings
 
     opts = {"model": model, "device": device, **(ip2p or {}), **VARIANTS[variant]}
     settings = EditSettings(prompt=prompt, editor="ip2p", editor_options=opts, scale=scale, num_timesteps=num_timesteps,
                             regions=list(regions) if regions else None, appearance_only=True,
-                            views_per_iter=views_per_iter, seed=seed, device=device)
+                            views_per_iter=views_per_iter, iters_per_batch=iters_per_batch, seed=seed, device=device)
     session = EditSession(bundle, settings, progress=progress)
     session.run(out_dir)
     return session, json.loads((Path(out_dir) / "edit.json").read_text())
@@ -186,7 +187,7 @@ def run_ablation(bundle, prompt: str, work: Path, settings_eval: dict, cam, *, v
                  model: str = "builtin", device: str = "cpu", scale: float = 0.2, num_timesteps: int = 4,
                  regions=None, views_per_iter=None, ip2p: dict | None = None, seed: int = 0,
                  progress: Callable | None = None, log: Callable[[str], None] = print,
-                 keep: dict | None = None) -> dict:
+                 keep: dict | None = None, iters_per_batch: int | None = None) -> dict:
     """Edit with each variant into ``work/<variant>`` and measure it; ``keep`` receives the main
     variant's (session, record, images). Returns {variant: metrics} plus a 'summary'."""
     maps, gt_g, gt_regions = ground_truth(bundle, prompt, scale)
@@ -195,7 +196,8 @@ def run_ablation(bundle, prompt: str, work: Path, settings_eval: dict, cam, *, v
         t0 = time.perf_counter()
         session, record = edit_variant(bundle, prompt, v, Path(work) / v, model=model, device=device, scale=scale,
                                        num_timesteps=num_timesteps, regions=regions or gt_regions,
-                                       views_per_iter=views_per_iter, ip2p=ip2p, seed=seed, progress=progress)
+                                       views_per_iter=views_per_iter, ip2p=ip2p, seed=seed, progress=progress,
+                                       iters_per_batch=iters_per_batch)
         refit_g = session.result.to(bundle.gaussians.device)
         results, imgs = evaluate_settings(bundle, refit_g, gt_g, gt_regions, settings_eval, cam)
         rows[v] = {"title": TITLES[v], "options": VARIANTS[v], "settings": results,

@@ -260,7 +260,8 @@ def _ip2p_demo(cfg: DemoConfig, bundle, tmp: Path, out: Path, dev, prog, log, st
     abl = ablation.run_ablation(bundle, cfg.prompt, work, settings_eval, cam, variants=variants, model=cfg.model,
                                 device=str(dev), scale=cfg.edit_scale, num_timesteps=cfg.ip2p_num_timesteps,
                                 regions=regions, views_per_iter=cfg.views_per_iter,
-                                ip2p={**cfg.ip2p, **cfg.editor_settings}, seed=cfg.seed, progress=prog, log=log, keep=keep)
+                                ip2p={**cfg.ip2p, **cfg.editor_settings}, seed=cfg.seed, progress=prog, log=log, keep=keep,
+                                iters_per_batch=cfg.iters_per_batch)
     (work / ablation.MAIN).rename(tmp / "edited")
     shutil.rmtree(work)
     stage("edit and ablation (render, edit, refit, evaluate)", t0)
