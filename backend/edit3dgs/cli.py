@@ -44,7 +44,8 @@ def _parse_int_list(text: str | None, what: str) -> list[int] | None:
                     raise ValueError
                 out.append(v)
         except ValueError:
-            raise Edit3DGSError(what, form, repr(item) if item != text else repr(text)) from None
+            where = "" if item == text.strip() else (" (an empty item)" if not item else f" (item {item!r})")
+            raise Edit3DGSError(what, form, repr(text) + where) from None
     return out
 
 

@@ -149,7 +149,8 @@ def atomic_dir(path: os.PathLike | str, overwrite: bool = False) -> Iterator[Pat
             raise Edit3DGSError(path, "an empty or new output folder (or --overwrite)", "a folder with files in it")
         if not is_project_folder(path):
             raise Edit3DGSError(path, f"a folder this program wrote (with its '{MARKER}' marker) to overwrite",
-                                "a folder with other files in it; nothing was changed")
+                                "a folder without it; nothing was changed (an output of an older version: "
+                                "remove it yourself)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path, "part")
     os.mkdir(tmp, 0o777 & ~_umask())
