@@ -215,7 +215,12 @@ def cmd_capture(a) -> int:
     b, dev = _load(a)
     cams_file = a.cameras or (b.folder / b.meta.get("cameras", "cameras.json"))
     cams = _cameras(a, b, cams_file, a.scale)
+    # The held-out (val) camera as VHAP splits: the avatar's, else 8 (NeRSemble's frontal), else the last;
+    # a single camera leaves val empty.
+    ids = [c.index for c in cams]
     held = b.meta.get("held_out_camera", 8)
+    if held not in ids:
+        held = ids[-1] if len(ids) > 1 else None
     train_cams = [c for c in cams if c.index != held]
     val_cams = [c for c in cams if c.index == held]
     T = b.params.num_timesteps
