@@ -76,7 +76,6 @@ class EditSettings:
     views_per_iter: int | None = None
     overwrite: bool = False
 
-
     @classmethod
     def seed_recipe(cls, prompt: str, **kw) -> "EditSettings":
         """The seed paper's refit: every group at lr 1e-2, geometry and SH rest free, 10 x n iterations."""
