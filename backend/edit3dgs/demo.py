@@ -39,7 +39,7 @@ class DemoConfig:
     eval_scale: float = 0.25         # 138 x 200 evaluation views
     num_timesteps: int = 6           # edit timesteps spread over the training sequence
     views_per_iter: int | None = 5   # cameras per refit iteration
-    iters_per_batch: int = 10
+    iters_per_batch: int | None = None  # refit until converged (10: the seed's 10 x n)
     rounds: int = 1
     eval_frames: int = 12            # evaluated frames per setting
     grid_frames: int = 4

@@ -67,10 +67,9 @@ def add_edit_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--regions", help="local edit: only Gaussians bound to these regions change, e.g. 'hair' or 'lips,eyes'")
     s.add_argument("--rounds", type=int, default=1, help="render -> edit -> refit rounds")
     s.add_argument("--reedit-each-round", action="store_true", help="re-render and re-edit the views every round")
-    s.add_argument("--refit-stop", default="converged", choices=("converged", "fixed"),
-                   help="converged: refit until the loss stops improving (default); fixed: --iters-per-batch x n (the seed's)")
-    s.add_argument("--iters-per-batch", type=int, default=10, help="with --refit-stop fixed: iterations per edit timestep (10 x n)")
-    s.add_argument("--max-iters-per-batch", type=int, default=40, help="with --refit-stop converged: the cap, per edit timestep")
+    s.add_argument("--iters-per-batch", type=int, default=None,
+                   help="refit iterations per edit timestep (default: until the loss stops improving; 10 is the seed's 10 x n)")
+    s.add_argument("--max-iters-per-batch", type=int, default=40, help="the cap of a refit until convergence, per edit timestep")
     s.add_argument("--appearance-only", default=None, action=argparse.BooleanOptionalAction,
                    help="fit colours only, geometry frozen (default: the editor decides; the region editor's edits are)")
     s.add_argument("--sh-rest", default="auto", choices=("auto", "hold", "regularise", "free"),
@@ -139,7 +138,7 @@ def settings_from_args(a):
                         reedit_each_round=a.reedit_each_round, iters_per_batch=a.iters_per_batch, lr=a.lr, lrs=lrs,
                         scale=scale, densify=a.densify, seed=a.seed, device=a.device, num_timesteps=a.num_timesteps,
                         views_per_iter=views, appearance_only=a.appearance_only, sh_rest=a.sh_rest,
-                        refit_stop=a.refit_stop, max_iters_per_batch=a.max_iters_per_batch)
+                        max_iters_per_batch=a.max_iters_per_batch)
 
 
 def cmd_edit(a) -> int:

@@ -47,8 +47,9 @@ class EditSettings:
     None: the editor decides (the region editor's edits are all appearance-only: True; others: False);
     sh_rest: view-dependent SH coefficients: "auto" (held at the input's when the edit set has
     fewer than 8 cameras, else free), "hold", "regularise" (pulled towards the input's), "free";
-    refit_stop: "converged" (until the loss stops improving, at most ``max_iters_per_batch x n``
-    iterations) or "fixed" (the seed's ``iters_per_batch x n``).
+    iters_per_batch: None (default): refit until the loss stops improving, at most
+    ``max_iters_per_batch x n`` iterations; a number: exactly that many per edit timestep
+    (the seed's 10 x n is ``iters_per_batch=10``).
     ``EditSettings.seed_recipe(prompt)`` gives the seed paper's refit (lr 1e-2 everywhere, all free, 10 x n).
     """
 
@@ -60,12 +61,11 @@ class EditSettings:
     regions: list | None = None
     rounds: int = 1
     reedit_each_round: bool = False
-    iters_per_batch: int = 10
+    iters_per_batch: int | None = None
     lr: float = 1e-2
     lrs: dict | str | None = "edit"
     appearance_only: bool | None = None
     sh_rest: str = "auto"
-    refit_stop: str = "converged"
     max_iters_per_batch: int = 40
     scale: float = 1.0
     densify: bool = False
@@ -76,12 +76,18 @@ class EditSettings:
     views_per_iter: int | None = None
     overwrite: bool = False
 
-
     @classmethod
     def seed_recipe(cls, prompt: str, **kw) -> "EditSettings":
         """The seed paper's refit: every group at lr 1e-2, geometry and SH rest free, 10 x n iterations."""
         return cls(prompt=prompt, **{"lrs": "seed", "appearance_only": False, "sh_rest": "free",
-                                     "refit_stop": "fixed", **kw})
+                                     "iters_per_batch": 10, **kw})
+
+    def refit_config(self, appearance_only: bool, background=(1.0, 1.0, 1.0), seed: int = 0) -> RefitConfig:
+        fixed = self.iters_per_batch is not None
+        return RefitConfig(iters_per_batch=self.iters_per_batch if fixed else 10, stop="fixed" if fixed else "converged",
+                           max_iters_per_batch=self.max_iters_per_batch, lr=self.lr, lrs=self.lrs,
+                           views_per_iter=self.views_per_iter, appearance_only=appearance_only, sh_rest=self.sh_rest,
+                           background=tuple(background), seed=seed)
 
 
 def default_timesteps(T: int, n: int) -> list[int]:
@@ -236,8 +242,7 @@ class EditSession:
         regions = list(editor.regions_for(s.prompt))  # raises for instructions it cannot do
         appearance_only = (bool(getattr(editor, "appearance_only", False)) if s.appearance_only is None
                            else bool(s.appearance_only))
-        RefitConfig(lrs=s.lrs, sh_rest=s.sh_rest, stop=s.refit_stop, max_iters_per_batch=s.max_iters_per_batch,
-                    iters_per_batch=s.iters_per_batch).check()  # bad options fail before any rendering
+        s.refit_config(appearance_only).check()  # bad options fail before any rendering
         if s.regions:
             for r in s.regions:
                 b.region_faces([r])  # validates the names
@@ -291,10 +296,7 @@ class EditSession:
                 if r == 0:
                     self._edit_images = (rgb, edited, masks)
             t0 = time.perf_counter()
-            cfg = RefitConfig(iters_per_batch=s.iters_per_batch, lr=s.lr, lrs=s.lrs, views_per_iter=s.views_per_iter,
-                              appearance_only=appearance_only, sh_rest=s.sh_rest, stop=s.refit_stop,
-                              max_iters_per_batch=s.max_iters_per_batch,
-                              background=tuple(b.meta.get("background", (1.0, 1.0, 1.0))), seed=s.seed + r)
+            cfg = s.refit_config(appearance_only, b.meta.get("background", (1.0, 1.0, 1.0)), s.seed + r)
             strategy = BindingDensify() if s.densify else None
             if r > 0 and trainable is not None and gaussians.num_gaussians != trainable.shape[0]:
                 trainable = torch.cat([trainable, torch.ones(gaussians.num_gaussians - trainable.shape[0], dtype=torch.bool,
