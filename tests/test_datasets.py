@@ -115,7 +115,7 @@ def blob_centre(cam: Camera, p):
     """Render one small round Gaussian at p; its alpha-weighted centroid (top-left pixel coordinates)."""
     vm = torch.tensor(cam.viewmat[None], dtype=torch.float32)
     K = torch.tensor(cam.K[None], dtype=torch.float32)
-    res = rasterize(torch.tensor([p], dtype=torch.float32), torch.tensor([[1.0, 0, 0, 0]]),
+    res = rasterize(torch.tensor(np.asarray([p]), dtype=torch.float32), torch.tensor([[1.0, 0, 0, 0]]),
                     torch.full((1, 3), 0.004), torch.tensor([0.99]), torch.ones(1, 3), vm, K, cam.width, cam.height)
     a = res.alpha[0, ..., 0].double().numpy()
     ys, xs = np.mgrid[0:cam.height, 0:cam.width] + 0.5
