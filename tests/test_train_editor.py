@@ -184,7 +184,8 @@ def test_ip2p_demo_runs_the_ablation_and_reports_it(tmp_path):
 
     model = build_tiny_ip2p(tmp_path / "ip2p")
     cfg = DemoConfig(editor="ip2p", model=str(model), ip2p={"steps": 2, "resolution": 32}, ip2p_num_timesteps=2,
-                     frames=8, eval_frames=3, orbit_frames=3, grid_frames=2, device="cpu", iters_per_batch=2)
+                     frames=6, eval_frames=2, orbit_frames=2, grid_frames=2, device="cpu", iters_per_batch=2,
+                     edit_scale=0.08, eval_scale=0.08)
     out = tmp_path / "demo"
     m = run_demo(out, cfg, log=lambda s: None)
     abl = m["ablation"]
