@@ -108,15 +108,20 @@ def edit_variant(bundle, prompt: str, variant: str, out_dir: Path, *, model: str
     return session, json.loads((Path(out_dir) / "edit.json").read_text())
 
 
-def edited_image_metrics(session, bundle, gt_g, regions) -> dict:
-    """The edited 2D images (before the refit) against ground truth and against each other."""
+def edited_image_metrics(session, bundle, gt_g, regions, cache: dict | None = None) -> dict:
+    """The edited 2D images (before the refit) against ground truth and against each other.
+    ``cache``: renders that do not depend on the variant, kept across variants."""
     rgb, edited, _ = session._edit_images
     cams, ts, _ = session.edit_set()   # scaled as the session rendered them
     C = len(cams)
     edited = edited.float().cpu()
-    gt = _render(bundle, gt_g, bundle.params, ts, cams).cpu()
-    w = region_weight(bundle, bundle.gaussians, bundle.params, ts, cams, regions).cpu()
-    we = region_weight(bundle, bundle.gaussians, bundle.params, ts, cams, EXPRESSION_REGIONS).cpu()
+    cache = {} if cache is None else cache
+    if "edit_views" not in cache:
+        cache["edit_views"] = (
+            _render(bundle, gt_g, bundle.params, ts, cams).cpu(),
+            region_weight(bundle, bundle.gaussians, bundle.params, ts, cams, regions).cpu(),
+            region_weight(bundle, bundle.gaussians, bundle.params, ts, cams, EXPRESSION_REGIONS).cpu())
+    gt, w, we = cache["edit_views"]
     ins, expr = (w >= INSIDE).float(), (we >= INSIDE).float()
 
     def spread(images) -> float:
@@ -135,16 +140,19 @@ def edited_image_metrics(session, bundle, gt_g, regions) -> dict:
     }
 
 
-def evaluate_settings(bundle, refit_g, gt_g, regions, settings_eval: dict, cam, progress=None):
+def evaluate_settings(bundle, refit_g, gt_g, regions, settings_eval: dict, cam, progress=None, cache: dict | None = None):
     """PSNR/SSIM of ``refit_g`` against ``gt_g`` in each setting (whole, inside, outside the region),
-    and inside the eye/mouth masks (expression). Returns (results, images per setting)."""
+    and inside the eye/mouth masks (expression). Returns (results, images per setting).
+    ``cache``: the renders that do not depend on ``refit_g``, kept across calls."""
     results, imgs = {}, {}
+    cache = {} if cache is None else cache
     for k, (key, (title, params, ts)) in enumerate(settings_eval.items()):
-        o = _render(bundle, bundle.gaussians, params, ts, cam)
+        if key not in cache:
+            cache[key] = (_render(bundle, bundle.gaussians, params, ts, cam), _render(bundle, gt_g, params, ts, cam),
+                          region_weight(bundle, bundle.gaussians, params, ts, cam, regions),
+                          region_weight(bundle, bundle.gaussians, params, ts, cam, EXPRESSION_REGIONS))
+        o, g, w, we = cache[key]
         e = _render(bundle, refit_g, params, ts, cam)
-        g = _render(bundle, gt_g, params, ts, cam)
-        w = region_weight(bundle, bundle.gaussians, params, ts, cam, regions)
-        we = region_weight(bundle, bundle.gaussians, params, ts, cam, EXPRESSION_REGIONS)
         results[key] = {"title": title, "camera": int(cam[0].index), "frames": len(ts), "timesteps": list(ts),
                         **region_scores(o, e, g, w),
                         "psnr_expression_vs_ground_truth": finite(psnr(e, g, (we >= INSIDE).float()))}
@@ -192,6 +200,7 @@ def run_ablation(bundle, prompt: str, work: Path, settings_eval: dict, cam, *, v
     variant's (session, record, images). Returns {variant: metrics} plus a 'summary'."""
     maps, gt_g, gt_regions = ground_truth(bundle, prompt, scale)
     rows = {}
+    cache: dict = {}   # renders shared by all variants (original, ground truth, region weights)
     for v in variants:
         t0 = time.perf_counter()
         session, record = edit_variant(bundle, prompt, v, Path(work) / v, model=model, device=device, scale=scale,
@@ -199,9 +208,9 @@ def run_ablation(bundle, prompt: str, work: Path, settings_eval: dict, cam, *, v
                                        views_per_iter=views_per_iter, ip2p=ip2p, seed=seed, progress=progress,
                                        iters_per_batch=iters_per_batch)
         refit_g = session.result.to(bundle.gaussians.device)
-        results, imgs = evaluate_settings(bundle, refit_g, gt_g, gt_regions, settings_eval, cam)
+        results, imgs = evaluate_settings(bundle, refit_g, gt_g, gt_regions, settings_eval, cam, cache=cache)
         rows[v] = {"title": TITLES[v], "options": VARIANTS[v], "settings": results,
-                   "edited": edited_image_metrics(session, bundle, gt_g, gt_regions),
+                   "edited": edited_image_metrics(session, bundle, gt_g, gt_regions, cache),
                    "timings_s": record["timings_s"], "seconds": round(time.perf_counter() - t0, 2)}
         log(f"[ablation] {v}: " + ", ".join(f"{k} {r['psnr_vs_ground_truth']:.2f}/{r['psnr_inside_region_vs_ground_truth']:.2f} dB"
                                             for k, r in results.items())
