@@ -581,3 +581,13 @@ def test_export_up_axis(tiny_avatar, cli, tmp_path):
         if g is up:
             ref = img
     assert ref.max() > 0.05 and psnr(img, ref) > 50, psnr(img, ref)
+
+
+def test_edit_set_keeps_square_pixels_after_scale(builtin_avatar_dir):
+    """``edit --scale``: the edit cameras keep fl_x == fl_y (as ``render --scale`` does)."""
+    from edit3dgs.bundle import open_avatar
+    from edit3dgs.loop import EditSession, EditSettings
+
+    s = EditSession(open_avatar(builtin_avatar_dir), EditSettings(prompt="make the hair blue", scale=0.2))
+    cams, _, _ = s.edit_set()
+    assert all(c.fx == c.fy for c in cams) and cams[0].width == 110

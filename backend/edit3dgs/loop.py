@@ -160,7 +160,7 @@ class EditSession:
             raise Edit3DGSError("edit set", "at least one camera and one timestep",
                                 f"{len(cams)} camera(s) x {len(ts)} timestep(s)")
         if s.scale != 1.0:
-            cams = [c.scaled(s.scale) for c in cams]
+            cams = [c.resized(s.scale) for c in cams]  # square pixels (fl_x == fl_y stays so)
         return cams, [int(t) for t in ts], path
 
     def render_set(self, gaussians, cams, ts, regions):
