@@ -250,7 +250,7 @@ def test_gaussianavatars_cameras_json_is_a_camera_file(ga_avatar, cli, tmp_path)
     code, _, err = cli("render", "--avatar", folder, "--flame", head, "--cameras", folder / "cameras.json",
                        "--timesteps", "0", "--device", "cpu", "--out", tmp_path / "r")
     assert code == 0, err
-    assert "GaussianAvatars cameras.json" in err and sorted(p.name for p in (tmp_path / "r").iterdir()) == ["00000_00.png", "00000_01.png"]
+    assert "GaussianAvatars cameras.json" in err and sorted(p.name for p in (tmp_path / "r").iterdir() if p.name != ".edit3dgs") == ["00000_00.png", "00000_01.png"]
     code, _, err = cli("capture", "--avatar", folder, "--flame", head, "--scale", "0.2", "--device", "cpu", "--out", tmp_path / "cap")
     assert code == 0, err
     # no camera 8 here: VHAP's split holds out the last camera
