@@ -422,7 +422,9 @@ def _check_job_paths(args: dict) -> None:
         v = args.get(k)
         for p in v if isinstance(v, list) else [v]:
             if isinstance(p, str) and p:
-                check_output(p, inputs, f"job argument '{k}'")
+                # A shot's work_dir is the client's scratch folder (it puts the shot's cameras and motion
+                # there); the job writes only its frames/ subfolder, so that is the output checked.
+                check_output(os.path.join(p, "frames") if k == "work_dir" else p, inputs, f"job argument '{k}'")
 
 
 def _need(args: dict, name: str, typ=str):
