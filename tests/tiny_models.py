@@ -12,30 +12,7 @@ from pathlib import Path
 
 import torch
 
-
-def _byte_chars() -> list[str]:
-    """The printable stand-ins byte-level BPE uses for the 256 byte values (GPT-2/CLIP scheme)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def write_clip_tokenizer_files(folder: Path) -> tuple[Path, Path]:
-    """vocab.json + merges.txt of a character-level CLIP BPE (every byte, with and without '</w>')."""
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = _byte_chars()
-    vocab = {}
-    for tok in ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]:
-        vocab.setdefault(tok, len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return folder / "vocab.json", folder / "merges.txt"
+from edit3dgs.edit.tokenizer import write_clip_tokenizer_files  # the byte-level CLIP BPE files, as the built-in model's
 
 
 def tiny_clip_tokenizer(folder: Path):
