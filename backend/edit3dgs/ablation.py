@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .demo import _render, region_weight  # the demo's renders: timestep-major, region shares of opacity
 from .metrics import INSIDE, finite, psnr, region_colour, region_scores
 
 VARIANTS = {
@@ -58,22 +59,6 @@ SEED_CLAIMS = {
     "inpaint": "the seed: eye/mouth inpainting restores the expressions of the source frames "
                "(higher PSNR inside the eye and mouth masks)",
 }
-
-
-def _render(bundle, gaussians, params, ts, cams, colors=None, bg=(1.0, 1.0, 1.0)) -> torch.Tensor:
-    """(len(ts)*len(cams),H,W,3) renders, timestep-major."""
-    from .views import render_frames
-
-    verts = bundle.pose(params, ts)
-    with torch.no_grad():
-        return torch.cat([r.rgb for r in render_frames(bundle, verts, cams, bg, gaussians=gaussians, colors=colors)])
-
-
-def region_weight(bundle, gaussians, params, ts, cams, regions) -> torch.Tensor:
-    """(B,H,W) share of each pixel's opacity that belongs to ``regions``."""
-    cols = torch.zeros(gaussians.num_gaussians, 3, device=gaussians.device)
-    cols[bundle.gaussian_mask(list(regions)).to(gaussians.device), 0] = 1.0
-    return _render(bundle, gaussians, params, ts, cams, cols, (0.0, 0.0, 0.0))[..., 0]
 
 
 def ground_truth(bundle, prompt: str, reference_scale: float = 0.2):

@@ -94,7 +94,6 @@ def run_demo(out: Path | str = "demo_out", config: DemoConfig | None = None, ove
     from .bundle import open_avatar
     from .cameras import load_cameras, orbit
     from .edit.region import ColourMap, recolour_gaussians
-    from .flame_params import FlameParams
     from .loop import EditSession, EditSettings
     from .metrics import region_scores
     from .report import grid, label_rows, save_animation, save_image, write_report
@@ -148,16 +147,7 @@ def run_demo(out: Path | str = "demo_out", config: DemoConfig | None = None, ove
         held = int(bundle.meta.get("held_out_camera", 8))
         all_cams = load_cameras(bundle.folder / bundle.meta["cameras"])
         cam = [c.scaled(cfg.eval_scale) for c in all_cams if c.index == held]
-        T = bundle.params.num_timesteps
-        edit_ts = set(edit_record["edit_set"]["timesteps"])
-        held_seq = FlameParams.load(bundle.folder / bundle.meta["held_out_sequence"]).with_identity(bundle.params)
-        cross_seq = FlameParams.load(bundle.folder / bundle.meta["cross_identity_sequence"]).with_identity(bundle.params)
-        settings_eval = {
-            "novel_view": ("Novel view (held-out camera, unseen timesteps)", bundle.params, _frames(T, cfg.eval_frames, edit_ts)),
-            "self_reenactment": ("Self-reenactment (held-out sequence)", held_seq, _frames(held_seq.num_timesteps, cfg.eval_frames)),
-            "cross_identity": ("Cross-identity reenactment (the other identity's motion)", cross_seq,
-                               _frames(cross_seq.num_timesteps, cfg.eval_frames)),
-        }
+        settings_eval = _settings_eval(bundle, cfg, set(edit_record["edit_set"]["timesteps"]))
         results, sections, imgs = {}, [], {}
         n_eval = len(settings_eval)
         for k, (key, (title, params, ts)) in enumerate(settings_eval.items()):

@@ -260,6 +260,14 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
                     "config": asdict(cfg)}, tmp)
         tmp.replace(ckpt_path)
 
+    def finish_step(phase: str, bar, loss: torch.Tensor, lr: float, total: int) -> None:
+        """After one optimiser step of either phase: count it, move the bar, log the loss."""
+        state["step"] += 1
+        bar.update(1)
+        if state["step"] % cfg.log_every == 0 or state["step"] == total:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            losses(phase, state["step"], loss.item(), lr, time.perf_counter() - t_start)
+
     gen = torch.Generator().manual_seed(cfg.seed + 1)
 
     # 2. The VAE.
@@ -282,11 +290,7 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
             opt_vae.step()
-            state["step"] += 1
-            bar.update(1)
-            if state["step"] % cfg.log_every == 0 or state["step"] == cfg.vae_steps:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                losses("vae", state["step"], loss.item(), lr, time.perf_counter() - t_start)
+            finish_step("vae", bar, loss, lr, cfg.vae_steps)
             if state["step"] % cfg.checkpoint_every == 0:
                 save_checkpoint()
             if progress:
@@ -366,11 +370,7 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
         opt.step()
         _ema_update(ema_unet, unet, cfg.ema if state["step"] > cfg.warmup else 0.0)
         _ema_update(ema_te, te, cfg.ema if state["step"] > cfg.warmup else 0.0)
-        state["step"] += 1
-        bar.update(1)
-        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            losses("unet", state["step"], loss.item(), lr, time.perf_counter() - t_start)
+        finish_step("unet", bar, loss, lr, cfg.steps)
         if state["step"] % cfg.checkpoint_every == 0:
             state["seconds"]["unet"] = round(run_seconds + time.perf_counter() - t0, 1)
             save_checkpoint()
