@@ -14,8 +14,19 @@ Training, read top down (``train_editor``):
 2. the VAE alone (reconstruction L1 + MSE + a small KL), then frozen; its latent
    scaling factor is set to 1 / std of the latents, as Stable Diffusion's is;
 3. the UNet and the text encoder together with the Instruct-Pix2Pix objective:
-   epsilon prediction, MSE, conditioning dropout (``conditioning_dropout``),
-   an EMA of the weights (what is saved);
+   MSE, conditioning dropout (``conditioning_dropout``),
+   an EMA of the weights (what is saved). Two loss weights make a model
+   trained from scratch learn the edit instead of the copy: Min-SNR-gamma
+   (``snr_gamma``; noisy steps, where the colour is decided, are not drowned
+   by the easy ones) and ``edit_weight`` on the latent pixels the edit
+   changes (a few percent of each image: without it the loss is almost all
+   "copy the input", and the first model trained here did just that).
+   The UNet predicts v (``prediction="v_prediction"``, Stable Diffusion 2's
+   parameterisation; Instruct-Pix2Pix predicts epsilon, still available):
+   the colour of an edit is decided at high noise, where an epsilon loss
+   barely sees the predicted image (its weight there is SNR ~ 0.005) and
+   a model trained for minutes never learns it. The choice is saved in the
+   scheduler config, which every sampler follows;
 4. the folder: the model in diffusers layout, a model card, the training
    manifest, the loss log and its curve, sample edits on the held-out camera.
 
@@ -87,6 +98,11 @@ class TrainConfig:
     ema: float = 0.998
     bank: int = 160                  # batches rendered and encoded once for the UNet phase (0: render every step)
     conditioning_dropout: float = 0.05
+    prediction: str = "v_prediction"  # or "epsilon" (Instruct-Pix2Pix's); saved in the scheduler config
+    init_vae: str | None = None      # a model folder whose trained VAE to reuse (skips the VAE phase)
+    init_model: str | None = None    # a model folder to continue training from (all of it; skips the VAE phase)
+    snr_gamma: float | None = 5.0    # Min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
+    edit_weight: float = 4.0         # extra loss weight on latent pixels the edit changes (0: none)
     kl_weight: float = 1e-6
     random_identities: int = 14
     frames: int = 24
@@ -94,6 +110,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     minutes: float | None = None
+    pause_minutes: float | None = None   # stop this run after this many UNet minutes (resume later); the
+                                         # learning-rate schedule still follows ``minutes``/``steps``
     checkpoint_every: int = 500
     log_every: int = 25
     samples: bool = True
@@ -130,19 +148,24 @@ def build_models(arch: Architecture, tokenizer_dir: Path, words, seed: int = 0):
     return tok, te, vae, unet
 
 
-def noise_scheduler():
+PREDICTIONS = ("v_prediction", "epsilon")
+
+
+def noise_scheduler(prediction: str = "v_prediction"):
     """The training schedule (Stable Diffusion's scaled-linear betas, 1000 steps)."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         clip_sample=False, prediction_type="epsilon")
+                         clip_sample=False, prediction_type=prediction)
 
 
-def inference_scheduler():
+def inference_scheduler(prediction: str = "v_prediction"):
+    """The DDIM config saved with the model; its ``prediction_type`` tells every sampler (ours,
+    diffusers' Instruct-Pix2Pix pipeline) what the UNet predicts."""
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction)
 
 
 def conditioning_dropout_masks(n: int, prob: float, generator: torch.Generator | None = None,
@@ -152,6 +175,28 @@ def conditioning_dropout_masks(n: int, prob: float, generator: torch.Generator |
     only, ``prob`` both, ``prob`` image only)."""
     p = torch.rand(n, generator=generator).to(device)
     return p < 2 * prob, (p >= prob) & (p < 3 * prob)
+
+
+def edit_mask(original: torch.Tensor, edited: torch.Tensor, latent_hw, threshold: float = 0.02) -> torch.Tensor:
+    """(B,1,h,w) float: 1 where any pixel of the latent pixel's image patch changes by more than
+    ``threshold`` between ``original`` and ``edited`` (B,H,W,3)."""
+    changed = ((edited - original).abs().amax(-1) > threshold).float()[:, None]
+    return F.adaptive_max_pool2d(changed, tuple(int(v) for v in latent_hw))
+
+
+def weighted_loss(pred: torch.Tensor, target: torch.Tensor, alpha_bar: torch.Tensor, edit: torch.Tensor,
+                  snr_gamma: float | None, edit_weight: float, prediction: str = "epsilon") -> torch.Tensor:
+    """The MSE of the UNet's prediction (epsilon or v), weighted per sample by Min-SNR-gamma
+    (``min(SNR, gamma) / SNR`` for epsilon, ``min(SNR, gamma) / (SNR + 1)`` for v; None: 1) and per
+    latent pixel by ``1 + edit_weight * edit`` (``edit``: (B,1,h,w) in [0,1])."""
+    se = (pred - target) ** 2
+    if edit_weight:
+        se = se * (1 + edit_weight * edit.float())
+    per = se.mean(dim=(1, 2, 3))
+    if snr_gamma is not None:
+        snr = alpha_bar / (1 - alpha_bar)
+        per = per * snr.clamp(max=snr_gamma) / (snr + 1 if prediction == "v_prediction" else snr)
+    return per.mean()
 
 
 # ---------------------------------------------------------------------------
@@ -199,6 +244,16 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
     from ..flame import FlameHead, load_flame_model
     from ..views import pick_device
 
+    if cfg.prediction not in PREDICTIONS:
+        raise Edit3DGSError("--prediction", f"one of {', '.join(PREDICTIONS)}", repr(cfg.prediction))
+    if cfg.init_model:
+        cfg.init_vae = cfg.init_vae or cfg.init_model
+        for sub in ("unet", "text_encoder", "vae"):
+            if not (Path(cfg.init_model) / sub / "config.json").is_file():
+                raise Edit3DGSError(Path(cfg.init_model) / sub, "a model folder written by train-editor (--init-model)",
+                                    f"no {sub}/config.json")
+    if cfg.init_vae and not (Path(cfg.init_vae) / "vae" / "config.json").is_file():
+        raise Edit3DGSError(Path(cfg.init_vae) / "vae", "a trained model folder's VAE (--init-vae)", "no vae/config.json")
     if cfg.arch not in ARCHITECTURES:
         raise Edit3DGSError("--arch", f"one of {', '.join(ARCHITECTURES)}", repr(cfg.arch))
     if cfg.steps < 1 or cfg.vae_steps < 0:
@@ -230,7 +285,18 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
 
     tok, te, vae, unet = build_models(arch, ckpt_dir / "tokenizer_src", vocabulary_words(), cfg.seed)
     te, vae, unet = te.to(dev), vae.to(dev), unet.to(dev)
-    sched = noise_scheduler()
+    if cfg.init_vae:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(Path(cfg.init_vae) / "vae", torch_dtype=torch.float32).to(dev)
+    if cfg.init_model:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        src = Path(cfg.init_model)
+        unet = UNet2DConditionModel.from_pretrained(src / "unet", torch_dtype=torch.float32).to(dev)
+        te = CLIPTextModel.from_pretrained(src / "text_encoder", torch_dtype=torch.float32).to(dev)
+    sched = noise_scheduler(cfg.prediction)
     alphas = sched.alphas_cumprod.to(dev)
     empty_ids = tok([""], padding="max_length", max_length=arch.max_tokens, return_tensors="pt").input_ids.to(dev)
     amp = dict(device_type="cuda", dtype=torch.bfloat16) if dev.type == "cuda" else dict(device_type="cpu", enabled=False)
@@ -270,7 +336,13 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
 
     gen = torch.Generator().manual_seed(cfg.seed + 1)
 
-    # 2. The VAE.
+    # 2. The VAE (or one trained before, --init-vae).
+    if state["phase"] == "vae" and cfg.init_vae:
+        sf0 = float(vae.config.scaling_factor)
+        state.update(phase="unet", step=0, scaling_factor=sf0, vae_from=_vae_origin(Path(cfg.init_vae)))
+        state["vae_psnr_held_out"] = _vae_psnr(vae, identities, cfg, dev)
+        log(f"[train-editor] VAE from {cfg.init_vae}: scaling factor {sf0:.4f}, "
+            f"reconstruction PSNR on held-out-camera renders {state['vae_psnr_held_out']:.2f} dB")
     if state["phase"] == "vae":
         t0 = time.perf_counter()
         vae.train()
@@ -310,44 +382,50 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
     vae.register_to_config(scaling_factor=state["scaling_factor"])
     sf = state["scaling_factor"]
 
+    def encode_batch(b: dict):
+        """A data batch -> (conditioning latents (unscaled), target latents (scaled), token ids, edit mask
+        (B,1,h,w): latent pixels whose image patch the edit changes)."""
+        cond = vae.encode(_to_nchw(b["original"].to(dev))).latent_dist.mode()
+        target = vae.encode(_to_nchw(b["edited"].to(dev))).latent_dist.mode() * sf
+        ids = tok(b["prompts"], padding="max_length", max_length=arch.max_tokens, truncation=True,
+                  return_tensors="pt").input_ids.to(dev)
+        return cond, target, ids, edit_mask(b["original"].to(dev), b["edited"].to(dev), target.shape[-2:])
+
     # 3. The UNet and the text encoder, on a bank of encoded pairs (rendering every step would
     # leave the GPU waiting on the rasterizer for a model this small).
     bank = None
     if cfg.bank > 0 and state["step"] < cfg.steps:
         t_bank = time.perf_counter()
-        conds, targets, toks = [], [], []
+        conds, targets, toks, masks = [], [], [], []
         with torch.no_grad():
             for _ in tqdm(range(cfg.bank), desc="bank", unit="batch", dynamic_ncols=True):
-                b = data.batch(cfg.groups, cfg.views, cfg.edits)
-                conds.append(vae.encode(_to_nchw(b["original"].to(dev))).latent_dist.mode().half())
-                targets.append((vae.encode(_to_nchw(b["edited"].to(dev))).latent_dist.mode() * sf).half())
-                toks.append(tok(b["prompts"], padding="max_length", max_length=arch.max_tokens, truncation=True,
-                                return_tensors="pt").input_ids.to(dev))
-        bank = (torch.cat(conds), torch.cat(targets), torch.cat(toks))
+                c, tg, ids, m = encode_batch(data.batch(cfg.groups, cfg.views, cfg.edits))
+                conds.append(c.half()), targets.append(tg.half()), toks.append(ids), masks.append(m.bool())
+        bank = (torch.cat(conds), torch.cat(targets), torch.cat(toks), torch.cat(masks))
         state["seconds"]["bank"] = round(time.perf_counter() - t_bank, 1)
         state["bank_pairs"] = int(bank[0].shape[0])
         log(f"[train-editor] bank of {bank[0].shape[0]} encoded pairs in {state['seconds']['bank']} s")
     t0 = time.perf_counter()
     budget = None if cfg.minutes is None else cfg.minutes * 60
+    pause = None if cfg.pause_minutes is None else cfg.pause_minutes * 60
     unet.train()
     te.train()
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="unet", unit="step", dynamic_ncols=True)
     run_seconds = state["seconds"].get("unet", 0.0)
-    stopped_early = False
+    stopped_early = paused = False
     while state["step"] < cfg.steps:
         if budget is not None and run_seconds + (time.perf_counter() - t0) > budget:
             stopped_early = True
             break
+        if pause is not None and time.perf_counter() - t0 > pause:
+            paused = True
+            break
         if bank is not None:
             pick = torch.randint(0, bank[0].shape[0], (cfg.groups * cfg.views * cfg.edits,), device=dev)
-            cond, target, ids = bank[0][pick].float(), bank[1][pick].float(), bank[2][pick]
+            cond, target, ids, emask = bank[0][pick].float(), bank[1][pick].float(), bank[2][pick], bank[3][pick]
         else:
-            b = data.batch(cfg.groups, cfg.views, cfg.edits)
             with torch.no_grad():
-                cond = vae.encode(_to_nchw(b["original"].to(dev))).latent_dist.mode()
-                target = vae.encode(_to_nchw(b["edited"].to(dev))).latent_dist.mode() * sf
-                ids = tok(b["prompts"], padding="max_length", max_length=arch.max_tokens, truncation=True,
-                          return_tensors="pt").input_ids.to(dev)
+                cond, target, ids, emask = encode_batch(data.batch(cfg.groups, cfg.views, cfg.edits))
         n = target.shape[0]
         noise = torch.randn_like(target)
         t = torch.randint(0, sched.config.num_train_timesteps, (n,), device=dev)
@@ -363,7 +441,8 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
         with torch.autocast(**amp):
             emb = te(ids)[0]
             pred = unet(torch.cat([noisy, cond], 1), t, encoder_hidden_states=emb).sample
-        loss = F.mse_loss(pred.float(), noise)
+        goal = noise if cfg.prediction == "epsilon" else sched.get_velocity(target, noise, t)
+        loss = weighted_loss(pred.float(), goal, alphas[t], emask, cfg.snr_gamma, cfg.edit_weight, cfg.prediction)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -379,7 +458,10 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
     bar.close()
     state["seconds"]["unet"] = round(run_seconds + time.perf_counter() - t0, 1)
     state["stopped_early"] = stopped_early
+    state["paused"] = paused
     save_checkpoint()
+    if paused:
+        log(f"[train-editor] paused at step {state['step']} (continue with --resume)")
 
     # 4. The model folder.
     save_model(out, tok, ema_te, vae, ema_unet, cfg, state, data.manifest(), dev)
@@ -388,6 +470,18 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
     plot_losses(out / "loss_log.csv", out / "loss_curve.png")
     write_model_card(out, cfg, state, data.manifest())
     log(f"[train-editor] model written to {out} ({time.perf_counter() - t_start:.0f} s)")
+    return out
+
+
+def _vae_origin(folder: Path) -> dict:
+    """Where a reused VAE was trained (from its folder's training manifest, when it has one)."""
+    out = {"folder": str(folder)}
+    try:
+        m = json.loads((folder / "training_manifest.json").read_text())
+        out.update(steps=m["config"]["vae_steps"], kl_weight=m["config"]["kl_weight"],
+                   seconds=m["state"]["seconds"].get("vae"), hardware=m.get("hardware"))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     return out
 
 
@@ -420,7 +514,7 @@ def save_model(out: Path, tok, te, vae, unet, cfg: TrainConfig, state: dict, man
     half(vae).save_pretrained(out / "vae", safe_serialization=True)
     half(te).save_pretrained(out / "text_encoder", safe_serialization=True)
     tok.save_pretrained(out / "tokenizer")
-    inference_scheduler().save_pretrained(out / "scheduler")
+    inference_scheduler(cfg.prediction).save_pretrained(out / "scheduler")
     (out / "model_index.json").write_text(json.dumps({
         "_class_name": "StableDiffusionInstructPix2PixPipeline", "_diffusers_version": diffusers.__version__,
         "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
@@ -459,16 +553,37 @@ def write_samples(out: Path, ident, cfg: TrainConfig, dev, prompts=None) -> Path
     clear_cache()
     models = load_ip2p(str(out), device=dev)
     cols = [[], [], []]
+    scores = {}
     for i, p in enumerate(prompts):
         gt = ds._render(ident.bundle, ground_truth_gaussians(ident.bundle, ident.bundle.gaussians, p, ident.references), verts, cam)
-        e = edit_images(models, orig, p, IP2PSettings(seed=i, multiview=False, inpaint=False)).images
+        e = edit_images(models, orig, p, IP2PSettings(seed=i, multiview=False, inpaint=False)).images.to(gt.device)
         for row, img in zip(cols, (orig, e, gt)):
             row.append(img[0].float().cpu().numpy())
+        scores[p] = sample_scores(orig, e, gt)
     clear_cache()
     path = out / "samples.png"
     save_image(path, label_rows(grid(cols), ["original", "edited", "ground truth"]))
-    (out / "samples.txt").write_text("columns: " + " | ".join(prompts) + " (held-out combinations: pink hair, blue lips)\n")
+    lines = ["columns: " + " | ".join(prompts) + " (held-out combinations: pink hair, blue lips)",
+             "held-out camera, one view, no multi-view or inpainting; PSNR dB against the exact edit "
+             "(whole image / inside the edited region; the unedited render inside the region) and against the "
+             "original outside the region:"]
+    lines += [f"  {p}: {v['psnr_vs_gt']:.2f} / {v['psnr_inside_vs_gt']:.2f} (unedited {v['unedited_inside_vs_gt']:.2f}); "
+              f"outside {v['psnr_outside_vs_original']:.2f}" for p, v in scores.items()]
+    (out / "samples.txt").write_text("\n".join(lines) + "\n")
+    (out / "samples.json").write_text(json.dumps(scores, indent=1))
     return path
+
+
+def sample_scores(orig: torch.Tensor, edited: torch.Tensor, gt: torch.Tensor, threshold: float = 0.02) -> dict:
+    """PSNRs of one edit against its exact ground truth: whole image, inside the region the exact edit
+    changes (and the unedited image there, the baseline), and outside it against the original."""
+    from ..metrics import psnr
+
+    inside = ((gt - orig).abs().amax(-1) > threshold).float()
+    return {"psnr_vs_gt": round(float(psnr(edited, gt)), 2),
+            "psnr_inside_vs_gt": round(float(psnr(edited, gt, inside)), 2),
+            "unedited_inside_vs_gt": round(float(psnr(orig, gt, inside)), 2),
+            "psnr_outside_vs_original": round(float(psnr(edited, orig, 1 - inside)), 2)}
 
 
 def plot_losses(csv: Path, png: Path) -> None:
@@ -503,6 +618,16 @@ def write_model_card(out: Path, cfg: TrainConfig, state: dict, manifest: dict) -
     n_ids = len(manifest["identities"])
     sizes = {p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
              for p in out.iterdir() if p.is_dir() and p.name != "checkpoints"}
+    src = state.get("vae_from")
+    if src:
+        vae_line = (f"{src.get('steps', '?')} steps (L1 + MSE + {src.get('kl_weight', cfg.kl_weight):g} KL) in an "
+                    f"earlier run of this command, reused with --init-vae")
+        vae_seconds = src.get("seconds", "?")
+    else:
+        vae_line, vae_seconds = f"{cfg.vae_steps} steps (L1 + MSE + {cfg.kl_weight:g} KL)", state["seconds"].get("vae", 0)
+    samples = ""
+    if (out / "samples.txt").is_file():
+        samples = "\n## Sample edits on the held-out camera (`samples.png`)\n```\n" + (out / "samples.txt").read_text() + "```\n"
     card = f"""---
 license: gpl-3.0-or-later
 library_name: diffusers
@@ -539,19 +664,20 @@ and be measured against exact ground truth. `--model builtin` selects it.
 - **Held out** (colours seen on other regions, never on this one): {held}.
 
 ## Training
-- VAE: {cfg.vae_steps} steps (L1 + MSE + {cfg.kl_weight:g} KL), then frozen; latent scaling factor
+- VAE: {vae_line}, then frozen; latent scaling factor
   {state.get('scaling_factor', float('nan')):.4f}; reconstruction PSNR on held-out-camera renders
   {state.get('vae_psnr_held_out', float('nan')):.2f} dB.
-- UNet + text encoder: {m['steps_done']} steps of the Instruct-Pix2Pix objective (epsilon, MSE),
+- UNet + text encoder: {m['steps_done']} steps of the Instruct-Pix2Pix objective ({cfg.prediction}, MSE),
+  loss weights Min-SNR-gamma {cfg.snr_gamma} and edit-region weight {cfg.edit_weight},
   batch {cfg.groups * cfg.views * cfg.edits}, AdamW lr {cfg.lr:g} (warm-up, cosine), conditioning dropout
   {cfg.conditioning_dropout} (text {cfg.conditioning_dropout:g}, both {cfg.conditioning_dropout:g},
   image {cfg.conditioning_dropout:g}), EMA {cfg.ema} (the saved weights), seed {cfg.seed}.
-- Time: data set-up {state['seconds'].get('data', 0)} s, VAE {state['seconds'].get('vae', 0)} s,
+- Time: data set-up {state['seconds'].get('data', 0)} s, VAE {vae_seconds} s,
   UNet {state['seconds'].get('unet', 0)} s on {m['hardware']}.
 - Sizes: {', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in sorted(sizes.items()))} (fp16 safetensors).
 - Loss curve: `loss_curve.png` (log: `loss_log.csv`); sample edits on the held-out camera: `samples.png`.
-
+{samples}
 ## Reproduce
-`edit3dgs train-editor --out DIR --steps {cfg.steps} --vae-steps {cfg.vae_steps} --seed {cfg.seed} --device cuda`
+`edit3dgs train-editor --out DIR --steps {cfg.steps} --vae-steps {cfg.vae_steps} --minutes {cfg.minutes} --random-identities {cfg.random_identities} --groups {cfg.groups} --lr {cfg.lr:g} --snr-gamma {cfg.snr_gamma or 0:g} --edit-weight {cfg.edit_weight:g} --seed {cfg.seed} --device cuda`
 """
     (out / "README.md").write_text(card)
