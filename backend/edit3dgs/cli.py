@@ -250,6 +250,8 @@ def cmd_capture(a) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edit3dgs", description="Edit FLAME-bound 3D Gaussian head avatars with text.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--threads", default=None,
+                   help="CPU threads: 'auto' (default, or EDIT3DGS_THREADS): the cores other processes leave free")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("make-avatar", help="write the built-in avatar (no licence-gated data needed)")
@@ -344,6 +346,9 @@ def interrupted_message(out, before: tuple | None) -> str:
 
 
 def main(argv=None) -> int:
+    from . import threads
+
+    threads.prepare_environment()   # before PyTorch loads
     parser = build_parser()
     args, rest = [], list(sys.argv[1:] if argv is None else argv)
     while rest:  # "--up -y": argparse would take "-y" for an option
@@ -355,6 +360,7 @@ def main(argv=None) -> int:
     out = getattr(a, "out", None)
     before = _stamp(out) if out else None
     try:
+        threads.apply(a.threads)
         check_outputs(a)
         return a.func(a)
     except Edit3DGSError as exc:

@@ -1,0 +1,100 @@
+"""CPU threads of the backend: how many, and how idle ones wait.
+
+PyTorch's CPU kernels run on an OpenMP pool (GNU libgomp in the pip builds).
+Two things make that pool collapse when another process wants a core, as
+Blender always does beside the backend:
+
+* every parallel op ends at a barrier, so with as many threads as cores and
+  one core taken by a neighbour, each small op waits for a descheduled thread
+  (a scheduler slice, milliseconds, against microseconds of work);
+* idle pool threads spin (``OMP_WAIT_POLICY`` ACTIVE behaviour) and take the
+  CPU time the neighbour and the working thread need.
+
+So: idle threads sleep (``OMP_WAIT_POLICY=PASSIVE``, set before PyTorch loads
+unless the user set it), and the thread count is the cores this process may
+use minus those other processes keep busy, measured when the backend starts
+(``auto``), or what the user asks for (``--threads N``, ``EDIT3DGS_THREADS``,
+the Blender preference). ``benchmarks/cpu_load_bench.py`` measures the effect.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+ENV = "EDIT3DGS_THREADS"
+_applied: dict = {}
+
+
+def prepare_environment() -> None:
+    """Idle OpenMP threads sleep instead of spinning. Effective only before PyTorch is imported
+    (libgomp reads it once); a value the user set is kept."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat (None where there is none)."""
+    try:
+        with open("/proc/stat") as f:
+            parts = f.readline().split()
+    except OSError:
+        return None
+    if not parts or parts[0] != "cpu":
+        return None
+    vals = [float(v) for v in parts[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0.0)   # idle + iowait
+    return sum(vals) - idle, sum(vals)
+
+
+def busy_cores(window: float = 0.2) -> float:
+    """Cores kept busy by other processes, averaged over ``window`` seconds (this process sleeps
+    meanwhile); 0 where the system does not say."""
+    a = _cpu_times()
+    if a is None:
+        return 0.0
+    time.sleep(window)
+    b = _cpu_times()
+    if b is None or b[1] <= a[1]:
+        return 0.0
+    n = os.cpu_count() or 1
+    return n * (b[0] - a[0]) / (b[1] - a[1])
+
+
+def resolve(spec: str | int | None = None) -> int:
+    """The intra-op thread count for ``spec``: an integer >= 1, or ``auto``/None (the default, also
+    from ``EDIT3DGS_THREADS``): the cores available minus those other processes keep busy, at least 1."""
+    from .errors import Edit3DGSError
+
+    spec = os.environ.get(ENV, "auto") if spec is None else spec
+    text = str(spec).strip().lower()
+    if text in ("", "auto"):
+        return max(1, available_cores() - int(round(busy_cores())))
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise Edit3DGSError("--threads" if ENV not in os.environ else ENV, "'auto' or a whole number of threads >= 1",
+                            repr(spec))
+    return n
+
+
+def apply(spec: str | int | None = None) -> int:
+    """Set PyTorch's intra-op threads from ``spec`` (see ``resolve``); returns the count. ``auto`` is
+    measured once per process (a server or a test session calls this for every command)."""
+    import torch
+
+    key = str(os.environ.get(ENV, "auto") if spec is None else spec).strip().lower()
+    if key not in _applied:
+        _applied[key] = resolve(spec)
+    n = _applied[key]
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n

@@ -1,0 +1,72 @@
+"""CPU threads: the backend leaves cores other processes keep busy and its idle threads sleep."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edit3dgs import threads
+from edit3dgs.errors import Edit3DGSError
+
+BACKEND = Path(__file__).resolve().parents[1] / "backend"
+
+
+def test_auto_leaves_the_cores_other_processes_keep_busy(monkeypatch):
+    monkeypatch.delenv(threads.ENV, raising=False)
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    for busy, want in ((0.0, 8), (0.4, 8), (2.6, 5), (7.9, 1), (12.0, 1)):
+        monkeypatch.setattr(threads, "busy_cores", lambda b=busy: b)
+        assert threads.resolve("auto") == want
+        assert threads.resolve(None) == want
+
+
+def test_explicit_counts_and_the_environment(monkeypatch):
+    monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)
+    assert threads.resolve("3") == 3 and threads.resolve(1) == 1
+    monkeypatch.setenv(threads.ENV, "2")
+    assert threads.resolve(None) == 2
+    for bad in ("0", "-1", "many", "1.5"):
+        with pytest.raises(Edit3DGSError, match="whole number of threads"):
+            threads.resolve(bad)
+
+
+def test_busy_cores_sees_a_cpu_bound_neighbour():
+    if threads._cpu_times() is None:
+        pytest.skip("no /proc/stat on this system: auto falls back to all cores")
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert threads.busy_cores(0.5) > 0.6
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_cli_sets_threads_and_passive_waiting_before_torch_loads(tmp_path):
+    """``edit3dgs --threads 1 ...``: PyTorch runs one intra-op thread and libgomp was told to let idle
+    threads sleep (the environment is set before torch is imported); a user's own setting is kept."""
+    code = ("import os, sys; from edit3dgs import cli; assert 'torch' not in sys.modules; "
+            "rc = cli.main(sys.argv[1:]); import torch; print(torch.get_num_threads(), os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", threads.ENV)}
+    env["PYTHONPATH"] = str(BACKEND)
+    args = ["make-avatar", "--out", str(tmp_path / "a"), "--frames", "2", "--gaussians-per-face", "1"]
+    r = subprocess.run([sys.executable, "-c", code, "--threads", "1", *args], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-2:] == ["1", "PASSIVE"]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    r = subprocess.run([sys.executable, "-c", code, "--threads", "2", *args[:2], str(tmp_path / "b"), *args[3:]],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-2:] == ["2", "ACTIVE"]
+
+
+def test_apply_sets_torch_threads():
+    before = torch.get_num_threads()
+    try:
+        assert threads.apply(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
