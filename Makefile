@@ -35,8 +35,12 @@ $(BVENV42)/.ok:
 	$(BVENV42)/bin/pip install -q "bpy==4.2.*" "numpy<2" pytest
 	touch $@
 
+# EDITOR=ip2p runs the paper's method with the built-in Instruct-Pix2Pix and the ablation;
+# PROMPT="..." changes the instruction (the built-in model has learned "make him look older").
+EDITOR ?= region
+PROMPT ?=
 demo: setup
-	$(BIN)/edit3dgs demo --out $(OUT) --overwrite
+	$(BIN)/edit3dgs demo --out $(OUT) --overwrite --editor $(EDITOR) $(if $(PROMPT),--prompt "$(PROMPT)")
 
 test: setup
 	$(BIN)/python -m pytest -q tests --ignore=tests/blender
