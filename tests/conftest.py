@@ -52,11 +52,18 @@ def builtin_avatar_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def cli(capsys):
-    """Run the edit3dgs CLI in-process; returns (exit code, stdout, stderr)."""
+    """Run the edit3dgs CLI in-process; returns (exit code, stdout, stderr). The CLI sets PyTorch's
+    thread count for its process; here the test's own setting is restored after each call."""
+    import torch
+
     from edit3dgs.cli import main
 
     def run(*args):
-        code = main([str(a) for a in args])
+        n = torch.get_num_threads()
+        try:
+            code = main([str(a) for a in args])
+        finally:
+            torch.set_num_threads(n)
         out = capsys.readouterr()
         return code, out.out, out.err
 

@@ -137,9 +137,24 @@ def test_training_a_tiny_model_writes_a_folder_the_editor_loads(tmp_path):
     # The same folder again: refused unless resumed.
     with pytest.raises(Edit3DGSError, match="--resume"):
         train_editor(cfg, log=lambda s: None)
+    # Resuming with another objective or learning rate is refused; more steps are allowed.
+    import dataclasses
+
+    with pytest.raises(Edit3DGSError, match="--lr 0.0006 .now 0.001."):
+        train_editor(dataclasses.replace(cfg, lr=1e-3, steps=4), resume=True, log=lambda s: None)
     cfg.steps = 4
     train_editor(cfg, resume=True, log=lambda s: None)
     assert json.loads((out / "training_manifest.json").read_text())["steps_done"] == 4
+    # The saved scheduler says what the UNet predicts; a model is continued only as what it is.
+    sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == cfg.prediction == "v_prediction"
+    assert "_name_or_path" not in json.loads((out / "vae" / "config.json").read_text())
+    with pytest.raises(Edit3DGSError, match="prediction_type 'v_prediction'"):
+        train_editor(dataclasses.replace(cfg, out=str(tmp_path / "more"), init_model=str(out), prediction="epsilon"),
+                     log=lambda s: None)
+    more = train_editor(dataclasses.replace(cfg, out=str(tmp_path / "more"), init_model=str(out), steps=1),
+                        log=lambda s: None)
+    assert json.loads((more / "training_manifest.json").read_text())["state"]["vae_from"]["steps"] == cfg.vae_steps
 
 
 def test_builtin_model_loads_offline_on_cpu_keeps_the_head_and_makes_it_older(tiny_identities):
@@ -197,6 +212,30 @@ def test_loss_weights_favour_the_edit_and_the_noisy_steps():
         e = weighted_loss(err, target, ab, m * 0, 5.0, 0.0, "epsilon")
         assert torch.isclose(v, torch.tensor(min(snr, 5.0) / (snr + 1)), rtol=1e-3)
         assert torch.isclose(e, torch.tensor(min(snr, 5.0) / snr), rtol=1e-3)
+
+
+def test_model_card_command_reproduces_the_configuration():
+    """The card's command line parses back (through the real CLI parser) to the same configuration."""
+    import shlex
+
+    from edit3dgs.cli import build_parser
+    from edit3dgs.edit.train import TrainConfig, reproduce_command
+
+    cfg = TrainConfig(out="", minutes=5.4, random_identities=12, edit_weight=2.5, snr_gamma=None, init_vae="FIRST",
+                      prediction="epsilon", lr=1e-3, groups=8)
+    a = build_parser().parse_args(shlex.split(reproduce_command(cfg))[1:])
+    assert (a.minutes, a.random_identities, a.edit_weight, a.snr_gamma, a.init_vae, a.prediction, a.lr, a.groups) == \
+        (5.4, 12, 2.5, 0.0, "FIRST", "epsilon", 1e-3, 8)
+    assert a.steps == cfg.steps and a.vae_steps == cfg.vae_steps and a.out == "DIR"
+
+
+def test_sample_scores_stay_json_when_an_edit_changes_nothing():
+    from edit3dgs.edit.train import sample_scores
+
+    img = torch.rand(1, 8, 6, 3)
+    s = sample_scores(img, img, img)
+    json.dumps(s, allow_nan=False)
+    assert s["psnr_inside_vs_gt"] == "nan" and s["psnr_vs_gt"] == "inf"
 
 
 def test_train_editor_refuses_a_folder_it_cannot_continue_from(tmp_path):

@@ -159,9 +159,10 @@ class Channel:
 
 
 class Server:
-    def __init__(self, channel: Channel, device: str = "auto"):
+    def __init__(self, channel: Channel, device: str = "auto", threads: str | None = None):
         self.ch = channel
         self.device = device
+        self.threads = threads   # --threads of the serve command (None: EDIT3DGS_THREADS or auto)
         self.jobs: queue.Queue = queue.Queue()
         self.current: str | None = None
         self.pending: set[str] = set()  # ids queued or running (a cancel of any other id is answered at once)
@@ -246,6 +247,9 @@ class Server:
             if job is None:
                 return
             try:
+                from . import threads
+
+                threads.apply(self.threads, remeasure=True)   # Blender's load changes between jobs
                 self._run(job)
             except BaseException:  # noqa: BLE001 - the worker must outlive any job
                 traceback.print_exc(file=sys.stderr)
@@ -450,7 +454,7 @@ def cmd_serve(a) -> int:
     proto = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     stdin = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
-    server = Server(Channel(proto), device=a.device)
+    server = Server(Channel(proto), device=a.device, threads=getattr(a, "threads", None))
     return server.serve(stdin)
 
 

@@ -13,8 +13,10 @@ Blender always does beside the backend:
 So: idle threads sleep (``OMP_WAIT_POLICY=PASSIVE``, set before PyTorch loads
 unless the user set it), and the thread count is the cores this process may
 use minus those other processes keep busy, measured when the backend starts
-(``auto``), or what the user asks for (``--threads N``, ``EDIT3DGS_THREADS``,
-the Blender preference). ``benchmarks/cpu_load_bench.py`` measures the effect.
+(``auto``; ``edit3dgs serve`` measures again before every job, since Blender's
+load changes), or what the user asks for (``--threads N``, ``EDIT3DGS_THREADS``,
+which the Blender preference "CPU Threads" sets for the backend).
+``benchmarks/cpu_load_bench.py`` measures the effect.
 """
 
 from __future__ import annotations
@@ -39,32 +41,48 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _cpu_times() -> tuple[float, float] | None:
-    """(busy, total) jiffies of all CPUs from /proc/stat (None where there is none)."""
+def _allowed_cpus() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def _cpu_times() -> dict[int, tuple[float, float]] | None:
+    """Per CPU, (busy, total) jiffies from /proc/stat: the first 8 fields (user .. steal; guest time
+    is already inside user and nice), idle = idle + iowait. None where there is no /proc/stat."""
     try:
         with open("/proc/stat") as f:
-            parts = f.readline().split()
+            lines = [ln.split() for ln in f if ln.startswith("cpu") and ln[3:4].isdigit()]
     except OSError:
         return None
-    if not parts or parts[0] != "cpu":
-        return None
-    vals = [float(v) for v in parts[1:]]
-    idle = vals[3] + (vals[4] if len(vals) > 4 else 0.0)   # idle + iowait
-    return sum(vals) - idle, sum(vals)
+    out = {}
+    for parts in lines:
+        vals = [float(v) for v in parts[1:9]]
+        if len(vals) < 4:
+            continue
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0.0)
+        out[int(parts[0][3:])] = (sum(vals) - idle, sum(vals))
+    return out or None
 
 
 def busy_cores(window: float = 0.2) -> float:
-    """Cores kept busy by other processes, averaged over ``window`` seconds (this process sleeps
-    meanwhile); 0 where the system does not say."""
+    """Cores this process may use that other processes keep busy, averaged over ``window`` seconds
+    (this process sleeps meanwhile); 0 where the system does not say."""
     a = _cpu_times()
     if a is None:
         return 0.0
     time.sleep(window)
     b = _cpu_times()
-    if b is None or b[1] <= a[1]:
+    if b is None:
         return 0.0
-    n = os.cpu_count() or 1
-    return n * (b[0] - a[0]) / (b[1] - a[1])
+    allowed = _allowed_cpus() or set(a)
+    busy = 0.0
+    for cpu in allowed & set(a) & set(b):
+        dt = b[cpu][1] - a[cpu][1]
+        if dt > 0:
+            busy += min(1.0, max(0.0, (b[cpu][0] - a[cpu][0]) / dt))
+    return busy
 
 
 def resolve(spec: str | int | None = None) -> int:
@@ -72,7 +90,9 @@ def resolve(spec: str | int | None = None) -> int:
     from ``EDIT3DGS_THREADS``): the cores available minus those other processes keep busy, at least 1."""
     from .errors import Edit3DGSError
 
-    spec = os.environ.get(ENV, "auto") if spec is None else spec
+    source = "--threads"
+    if spec is None:
+        spec, source = os.environ.get(ENV, "auto"), ENV
     text = str(spec).strip().lower()
     if text in ("", "auto"):
         return max(1, available_cores() - int(round(busy_cores())))
@@ -81,18 +101,17 @@ def resolve(spec: str | int | None = None) -> int:
     except ValueError:
         n = 0
     if n < 1:
-        raise Edit3DGSError("--threads" if ENV not in os.environ else ENV, "'auto' or a whole number of threads >= 1",
-                            repr(spec))
+        raise Edit3DGSError(source, "'auto' or a whole number of threads >= 1", repr(spec))
     return n
 
 
-def apply(spec: str | int | None = None) -> int:
+def apply(spec: str | int | None = None, remeasure: bool = False) -> int:
     """Set PyTorch's intra-op threads from ``spec`` (see ``resolve``); returns the count. ``auto`` is
-    measured once per process (a server or a test session calls this for every command)."""
+    measured once per process unless ``remeasure`` (the server, before each job)."""
     import torch
 
     key = str(os.environ.get(ENV, "auto") if spec is None else spec).strip().lower()
-    if key not in _applied:
+    if key not in _applied or (remeasure and key in ("", "auto")):
         _applied[key] = resolve(spec)
     n = _applied[key]
     if torch.get_num_threads() != n:
