@@ -94,7 +94,7 @@ def _motion(a, b):
     from .dataset import load_motion
 
     if getattr(a, "flame_params", None):
-        p = load_motion(a.flame_params, n_verts=b.head.n_verts, report=_say)
+        p = load_motion(a.flame_params, n_verts=b.head.n_verts, report=_say, n_shape=b.head.n_shape, n_expr=b.head.n_expr)
         if getattr(a, "keep_identity", True):
             p = p.with_identity(b.params)
         return p
