@@ -7,6 +7,8 @@ contract, not a list of messages:
 
 - a non-zero exit status;
 - exactly one ``error:`` line on stderr, naming what was expected and what was found;
+- a line that says it clearly (a few hundred characters at most) and that is not a MemoryError: an
+  input must be refused by a check, not by failing to allocate;
 - no traceback, and no numeric warning (a NaN or a log(0) on its way to a render);
 - nothing written: the case's folder holds exactly the files it held before, byte for byte
   (so the inputs are unchanged and there is no output, not even a hidden temporary);
@@ -40,6 +42,7 @@ from test_formats import random_avatar
 from edit3dgs.cameras import camera_rig, save_cameras
 from edit3dgs.flame_params import FlameParams
 
+MAX_LINE = 600  # characters of the error line (paths of the case folder included)
 GB = 1 << 30
 MEMORY_LIMIT = 2 * GB
 N_FACES, N_GAUSS, T = 60, 30, 3
@@ -133,6 +136,14 @@ NOT_THIS_FORMAT = {
 }
 
 
+def byte_cases(kind: str, target: str, argv: list, good: bytes, header_end: int | None = None) -> None:
+    """Truncations of the valid file and files of another format in its place."""
+    for k, v in truncations(good, header_end).items():
+        case(f"{kind}-truncated-{k}", argv, **{target: v})
+    for k, v in NOT_THIS_FORMAT.items():
+        case(f"{kind}-other-format-{k}", argv, **{target: v})
+
+
 def sparse_file(size: int, head: bytes = b""):
     """A file of ``size`` bytes that costs no disk (a hole after ``head``)."""
     def make(path: Path):
@@ -183,10 +194,7 @@ def _gen_ply():
     P = "avatar__point_cloud_DOT_ply"
     good = base_bytes("avatar/point_cloud.ply")
     hend = _ply_header_end(good)
-    for k, v in truncations(good, hend).items():
-        case(f"ply-truncated-{k}", EXPORT, **{P: v})
-    for k, v in NOT_THIS_FORMAT.items():
-        case(f"ply-not-a-ply-{k}", EXPORT, **{P: v})
+    byte_cases("ply", P, EXPORT, good, hend)
     case("ply-npz-bytes", EXPORT, **{P: base_bytes("avatar/flame_param.npz")})
     header = good[:hend].decode()
     body = good[hend:]
@@ -257,23 +265,24 @@ def params_dict():
     return FlameParams.neutral(T).as_dict()
 
 
-def npz_with(**changes):
-    d = params_dict()
+def changed(d: dict, changes: dict) -> dict:
+    """``d`` with the keys of ``changes`` replaced (None: removed)."""
     for k, v in changes.items():
         if v is None:
             d.pop(k)
         else:
             d[k] = v
-    return npz_bytes(d)
+    return d
+
+
+def npz_with(**changes):
+    return npz_bytes(changed(params_dict(), changes))
 
 
 def _gen_npz():
     N = "avatar__flame_param_DOT_npz"
     good = base_bytes("avatar/flame_param.npz")
-    for k, v in truncations(good).items():
-        case(f"npz-truncated-{k}", EXPORT, **{N: v})
-    for k, v in NOT_THIS_FORMAT.items():
-        case(f"npz-not-a-zip-{k}", EXPORT, **{N: v})
+    byte_cases("npz", N, EXPORT, good)
     npy = io.BytesIO()
     np.save(npy, np.zeros((T, 100), np.float32))
     case("npz-is-npy", EXPORT, **{N: npy.getvalue()})
@@ -352,13 +361,7 @@ def _zip_bomb(path: Path):
 
 
 def pkl_with(protocol=2, **changes):
-    d = flame_dict()
-    for k, v in changes.items():
-        if v is None:
-            d.pop(k)
-        else:
-            d[k] = v
-    return pickle.dumps(d, protocol=protocol)
+    return pickle.dumps(changed(flame_dict(), changes), protocol=protocol)
 
 
 class _Evil:
@@ -369,10 +372,7 @@ class _Evil:
 def _gen_pickle():
     K = "avatar__head_model_DOT_pkl"
     good = base_bytes("avatar/head_model.pkl")
-    for k, v in truncations(good).items():
-        case(f"pkl-truncated-{k}", EXPORT, **{K: v})
-    for k, v in NOT_THIS_FORMAT.items():
-        case(f"pkl-not-a-pickle-{k}", EXPORT, **{K: v})
+    byte_cases("pkl", K, EXPORT, good)
     case("pkl-list", EXPORT, **{K: pickle.dumps([1, 2, 3])})
     case("pkl-code", EXPORT, **{K: pickle.dumps({"v_template": _Evil()})})
     case("pkl-code-via-flame-option", EXPORT + WITH_FLAME, **{K: pickle.dumps(_Evil())})
@@ -431,10 +431,7 @@ def _gen_pickle():
 def _gen_avatar_json():
     J = "avatar__avatar_DOT_json"
     good = base_bytes("avatar/avatar.json")
-    for k, v in truncations(good).items():
-        case(f"json-truncated-{k}", EXPORT, **{J: v})
-    for k, v in NOT_THIS_FORMAT.items():
-        case(f"json-not-json-{k}", EXPORT, **{J: v})
+    byte_cases("json", J, EXPORT, good)
     for k, v in {"list": [{"head_model": "head_model.pkl"}], "string": "head_model.pkl", "number": 5, "null": None,
                  "true": True}.items():
         case(f"json-top-{k}", EXPORT, **{J: json.dumps(v).encode()})
@@ -481,10 +478,7 @@ def ga_cams(**changes):
 def _gen_cameras():
     C = "cams_DOT_json"
     good = base_bytes("cams.json")
-    for k, v in truncations(good).items():
-        case(f"cams-truncated-{k}", RENDER, **{C: v})
-    for k, v in NOT_THIS_FORMAT.items():
-        case(f"cams-not-json-{k}", RENDER, **{C: v})
+    byte_cases("cams", C, RENDER, good)
     nan, inf = float("nan"), float("inf")
     bad = {"w": [nan, inf, -inf, 0, -1, "abc", None, [1], 1e300, 10.5, True],
            "h": [nan, inf, 0, -5, "x", 1e300],
@@ -611,6 +605,8 @@ def check_contract(c: Case, code: int, err: str, before: dict, after: dict, caug
     assert "Traceback" not in err, f"{c.id}: traceback\n{err}"
     assert len(lines) == 1, f"{c.id}: {len(lines)} error lines\n{err}"
     assert "expected" in lines[0] and "found" in lines[0], f"{c.id}: not 'expected ..., found ...'\n{lines[0]}"
+    assert len(lines[0]) <= MAX_LINE, f"{c.id}: a line of {len(lines[0])} characters is not a clear one\n{lines[0][:400]}"
+    assert "MemoryError" not in lines[0], f"{c.id}: tried to allocate (refused by the memory limit, not by a check)\n{lines[0]}"
     assert not caught, f"{c.id}: warnings {caught}\n{err}"
     assert after == before, f"{c.id}: files changed or written: {sorted(set(after.items()) ^ set(before.items()))}"
 

@@ -269,7 +269,7 @@ def read_ply_vertices(path: Path) -> tuple[dict, list]:
     except KeyError:
         raise Edit3DGSError(path, "a PLY with a 'vertex' element", "no 'vertex' element") from None
     except Exception as exc:
-        raise Edit3DGSError(path, "a complete PLY file", f"{type(exc).__name__}: {exc}".strip()) from None
+        raise Edit3DGSError(path, "a complete PLY file", f"{type(exc).__name__}: {str(exc)[:200]}".strip()) from None
     finally:
         io.BufferedReader.close(fh)
     if (extra.strip() if ply.text else extra):
