@@ -69,6 +69,9 @@ def _write_base(root: Path) -> None:
     (root / "masks.pkl").write_bytes(pickle.dumps({"face": np.arange(10), "scalp": np.arange(10, 20)}, protocol=2))
     save_cameras(root / "cams.json", camera_rig(40, 60)[:2])
     FlameParams.neutral(T).save(root / "motion.npz")
+    from edit3dgs.dataset import write_capture
+
+    write_capture(root / "data", {"train": (list(range(T)), camera_rig(40, 60)[:2])}, FlameParams.neutral(T))
 
 
 _BASE = None
@@ -342,6 +345,33 @@ def _npz_lying_header(path: Path):
                     np.lib.format.write_array(fh, v)
 
 
+def _gen_dataset():
+    """A dataset folder as motion (--flame-params DATASET): its transforms and per-frame files."""
+    argv = EXPORT + ["--flame-params", "{d}/data"]
+    T_JSON = "data__transforms_train_DOT_json"
+    base = json.loads(base_bytes("data/transforms_train.json"))
+
+    def frames_with(i, **kv):
+        d = json.loads(json.dumps(base))
+        d["frames"][i].update(kv)
+        return json.dumps(d).encode()
+
+    for k, kv in {"path-number": dict(flame_param_path=5), "path-list": dict(flame_param_path=["a"]),
+                 "path-missing": dict(flame_param_path="flame_param/99999.npz"),
+                 "two-files-one-timestep": dict(flame_param_path="flame_param/00001.npz"),
+                 "timestep-gap": dict(timestep_index=7, flame_param_path="flame_param/00007.npz"),
+                 "timestep-text": dict(timestep_index="0"), "timestep-negative": dict(timestep_index=-1),
+                 "image-path-number": dict(file_path=3)}.items():
+        case(f"data-{k}", argv, **{T_JSON: frames_with(0, **kv)})
+    wide = FlameParams.neutral(1).as_dict()
+    wide["expr"] = np.zeros((1, 50), np.float32)
+    case("data-frame-width-differs", argv, data__flame_param__00001_DOT_npz=npz_bytes(wide))
+    case("data-frame-nan", argv, data__flame_param__00002_DOT_npz=npz_with(rotation=np.full((T, 3), np.nan, np.float32)))
+    case("data-frame-truncated", argv, data__flame_param__00000_DOT_npz=base_bytes("data/flame_param/00000.npz")[:100])
+    case("data-transforms-list", argv, **{T_JSON: b"[]"})
+    case("data-no-transforms", argv, remove=["data/transforms_train.json", "data/transforms.json"])
+
+
 def _zip_bomb(path: Path):
     n = 320 * 10**6  # float32 zeros: 1.28 GB inflated, about 1.2 MB on disk
     d = params_dict()
@@ -537,6 +567,14 @@ def _gen_ranges():
                         "--seed": ("-1", "99999999999999999999999")}.items():
         for v in values:
             case(f"range-make-avatar{opt}={v}", M + [opt, v], huge=True)
+    E = ["edit", "--avatar", "{d}/avatar", "--prompt", "make it blue", "--device", "cpu", "--out", "{d}/edited"]
+    for opt, values in {"--rounds": ("0", "-1", "1000000000"), "--num-timesteps": ("0", "999999999"),
+                        "--lr": ("nan", "inf", "0", "-1"), "--scale": ("nan", "0", "inf", "-2"),
+                        "--lrs": ('{"xyz": "a"}', "[1]", '{"xyz": NaN}', '{"xyz": -1}', "{", '{"nope": 1}', "fastest"),
+                        "--iters-per-batch": ("0",), "--views-per-iter": ("-1",), "--max-iters-per-batch": ("0",),
+                        "--timesteps": ("0-99999999", "x"), "--seed": ("-1",), "--cameras": ("0-9999999",)}.items():
+        for v in values:
+            case(f"range-edit{opt}={v}", E + [opt, v], huge=True)
 
 
 # -- output paths -----------------------------------------------------------------------------------------------------
@@ -559,7 +597,7 @@ def _gen_outputs():
     case("out-make-avatar-is-a-file", ["make-avatar", "--out", "{d}/plain.txt"], plain_DOT_txt=b"x")
 
 
-for _gen in (_gen_ply, _gen_npz, _gen_pickle, _gen_avatar_json, _gen_cameras, _gen_ranges, _gen_outputs):
+for _gen in (_gen_ply, _gen_npz, _gen_dataset, _gen_pickle, _gen_avatar_json, _gen_cameras, _gen_ranges, _gen_outputs):
     _gen()
 
 IN_PROCESS = [c for c in CASES if not c.huge]
@@ -578,6 +616,8 @@ def prepare(c: Case, root: Path) -> list[str]:
             v(p)
         else:
             p.write_bytes(v)
+    for rel in c.remove:
+        (root / rel).unlink(missing_ok=True)
     return [a.replace("{d}", str(root)) for a in c.argv]
 
 
@@ -636,13 +676,14 @@ def test_the_generator_has_enough_cases_of_every_kind():
     for c in CASES:
         kinds[c.id.split("-")[0]] = kinds.get(c.id.split("-")[0], 0) + 1
     assert len(CASES) >= 200 and len({c.id for c in CASES}) == len(CASES), len(CASES)
-    assert set(kinds) >= {"ply", "npz", "pkl", "masks", "json", "cams", "range", "out"}, kinds
+    assert set(kinds) >= {"ply", "npz", "data", "pkl", "masks", "json", "cams", "range", "out"}, kinds
     assert len(HUGE) >= 10
 
 
 def test_the_unmutated_inputs_work(tmp_path):
     """The base inputs are valid: every failure below is the mutation's."""
-    for argv, name in ((EXPORT, "export"), (RENDER, "render"), (EXPORT + WITH_MOTION + WITH_FLAME, "export2")):
+    for argv, name in ((EXPORT, "export"), (RENDER, "render"), (EXPORT + WITH_MOTION + WITH_FLAME, "export2"),
+                       (EXPORT + ["--flame-params", "{d}/data", "--timestep", "2"], "export3")):
         root = tmp_path / name
         args = prepare(Case(name, {}, argv), root)
         code, err, caught = run_main(args)

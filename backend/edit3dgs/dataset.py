@@ -95,8 +95,15 @@ class Capture:
 def _frames_of(cf: CameraFile, split: str) -> list[Frame]:
     root = cf.path.parent
     out = []
-    for fr, cam in zip(cf.frames, cf.frame_cameras):
-        rel = lambda k: (root / fr[k]) if fr.get(k) else None  # noqa: E731
+    for i, (fr, cam) in enumerate(zip(cf.frames, cf.frame_cameras)):
+        def rel(k):
+            v = fr.get(k)
+            if v is None or v == "":
+                return None
+            if not isinstance(v, str):
+                raise Edit3DGSError(cf.path, f"'{k}' as a path relative to the dataset folder (frames[{i}])", repr(v)[:60])
+            return root / v
+
         try:
             t = int(fr.get("timestep_index", 0))
         except (TypeError, ValueError):
