@@ -739,6 +739,62 @@ def test_huge_inputs_refused_within_2gb(tmp_path):
     assert max(r["maxrss"] for r in results) < MEMORY_LIMIT
 
 
+def _server_cases():
+    """The avatar cases (a bad PLY, npz, head model or avatar.json) as export_rig jobs, and bad cameras
+    as region_masks jobs: the inputs the Blender extension sends through ``edit3dgs serve``."""
+    avatar = [c for c in IN_PROCESS if c.argv == EXPORT and c.files and all(k.startswith("avatar/") for k in c.files)]
+    jobs = [(c, "export_rig", {"avatar": "{d}/avatar", "out": "{d}/out/rig.npz"}) for c in avatar[::3]]  # a third: time
+    good = {"w": 40, "h": 60, "fx": 50.0, "fy": 50.0, "cx": 20.0, "cy": 30.0, "c2w": np.eye(4).tolist()}
+    bad = {"w-huge": dict(w=100_000, h=100_000), "w-zero": dict(w=0), "w-fraction": dict(w=40.5), "w-text": dict(w="40"),
+           "fx-zero": dict(fx=0), "fx-nan": dict(fx=float("nan")), "cy-inf": dict(cy=float("inf")), "cx-none": dict(cx=None),
+           "c2w-3x3": dict(c2w=np.eye(3).tolist()), "c2w-nan": dict(c2w=[[float("nan")] * 4] * 4),
+           "c2w-singular": dict(c2w=np.zeros((4, 4)).tolist()), "c2w-text": dict(c2w="eye"), "missing-h": dict(h=None)}
+    for k, ch in bad.items():
+        cam = {**good, **ch}
+        if ch.get("h", 0) is None and k == "missing-h":
+            cam.pop("h")
+        jobs.append((Case(f"job-camera-{k}", {}, []), "region_masks",
+                     {"avatar": "{d}/avatar", "camera": cam, "out": "{d}/out/mask.png", "regions": ["face"]}))
+    for k, v in {"regions-number": 5, "regions-text": "face", "timestep-text": "0"}.items():
+        args = {"avatar": "{d}/avatar", "camera": good, "out": "{d}/out/mask.png", "regions": ["face"]}
+        args[k.split("-")[0]] = v
+        jobs.append((Case(f"job-{k}", {}, []), "region_masks", args))
+    return jobs
+
+
+def test_the_same_inputs_through_the_server_get_one_line_and_it_keeps_serving(tmp_path):
+    from test_server_fuzz import _serve
+
+    jobs = _server_cases()
+    assert len(jobs) >= 100 and len({kind for _, kind, _ in jobs}) == 2
+    backend = str(Path(__file__).parents[1] / "backend")  # this checkout's backend, whatever is installed
+    s = _serve({"PYTHONPATH": os.pathsep.join([backend, os.environ.get("PYTHONPATH", "")])})
+    try:
+        failures = []
+        for i, (c, kind, args) in enumerate(jobs):
+            root = tmp_path / f"s{i}"
+            prepare(c, root)
+            before = tree(root)
+            fill = lambda v: v.replace("{d}", str(root)) if isinstance(v, str) else v  # noqa: E731
+            s.send("job", {"id": c.id, "kind": kind, "args": {k: fill(v) for k, v in args.items()}})
+            k, p = s.until({"done", "error", "cancelled"}, c.id, timeout=60)
+            msg = p.get("message", "")
+            if not (k == "error" and p.get("kind") == "input" and "\n" not in msg and "expected" in msg and "found" in msg
+                    and len(msg) <= MAX_LINE and tree(root) == before):
+                failures.append(f"{c.id}: {k} {p}")
+        assert not failures, "\n".join(failures)
+        s.send("ping", {})
+        assert s.until({"pong"}, timeout=30)[0] == "pong"
+        assert s.p.poll() is None
+    finally:
+        if s.p.poll() is None:
+            s.send("shutdown", {})
+            try:
+                s.p.wait(10)
+            except subprocess.TimeoutExpired:
+                s.p.kill()
+
+
 def test_peak_memory_of_the_in_process_cases():
     """Runs last in this file: the whole in-process fuzz stayed under 2 GB resident."""
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 < MEMORY_LIMIT

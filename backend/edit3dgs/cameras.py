@@ -250,6 +250,20 @@ def camera_from_frame(frame: dict, defaults: dict, path=None, where: str = "", c
     return Camera(index, w, h, fx, fy, cx, cy, m, ax)
 
 
+def camera_from_job(c: dict, where: str = "job argument 'camera'") -> Camera:
+    """A pinhole camera sent by the Blender extension (``w, h, fx, fy, cx, cy`` top-left, ``c2w`` OpenGL):
+    sizes within the image-side limit, positive focal lengths, finite numbers; its matrix is used as sent."""
+    missing = [k for k in ("w", "h", "fx", "fy", "cx", "cy", "c2w") if k not in c]
+    if missing:
+        raise Edit3DGSError(where, "a camera with w, h, fx, fy, cx, cy, c2w", f"no {', '.join(missing)}")
+    w, h = image_size(c["w"], c["h"], where)
+    m = real_array(c["c2w"], where, "c2w").astype(np.float64)
+    if m.shape != (4, 4) or not np.isfinite(m).all() or abs(np.linalg.det(m[:3, :3])) < 1e-12:
+        raise Edit3DGSError(where, "c2w as a finite invertible 4x4 matrix", f"shape {m.shape}" + (" (NaN/inf or singular)" if m.shape == (4, 4) else ""))
+    return Camera(0, w, h, positive(c["fx"], where, "fx"), positive(c["fy"], where, "fy"),
+                  _real(c["cx"], where, "cx"), _real(c["cy"], where, "cy"), m)
+
+
 def _real(v, path, what: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > 1e12:
         raise Edit3DGSError(path, f"{what} as a finite number of pixels", repr(v)[:60])
