@@ -139,8 +139,7 @@ class Camera:
 
 def _scaled_size(cam: Camera, factor: float) -> tuple[int, int]:
     """The image size at ``factor`` times the resolution: a finite positive factor, sides within the limit."""
-    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
-        raise Edit3DGSError("--scale", "a finite positive resolution factor", repr(factor))
+    factor = positive(factor, "--scale", "a resolution factor")
     w, h = max(1, round(cam.width * factor)), max(1, round(cam.height * factor))
     return image_size(w, h, "--scale", f"camera {cam.index} at {factor:g} x {cam.width}x{cam.height}")
 

@@ -290,8 +290,9 @@ def _check(path, cond, expected, found):
         raise Edit3DGSError(path, expected, found)
 
 
-def _model_array(path, d: dict, key: str, shape_ok, shape: str, index_below: int | None = None) -> np.ndarray:
-    """A model array (dense or scipy sparse) as float32, or int64 indices in [0, index_below): real numbers
+def _model_array(path, d: dict, key: str, shape_ok, shape: str, index_below: int | None = None,
+                 index_from: int = 0) -> np.ndarray:
+    """A model array (dense or scipy sparse) as float32, or int64 indices in [index_from, index_below): real numbers
     only, finite, of the expected shape; a sparse matrix's shape is checked before it is densified."""
     x = d[key]
     if hasattr(x, "toarray") and hasattr(x, "shape"):
@@ -300,7 +301,7 @@ def _model_array(path, d: dict, key: str, shape_ok, shape: str, index_below: int
     if isinstance(x, _ChumpyStand_in):
         x = x.to_array(key)
     if index_below is not None:
-        a = index_array(x, path, key + " (indices)", 0, index_below)
+        a = index_array(x, path, key + " (indices)", index_from, index_below)
     else:
         a = float32_array(x, path, key)
     _check(path, shape_ok(a.shape), f"{key} of shape {shape}", f"shape {a.shape}")
@@ -327,7 +328,8 @@ def load_flame_model(path: os.PathLike | str, masks_path: os.PathLike | str | No
                    f"n_expr (expression components; shapedirs has {K - n_shape} after the shape ones)", 0, K - n_shape)
     pd = _model_array(path, d, "posedirs", lambda s: s == (V, 3, 36), f"({V},3,36)")
     J = _model_array(path, d, "J_regressor", lambda s: s == (5, V), f"(5,{V})")
-    kt = _model_array(path, d, "kintree_table", lambda s: s == (2, 5), "(2,5)", index_below=1 << 32)
+    # the root's parent is -1, or 2**32 - 1 as FLAME's own files store it (unsigned); it is not read
+    kt = _model_array(path, d, "kintree_table", lambda s: s == (2, 5), "(2,5)", index_below=1 << 32, index_from=-(1 << 32))
     parents = kt[0].copy()
     parents[0] = -1
     for j in range(1, 5):

@@ -113,7 +113,8 @@ def whole(value, path, what: str, lo: int | None = 0, hi: int | None = None) -> 
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
     if isinstance(value, (float, np.floating)) and math.isfinite(value) and value == int(value):
         value, ok = int(value), True
-    rng = f" in [{'' if lo is None else lo},{'' if hi is None else hi}]" if lo is not None or hi is not None else ""
+    rng = (f" in [{lo},{hi}]" if lo is not None and hi is not None else f" of at least {lo}" if lo is not None
+           else f" of at most {hi}" if hi is not None else "")
     if not ok or (lo is not None and value < lo) or (hi is not None and value > hi):
         raise Edit3DGSError(path, f"{what} as a whole number{rng}", repr(value)[:60])
     return int(value)
