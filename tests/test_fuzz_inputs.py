@@ -575,6 +575,16 @@ def _gen_ranges():
                         "--timesteps": ("0-99999999", "x"), "--seed": ("-1",), "--cameras": ("0-9999999",)}.items():
         for v in values:
             case(f"range-edit{opt}={v}", E + [opt, v], huge=True)
+    others = {"capture": (["capture", "--avatar", "{d}/avatar", "--cameras", "{d}/cams.json", "--out", "{d}/cap"], {"--step": ("0", "-2"), "--scale": ("0", "nan", "1e9")}),
+              "eval": (["eval", "--edited", "{d}/avatar", "--original", "{d}/avatar", "--prompt", "x"],
+                       {"--frames": ("1", "-5", "99999999"), "--scale": ("0", "inf")}),
+              "train-editor": (["train-editor", "--out", "{d}/model", "--device", "cpu"],
+                               {"--steps": ("-1",), "--views": ("0",), "--lr": ("nan", "-1"), "--minutes": ("-1",),
+                                "--snr-gamma": ("nan", "-2"), "--bank": ("-1",), "--seed": ("-7",)})}
+    for cmd, (argv, opts) in others.items():
+        for opt, values in opts.items():
+            for v in values:
+                case(f"range-{cmd}{opt}={v}", argv + [opt, v], huge=True)
 
 
 # -- output paths -----------------------------------------------------------------------------------------------------

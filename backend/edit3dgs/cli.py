@@ -237,7 +237,7 @@ def cmd_capture(a) -> int:
     train_cams = [c for c in cams if c.index != held]
     val_cams = [c for c in cams if c.index == held]
     T = b.params.num_timesteps
-    step = max(1, a.step)
+    step = whole(a.step, "--step", "every n-th timestep", 1, 10**6)
     params = b.params
     splits = {"train": (list(range(0, T, step)), train_cams), "val": (list(range(0, T, step)), val_cams)}
     if b.meta.get("held_out_sequence") and (b.folder / b.meta["held_out_sequence"]).is_file():
