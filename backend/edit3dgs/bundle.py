@@ -255,7 +255,7 @@ def open_avatar(folder: os.PathLike | str, flame: os.PathLike | str | None = Non
         teeth = nv != FLAME_N_VERTS
     head = FlameHead(model, add_teeth_if_flame=teeth)
     gaussians = GaussianAvatar.load_ply(ply, n_faces=head.n_faces)
-    params = FlameParams.load(npz, n_verts=head.n_verts, n_shape=head.n_shape, n_expr=head.n_expr)
+    params = FlameParams.load(npz, **head.param_sizes())
     if model.has_flame_topology:
         topology = f"FLAME with teeth ({head.n_faces} faces)" if teeth else f"FLAME without teeth ({FLAME_N_FACES} faces)"
     else:

@@ -107,7 +107,7 @@ def _motion(a, b):
     from .dataset import load_motion
 
     if getattr(a, "flame_params", None):
-        p = load_motion(a.flame_params, n_verts=b.head.n_verts, report=_say, n_shape=b.head.n_shape, n_expr=b.head.n_expr)
+        p = load_motion(a.flame_params, report=_say, **b.head.param_sizes())
         if getattr(a, "keep_identity", True):
             p = p.with_identity(b.params)
         return p
@@ -241,7 +241,7 @@ def cmd_capture(a) -> int:
     params = b.params
     splits = {"train": (list(range(0, T, step)), train_cams), "val": (list(range(0, T, step)), val_cams)}
     if b.meta.get("held_out_sequence") and (b.folder / b.meta["held_out_sequence"]).is_file():
-        held_seq = FlameParams.load(b.folder / b.meta["held_out_sequence"]).with_identity(b.params)
+        held_seq = FlameParams.load(b.folder / b.meta["held_out_sequence"], **b.head.param_sizes()).with_identity(b.params)
         held_seq.static_offset = b.params.static_offset
         params = FlameParams.concat([b.params, held_seq])
         splits["test"] = (list(range(T, params.num_timesteps, step)), cams)

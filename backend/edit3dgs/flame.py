@@ -541,6 +541,10 @@ class FlameHead(nn.Module):
     def n_faces(self) -> int:
         return int(self.faces.shape[0])
 
+    def param_sizes(self) -> dict:
+        """What FLAME parameters must fit (``FlameParams.load(path, **head.param_sizes())``)."""
+        return {"n_verts": self.n_verts, "n_shape": self.n_shape, "n_expr": self.n_expr}
+
     def _pad(self, x: torch.Tensor, n: int, what: str) -> torch.Tensor:
         if x.shape[-1] > n:
             extra = x[..., n:]
