@@ -765,6 +765,10 @@ def _server_cases():
             cam.pop("h")
         jobs.append((Case(f"job-camera-{k}", {}, []), "region_masks",
                      {"avatar": "{d}/avatar", "camera": cam, "out": "{d}/out/mask.png", "regions": ["face"]}))
+    for k, out in {"out-parent-is-a-file": "{d}/cams.json/mask.png", "out-nul": "{d}/m\0.png",
+                   "out-name-too-long": "{d}/" + "m" * 300 + ".png"}.items():
+        jobs.append((Case(f"job-{k}", {}, []), "region_masks",
+                     {"avatar": "{d}/avatar", "camera": good, "out": out, "regions": ["face"]}))
     for k, v in {"regions-number": 5, "regions-text": "face", "timestep-text": "0"}.items():
         args = {"avatar": "{d}/avatar", "camera": good, "out": "{d}/out/mask.png", "regions": ["face"]}
         args[k.split("-")[0]] = v

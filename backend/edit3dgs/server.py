@@ -416,13 +416,14 @@ JOB_OUTPUTS = ("out", "out_dir", "npz", "work_dir", "outputs")
 
 def _check_job_paths(args: dict) -> None:
     """Every job kind: no output is an input, inside one, or a folder holding one (fsutil.check_output)."""
-    from .fsutil import check_output
+    from .fsutil import check_output, check_output_path
 
     inputs = {f"'{k}'": args.get(k) for k in JOB_INPUTS}
     for k in JOB_OUTPUTS:
         v = args.get(k)
         for p in v if isinstance(v, list) else [v]:
             if isinstance(p, str) and p:
+                check_output_path(p, f"job argument '{k}'")
                 # A shot's work_dir is the client's scratch folder (it puts the shot's cameras and motion
                 # there); the job writes only its frames/ subfolder, so that is the output checked.
                 check_output(os.path.join(p, "frames") if k == "work_dir" else p, inputs, f"job argument '{k}'")
