@@ -373,17 +373,17 @@ def _gen_dataset():
 
 
 def _zip_bomb(path: Path):
-    n = 320 * 10**6  # float32 zeros: 1.28 GB inflated, about 1.2 MB on disk
-    d = params_dict()
+    """An npz of about 1 MB whose expr inflates to 1.06 GiB of zeros (just beyond the 1 GiB default)."""
+    chunk, n_chunks = bytes(1 << 24), 68
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        for k, v in d.items():
+        for k, v in params_dict().items():
             if k != "expr":
                 with zf.open(k + ".npy", "w") as fh:
                     np.lib.format.write_array(fh, v)
         with zf.open("expr.npy", "w", force_zip64=True) as fh:
-            np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (n // 100, 100)})
-            chunk = bytes(1 << 24)
-            for _ in range(n * 4 // len(chunk)):
+            rows = n_chunks * len(chunk) // 4 // 64
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (rows, 64)})
+            for _ in range(n_chunks):
                 fh.write(chunk)
 
 
