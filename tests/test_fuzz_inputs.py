@@ -12,6 +12,9 @@ contract, not a list of messages:
 - no traceback, and no numeric warning (a NaN or a log(0) on its way to a render);
 - nothing written: the case's folder holds exactly the files it held before, byte for byte
   (so the inputs are unchanged and there is no output, not even a hidden temporary);
+- the same malformed avatars and cameras sent to ``edit3dgs serve`` as jobs: an ``input`` error of
+  one line each, and the server still answering afterwards;
+- seeded random byte mutations of every file: the command works, or it fails as above;
 - peak memory under 2 GB: the huge-size cases run in a child process whose address space is
   limited to 2 GiB (an attempt to allocate beyond it fails there instead of succeeding
   lazily), and the child's and this process's peak resident sizes are checked.
@@ -610,6 +613,34 @@ def _gen_outputs():
 for _gen in (_gen_ply, _gen_npz, _gen_dataset, _gen_pickle, _gen_avatar_json, _gen_cameras, _gen_ranges, _gen_outputs):
     _gen()
 
+# -- random mutations: not always invalid, so either the command works or it fails cleanly ---------------------------
+
+
+def random_mutants(n_per_file: int = 24, seed: int = 15) -> list[Case]:
+    """Seeded byte flips, inserts and deletes in each input file (in its first 600 bytes, where headers,
+    zip entries and pickle opcodes are; binary data further on is mostly still valid data)."""
+    rng = np.random.default_rng(seed)
+    targets = {"avatar/point_cloud.ply": EXPORT, "avatar/flame_param.npz": EXPORT, "avatar/head_model.pkl": EXPORT,
+               "avatar/avatar.json": EXPORT, "cams.json": RENDER, "masks.pkl": EXPORT + ["--flame-masks", "{d}/masks.pkl"]}
+    out = []
+    for rel, argv in targets.items():
+        good = base_bytes(rel)
+        for i in range(n_per_file):
+            b = bytearray(good)
+            for _ in range(int(rng.integers(1, 4))):
+                at = int(rng.integers(0, min(len(b), 600)))
+                op = rng.integers(0, 3)
+                if op == 0:
+                    b[at] = int(rng.integers(0, 256))
+                elif op == 1:
+                    b[at:at] = bytes(rng.integers(0, 256, int(rng.integers(1, 9)), dtype=np.uint8))
+                else:
+                    del b[at:at + int(rng.integers(1, 9))]
+            out.append(Case(f"random-{rel.replace('/', '_')}-{i}", {rel: bytes(b)}, argv))
+    return out
+
+
+RANDOM = random_mutants()
 IN_PROCESS = [c for c in CASES if not c.huge]
 HUGE = [c for c in CASES if c.huge]
 
@@ -708,6 +739,20 @@ def test_malformed_input_gets_one_line(c, tmp_path):
     before = tree(root)
     code, err, caught = run_main(argv)
     check_contract(c, code, err, before, tree(root), caught)
+
+
+@pytest.mark.parametrize("c", RANDOM, ids=[c.id for c in RANDOM])
+def test_randomly_mutated_input_works_or_gets_one_line(c, tmp_path):
+    root = tmp_path / "case"
+    argv = prepare(c, root)
+    before = tree(root)
+    code, err, caught = run_main(argv)
+    after = tree(root)
+    if code == 0:  # still a valid input: then the inputs are untouched and nothing else matters here
+        changed = {k for k in before if after.get(k) != before[k]}
+        assert not changed and "Traceback" not in err, (c.id, changed, err)
+    else:
+        check_contract(c, code, err, before, after, caught)
 
 
 _CHILD = r"""
