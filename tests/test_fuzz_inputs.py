@@ -648,11 +648,20 @@ HUGE = [c for c in CASES if c.huge]
 # -- running a case and checking the contract -----------------------------------------------------------------------
 
 
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
+
+
 def prepare(c: Case, root: Path) -> list[str]:
-    shutil.copytree(base_dir(), root)
+    """The case's folder: the valid inputs (hard links to one copy: cheap), its mutations written as new files."""
+    shutil.copytree(base_dir(), root, copy_function=_link_or_copy)
     for rel, v in c.files.items():
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
+        p.unlink(missing_ok=True)  # never write through a link into the shared valid inputs
         if callable(v):
             v(p)
         else:
