@@ -764,6 +764,20 @@ def test_randomly_mutated_input_works_or_gets_one_line(c, tmp_path):
         check_contract(c, code, err, before, after, caught)
 
 
+def test_limits_are_named_and_raised_by_their_setting(monkeypatch):
+    """A limit's message names the setting that raises it; the setting raises it; a bad setting is one line too."""
+    from edit3dgs.cli import _parse_int_list
+    from edit3dgs.errors import Edit3DGSError
+
+    with pytest.raises(Edit3DGSError, match="at most 100,000 items .*EDIT3DGS_MAX_LIST_ITEMS.*found 200,000"):
+        _parse_int_list("0-200000", "--timesteps")
+    monkeypatch.setenv("EDIT3DGS_MAX_LIST_ITEMS", "300_000")
+    assert len(_parse_int_list("0-200000", "--timesteps")) == 200_000
+    monkeypatch.setenv("EDIT3DGS_MAX_LIST_ITEMS", "lots")
+    with pytest.raises(Edit3DGSError, match=r"\$EDIT3DGS_MAX_LIST_ITEMS: expected a positive whole number, found 'lots'"):
+        _parse_int_list("0-2", "--timesteps")
+
+
 _CHILD = r"""
 import json, resource, sys
 limit = int(sys.argv[1])
@@ -866,3 +880,4 @@ def test_the_same_inputs_through_the_server_get_one_line_and_it_keeps_serving(tm
 def test_peak_memory_of_the_in_process_cases():
     """Runs last in this file: the whole in-process fuzz stayed under 2 GB resident."""
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 < MEMORY_LIMIT
+
