@@ -53,11 +53,11 @@ def limit_note(name: str) -> str:
     return f"(the limit; raise it with EDIT3DGS_{name})"
 
 
-def at_most(path, what: str, value: int, name: str, default: int, unit: str = "") -> None:
+def at_most(path, what: str, value: int, name: str, default: int) -> None:
     """Refuse ``value`` above the limit ``EDIT3DGS_<name>``; the message names it."""
     lim = limit(name, default)
     if value > lim:
-        raise Edit3DGSError(path, f"at most {lim:,}{unit} {what} {limit_note(name)}", f"{value:,}{unit}")
+        raise Edit3DGSError(path, f"at most {lim:,} {what} {limit_note(name)}", f"{value:,}")
 
 
 # -- numbers ---------------------------------------------------------------------------------------------------------
