@@ -26,6 +26,13 @@ import torch
 
 from .errors import Edit3DGSError
 from .fsutil import atomic_path
+from .validate import at_most, finite, index_array
+
+# Bounds on stored values: beyond them world values are 0 or infinite in float32 (exp(88.7) overflows,
+# exp(-87.3) is below the smallest normal float; sigmoid(+-88) is 1 or 0 and its logit infinite).
+SCALE_LOG_LIMIT = 80.0
+OPACITY_LOGIT_LIMIT = 80.0
+VALUE_LIMIT = 1e18  # positions and colours: a world position k * R * xyz must stay finite
 
 SH_REST_COUNTS = {0: 0, 1: 3, 2: 8, 3: 15}
 
@@ -203,13 +210,23 @@ class GaussianAvatar:
         if N == 0:
             raise Edit3DGSError(path, "at least one Gaussian", "an empty vertex element")
         for n in required:
-            if not np.isfinite(cols[n]).all():
-                bad = int((~np.isfinite(cols[n])).sum())
-                raise Edit3DGSError(path, f"finite values in '{n}'", f"{bad} NaN/inf value(s)")
-        bf = cols["binding_0"]
-        binding = bf.astype(np.int64)
-        if (binding != bf).any() or binding.min() < 0:
-            raise Edit3DGSError(path, "non-negative whole face indices in 'binding_0'", f"values such as {bf[(binding != bf) | (binding < 0)][0]}")
+            finite(cols[n], path, f"'{n}'")
+        # values whose world form a float cannot hold: exp(scale) 0 or inf, sigmoid(opacity) exactly 0 or 1 and back
+        for names, lo, hi, why in ((("scale_0", "scale_1", "scale_2"), -SCALE_LOG_LIMIT, SCALE_LOG_LIMIT, "log scales"),
+                                   (("opacity",), -OPACITY_LOGIT_LIMIT, OPACITY_LOGIT_LIMIT, "opacity logits")):
+            for n in names:
+                out = (cols[n] < lo) | (cols[n] > hi)
+                if out.any():
+                    raise Edit3DGSError(path, f"{why} in [{lo:g},{hi:g}] in '{n}' (beyond, the Gaussian's size or opacity "
+                                        "is 0 or infinite in float32)", f"{int(out.sum())} value(s) such as {cols[n][out][0]:g}")
+        for n in required:
+            big = np.abs(cols[n]) > VALUE_LIMIT
+            if n != "binding_0" and big.any():
+                raise Edit3DGSError(path, f"values of magnitude at most {VALUE_LIMIT:g} in '{n}'", f"{cols[n][big][0]:g}")
+        rot_norm = np.sqrt(sum(cols[f"rot_{i}"].astype(np.float64) ** 2 for i in range(4)))
+        if (rot_norm == 0).any():
+            raise Edit3DGSError(path, "non-zero rotation quaternions in 'rot_0..3'", f"{int((rot_norm == 0).sum())} all-zero quaternion(s)")
+        binding = index_array(cols["binding_0"], path, "'binding_0' (non-negative whole face indices)", 0)
         if n_faces is not None and binding.max() >= n_faces:
             raise Edit3DGSError(path, f"bindings below the head model's face count {n_faces}", f"binding {int(binding.max())} (the avatar needs at least {int(binding.max()) + 1} faces)")
         f = lambda *ns: torch.from_numpy(np.stack([cols[n] for n in ns], 1).astype(np.float32))  # noqa: E731
@@ -240,15 +257,19 @@ def read_ply_vertices(path: Path) -> tuple[dict, list]:
 
     fh = _KeepOpen(io.FileIO(path, "rb"))
     try:
+        check_ply_header(path, fh)
+        fh.seek(0)
         ply = PlyData.read(fh)
         el = ply["vertex"]
         data = el.data
         extra = fh.read(1 << 16)  # what the header's counts do not cover
         more = len(extra) + max(0, os.fstat(fh.fileno()).st_size - fh.tell())
+    except Edit3DGSError:
+        raise
     except KeyError:
         raise Edit3DGSError(path, "a PLY with a 'vertex' element", "no 'vertex' element") from None
     except Exception as exc:
-        raise Edit3DGSError(path, "a complete PLY file", f"{type(exc).__name__}: {exc}".strip()) from None
+        raise Edit3DGSError(path, "a complete PLY file", f"{type(exc).__name__}: {str(exc)[:200]}".strip()) from None
     finally:
         io.BufferedReader.close(fh)
     if (extra.strip() if ply.text else extra):
@@ -258,7 +279,39 @@ def read_ply_vertices(path: Path) -> tuple[dict, list]:
         raise Edit3DGSError(path, f"as much data as the header's 'element vertex {len(data)}' describes",
                             f"{more} bytes more{holds}")
     names = [p.name for p in el.properties]
-    return {n: np.asarray(data[n], dtype=np.float32) for n in names}, names
+    with np.errstate(over="ignore", invalid="ignore"):  # a double beyond float32 becomes inf: refused as not finite
+        return {n: np.asarray(data[n], dtype=np.float32) for n in names}, names
+
+
+def check_ply_header(path: Path, fh) -> None:
+    """Refuse, before any data is read, a PLY whose header asks for more than the file holds (a vertex
+    count far beyond the file's size would allocate it), more Gaussians than ``EDIT3DGS_MAX_GAUSSIANS``,
+    or list properties in its vertex element."""
+    from plyfile import PlyData, PlyListProperty
+
+    try:
+        head = PlyData._parse_header(fh)  # plyfile's own header parser; reads the header only
+    except Exception as exc:  # noqa: BLE001 - whatever the parser trips on is a broken header
+        raise Edit3DGSError(path, "a PLY header (ply, format, element, property ..., end_header)",
+                            f"{type(exc).__name__}: {str(exc)[:120]}") from None
+    left = os.fstat(fh.fileno()).st_size - fh.tell()
+    need = 0
+    for el in head.elements:
+        if el.count < 0:
+            raise Edit3DGSError(path, f"a non-negative count of element '{el.name}'", str(el.count))
+        if el.name == "vertex":
+            if any(isinstance(p, PlyListProperty) for p in el.properties):
+                lists = [p.name for p in el.properties if isinstance(p, PlyListProperty)]
+                raise Edit3DGSError(path, "vertex properties of one number each", f"list properties {', '.join(lists)}")
+            at_most(path, "Gaussians ('element vertex')", el.count, "MAX_GAUSSIANS", 10_000_000)
+        if head.text:  # at least one digit and one separator per value
+            need += el.count * 2 * max(1, len(el.properties))
+        else:
+            need += el.count * sum(p.len_dtype.itemsize if isinstance(p, PlyListProperty) else np.dtype(p.val_dtype).itemsize
+                                   for p in el.properties)
+    if need > left:
+        raise Edit3DGSError(path, f"a complete PLY file: at least {need:,} bytes of data for the header's element counts "
+                            f"({', '.join(f'{e.name} {e.count:,}' for e in head.elements)})", f"{left:,} bytes")
 
 
 def write_gaussian_ply(path: os.PathLike | str, cols: dict, sh_degree: int, with_binding: bool) -> Path:
@@ -280,7 +333,8 @@ def write_world_ply(path: os.PathLike | str, g: WorldGaussians) -> Path:
     """A standard (static) 3DGS PLY of world Gaussians, for common splat viewers."""
     N = g.means.shape[0]
     t = lambda x: x.detach().cpu().numpy().astype(np.float32)  # noqa: E731
-    m, s, q = t(g.means), np.log(t(g.scales)), t(g.quats)
+    # a Gaussian on a face of zero area has zero size: the smallest positive float32 keeps its log finite
+    m, s, q = t(g.means), np.log(np.maximum(t(g.scales), np.finfo(np.float32).tiny)), t(g.quats)
     o = t(torch.logit(g.opacities.clamp(1e-6, 1 - 1e-6)))
     sh = t(g.sh)
     cols = {"x": m[:, 0], "y": m[:, 1], "z": m[:, 2], "nx": np.zeros(N, np.float32), "ny": np.zeros(N, np.float32), "nz": np.zeros(N, np.float32)}

@@ -26,6 +26,7 @@ from .errors import Edit3DGSError
 from .flame import FLAME_N_FACES, FLAME_N_VERTS, FlameHead, canonical_region, load_flame_model
 from .flame_params import FlameParams
 from .fsutil import atomic_dir, check_output
+from .validate import read_json
 
 AVATAR_JSON = "avatar.json"
 # avatar.json entries that name files of the avatar (copied by save())
@@ -49,6 +50,48 @@ def meta_file(folder: Path, key: str, value) -> Path:
     if target == root or not target.is_relative_to(root):
         raise Edit3DGSError(where, expected, f"{value!r}, which leads outside it (to {target})")
     return path
+
+
+def _names(v):
+    return isinstance(v, str)
+
+
+def _whole(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _rgb(v):
+    return (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                        and 0 <= x <= 1 for x in v))
+
+
+# avatar.json fields this program reads, and what each must be (other fields are kept as they are)
+META_FIELDS = {
+    "format": (_names, "text"), "kind": (_names, "text"), "identity": (_names, "text"),
+    "other_identity": (_names, "text"), "edited_from": (_names, "text"),
+    "version": (_whole, "a whole number"), "head_seed": (_whole, "a whole number"),
+    "held_out_camera": (_whole, "a camera index"), "fps": (lambda v: _whole(v) and v > 0, "a positive whole number"),
+    "camera_model": (lambda v: v in ("file", "gaussianavatars"), "'file' or 'gaussianavatars'"),
+    "background": (_rgb, "an RGB list of three numbers in [0,1]"),
+    "train_cameras": (lambda v: isinstance(v, list) and all(map(_whole, v)), "a list of camera indices"),
+    "edit": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def read_avatar_json(folder: Path) -> dict:
+    """``avatar.json``: a JSON object whose known fields have their types and whose file entries
+    stay inside the folder; anything else is the one-line error."""
+    where = folder / AVATAR_JSON
+    meta = read_json(where, "an avatar.json file")
+    if not isinstance(meta, dict):
+        raise Edit3DGSError(where, "a JSON object", type(meta).__name__)
+    for key, (ok, what) in META_FIELDS.items():
+        if key in meta and not ok(meta[key]):
+            raise Edit3DGSError(where, f"'{key}' as {what}", repr(meta[key])[:80])
+    for key in META_FILES:
+        if meta.get(key) is not None:
+            meta_file(folder, key, meta[key])
+    return meta
 
 
 def find_ply(folder: Path) -> Path:
@@ -189,16 +232,8 @@ def open_avatar(folder: os.PathLike | str, flame: os.PathLike | str | None = Non
     if not folder.is_dir():
         raise Edit3DGSError(folder, "an avatar folder", "no such folder")
     meta = {}
-    if (folder / AVATAR_JSON).is_file():
-        try:
-            meta = json.loads((folder / AVATAR_JSON).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise Edit3DGSError(folder / AVATAR_JSON, "valid JSON", f"{type(exc).__name__}: {exc}") from None
-        if not isinstance(meta, dict):
-            raise Edit3DGSError(folder / AVATAR_JSON, "a JSON object", type(meta).__name__)
-        for key in META_FILES:
-            if meta.get(key) is not None:
-                meta_file(folder, key, meta[key])
+    if (folder / AVATAR_JSON).exists():
+        meta = read_avatar_json(folder)
     if flame is not None:
         head_path, masks = Path(flame), flame_masks
     elif meta.get("head_model"):
@@ -220,7 +255,7 @@ def open_avatar(folder: os.PathLike | str, flame: os.PathLike | str | None = Non
         teeth = nv != FLAME_N_VERTS
     head = FlameHead(model, add_teeth_if_flame=teeth)
     gaussians = GaussianAvatar.load_ply(ply, n_faces=head.n_faces)
-    params = FlameParams.load(npz, n_verts=head.n_verts)
+    params = FlameParams.load(npz, **head.param_sizes())
     if model.has_flame_topology:
         topology = f"FLAME with teeth ({head.n_faces} faces)" if teeth else f"FLAME without teeth ({FLAME_N_FACES} faces)"
     else:

@@ -41,6 +41,7 @@ import torch
 
 from .errors import Edit3DGSError
 from .fsutil import atomic_path
+from .validate import image_size, positive, read_json, real_array, whole
 
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 
@@ -95,7 +96,7 @@ class Camera:
         """The same camera's image resampled to ``factor`` times the resolution (each axis by
         its own rounded ratio, so pixels become slightly non-square; the edit loop uses it).
         Commands that write cameras or renders for other tools use ``resized``."""
-        w, h = max(1, round(self.width * factor)), max(1, round(self.height * factor))
+        w, h = _scaled_size(self, factor)
         sx, sy = w / self.width, h / self.height
         return replace(self, width=w, height=h, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx, cy=self.cy * sy,
                        angle_x=None)
@@ -104,9 +105,7 @@ class Camera:
         """This camera at ``factor`` times the resolution with pixels kept square: focal lengths
         scale by ``factor`` exactly (``fx / fy`` unchanged), the image size is rounded and the
         rounding is split evenly on both sides (a centred principal point stays centred)."""
-        if not factor > 0:
-            raise Edit3DGSError("--scale", "a positive resolution factor", repr(factor))
-        w, h = max(1, round(self.width * factor)), max(1, round(self.height * factor))
+        w, h = _scaled_size(self, factor)
         return replace(self, width=w, height=h, fx=self.fx * factor, fy=self.fy * factor,
                        cx=self.cx * factor + (w - self.width * factor) / 2,
                        cy=self.cy * factor + (h - self.height * factor) / 2, angle_x=None)
@@ -136,6 +135,13 @@ class Camera:
             "camera_angle_y": float(2 * math.atan(self.height / (2 * self.fy))),
             "transform_matrix": np.asarray(self.c2w, float).tolist(),
         }
+
+
+def _scaled_size(cam: Camera, factor: float) -> tuple[int, int]:
+    """The image size at ``factor`` times the resolution: a finite positive factor, sides within the limit."""
+    factor = positive(factor, "--scale", "a resolution factor")
+    w, h = max(1, round(cam.width * factor)), max(1, round(cam.height * factor))
+    return image_size(w, h, "--scale", f"camera {cam.index} at {factor:g} x {cam.width}x{cam.height}")
 
 
 def stack(cameras: Sequence[Camera], device="cpu") -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -210,40 +216,57 @@ def camera_from_frame(frame: dict, defaults: dict, path=None, where: str = "", c
     length needs ``fl_x`` or ``camera_angle_x``; ``cx``/``cy`` come together or not at all
     (then the principal point is the image centre)."""
     get = lambda k: _num(frame, defaults, k)  # noqa: E731
-    try:
-        w, h = get("w"), get("h")
-        if (w is None or h is None) and root is not None and frame.get("file_path"):
-            img = root / frame["file_path"]
-            if img.is_file():
-                w, h = _image_size(img, path, where)
-        if w is None or h is None:
-            raise Edit3DGSError(path, f"the image size w and h ({where})", f"no {'w' if w is None else 'h'} (and no readable image)")
-        w, h = int(w), int(h)
-        if "transform_matrix" not in frame:
-            raise Edit3DGSError(path, f"a transform_matrix ({where})", "none")
-        m = np.asarray(frame["transform_matrix"], dtype=np.float64)
-        fx, ax = get("fl_x"), get("camera_angle_x")
-        if fx is None and ax is None:
-            raise Edit3DGSError(path, f"intrinsics fl_x or camera_angle_x ({where})", "neither")
-        if fx is None:
-            fx = w / (2 * math.tan(float(ax) / 2))
-        fy = get("fl_y") if get("fl_y") is not None else fx
-        cx, cy = get("cx"), get("cy")
-        if (cx is None) != (cy is None):
-            raise Edit3DGSError(path, f"intrinsics cx and cy together ({where})", f"only {'cx' if cy is None else 'cy'}")
-        cx = float(cx) if cx is not None else w / 2
-        cy = float(cy) if cy is not None else h / 2
-        if convention == VHAP:
-            cy = h - cy
-        fx, fy = float(fx), float(fy)
-        ax = float(ax) if ax is not None else None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise Edit3DGSError(path, f"numeric camera fields w, h, fl_x/fl_y (or camera_angle_x), cx, cy, transform_matrix ({where})",
-                            f"{type(exc).__name__}: {exc}") from None
-    if w <= 0 or h <= 0 or not fx > 0 or not fy > 0 or not all(map(math.isfinite, (fx, fy, cx, cy))):
-        raise Edit3DGSError(path, f"positive w, h, fl_x, fl_y and finite cx, cy ({where})", f"w={w} h={h} fl_x={fx} fl_y={fy} cx={cx} cy={cy}")
+    sfx = f" ({where})"
+    w, h = get("w"), get("h")
+    if (w is None or h is None) and root is not None and isinstance(frame.get("file_path"), str) and frame["file_path"]:
+        img = root / frame["file_path"]
+        if img.is_file():
+            w, h = _image_size(img, path, where)
+    if w is None or h is None:
+        raise Edit3DGSError(path, f"the image size w and h ({where})", f"no {'w' if w is None else 'h'} (and no readable image)")
+    w, h = image_size(w, h, path, where)
+    if "transform_matrix" not in frame:
+        raise Edit3DGSError(path, f"a transform_matrix ({where})", "none")
+    m = real_array(frame["transform_matrix"], path, f"transform_matrix{sfx}").astype(np.float64)
+    fx, ax = get("fl_x"), get("camera_angle_x")
+    if fx is None and ax is None:
+        raise Edit3DGSError(path, f"intrinsics fl_x or camera_angle_x ({where})", "neither")
+    if ax is not None:
+        ax = positive(ax, path, f"camera_angle_x{sfx}")
+        if not ax < math.pi:
+            raise Edit3DGSError(path, f"camera_angle_x in (0, pi) radians{sfx}", f"{ax:g}")
+    fx = positive(fx, path, f"fl_x{sfx}") if fx is not None else w / (2 * math.tan(ax / 2))
+    fy = positive(get("fl_y"), path, f"fl_y{sfx}") if get("fl_y") is not None else fx
+    cx, cy = get("cx"), get("cy")
+    if (cx is None) != (cy is None):
+        raise Edit3DGSError(path, f"intrinsics cx and cy together ({where})", f"only {'cx' if cy is None else 'cy'}")
+    cx = _real(cx, path, f"cx{sfx}") if cx is not None else w / 2
+    cy = _real(cy, path, f"cy{sfx}") if cy is not None else h / 2
+    if convention == VHAP:
+        cy = h - cy
     _check_rigid(path, m, where)
-    return Camera(int(frame.get("camera_index", 0)), w, h, fx, fy, cx, cy, m, ax)
+    index = whole(frame.get("camera_index", 0), path, f"camera_index{sfx}", 0, 10**6)
+    return Camera(index, w, h, fx, fy, cx, cy, m, ax)
+
+
+def camera_from_job(c: dict, where: str = "job argument 'camera'") -> Camera:
+    """A pinhole camera sent by the Blender extension (``w, h, fx, fy, cx, cy`` top-left, ``c2w`` OpenGL):
+    sizes within the image-side limit, positive focal lengths, finite numbers; its matrix is used as sent."""
+    missing = [k for k in ("w", "h", "fx", "fy", "cx", "cy", "c2w") if k not in c]
+    if missing:
+        raise Edit3DGSError(where, "a camera with w, h, fx, fy, cx, cy, c2w", f"no {', '.join(missing)}")
+    w, h = image_size(c["w"], c["h"], where)
+    m = real_array(c["c2w"], where, "c2w").astype(np.float64)
+    if m.shape != (4, 4) or not np.isfinite(m).all() or abs(np.linalg.det(m[:3, :3])) < 1e-12:
+        raise Edit3DGSError(where, "c2w as a finite invertible 4x4 matrix", f"shape {m.shape}" + (" (NaN/inf or singular)" if m.shape == (4, 4) else ""))
+    return Camera(0, w, h, positive(c["fx"], where, "fx"), positive(c["fy"], where, "fy"),
+                  _real(c["cx"], where, "cx"), _real(c["cy"], where, "cy"), m)
+
+
+def _real(v, path, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > 1e12:
+        raise Edit3DGSError(path, f"{what} as a finite number of pixels", repr(v)[:60])
+    return float(v)
 
 
 def _image_size(img: Path, path, where: str) -> tuple[int, int]:
@@ -312,38 +335,28 @@ class CameraFile:
         return f"cameras: {self.path} — {len(self.cameras)} cameras; {kind}"
 
 
-def _read_json(path: Path, what: str):
-    if not path.is_file():
-        raise Edit3DGSError(path, what, "no such file")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Edit3DGSError(path, "valid JSON", f"{type(exc).__name__}: {exc}") from None
-
-
 def _ga_cameras(path: Path, entries: list) -> list[Camera]:
     """A GaussianAvatars/3DGS ``cameras.json``: one entry per training image; a camera per index."""
     cams: dict[int, Camera] = {}
     for i, e in enumerate(entries):
         where = f"entry {i}"
-        try:
-            w, h = int(e["width"]), int(e["height"])
-            fx, fy = float(e["fx"]), float(e["fy"])
-            R = np.asarray(e["rotation"], np.float64)
-            pos = np.asarray(e["position"], np.float64)
-            if R.shape != (3, 3) or pos.shape != (3,):
-                raise ValueError(f"rotation {R.shape}, position {pos.shape}")
-        except (KeyError, TypeError, ValueError) as exc:
+        if not isinstance(e, dict) or any(k not in e for k in ("width", "height", "fx", "fy", "rotation", "position")):
             raise Edit3DGSError(path, f"GaussianAvatars camera entries with id, img_name, width, height, position, rotation, fx, fy ({where})",
-                                f"{type(exc).__name__}: {exc}") from None
-        if w <= 0 or h <= 0 or not fx > 0 or not fy > 0:
-            raise Edit3DGSError(path, f"positive width, height, fx, fy ({where})", f"{w} {h} {fx} {fy}")
+                                type(e).__name__ if not isinstance(e, dict) else f"keys {', '.join(sorted(map(str, e)))}")
+        w, h = image_size(e["width"], e["height"], path, where)
+        fx, fy = positive(e["fx"], path, f"fx ({where})"), positive(e["fy"], path, f"fy ({where})")
+        R = real_array(e["rotation"], path, f"rotation ({where})").astype(np.float64)
+        pos = real_array(e["position"], path, f"position ({where})").astype(np.float64)
+        if R.shape != (3, 3) or pos.shape != (3,) or not (np.isfinite(R).all() and np.isfinite(pos).all()):
+            shapes = R.shape == (3, 3) and pos.shape == (3,)
+            raise Edit3DGSError(path, f"a finite 3x3 rotation and 3-vector position ({where})",
+                                f"rotation {R.shape}, position {pos.shape}" + (" with NaN/inf" if shapes else ""))
         m = np.eye(4)
         m[:3, :3], m[:3, 3] = R, pos
         m = m @ GL_TO_CV  # OpenCV camera-to-world -> OpenGL (GL_TO_CV is its own inverse)
         _check_rigid(path, m, where)
         match = re.fullmatch(r"\d+_(\d+)", str(e.get("img_name", "")))
-        idx = int(match.group(1)) if match else int(e.get("id", i))
+        idx = int(match.group(1)) if match else whole(e.get("id", i), path, f"id ({where})", 0, 10**6)
         cams.setdefault(idx, Camera(idx, w, h, fx, fy, w / 2, h / 2, m, 2 * math.atan(w / (2 * fx))))
     return [cams[k] for k in sorted(cams)]
 
@@ -355,7 +368,7 @@ def read_camera_file(path: os.PathLike | str, convention: str = "auto", check_im
     Checks what would make renders land in the wrong place: intrinsics present, ``w/h`` equal
     to the image's size where the image exists, no ``(timestep_index, camera_index)`` twice."""
     path = Path(path)
-    data = _read_json(path, "a cameras JSON (transforms_*.json layout, or a GaussianAvatars cameras.json)")
+    data = read_json(path, "a cameras JSON (transforms_*.json layout, or a GaussianAvatars cameras.json)")
     if isinstance(data, list):
         if not data:
             raise Edit3DGSError(path, "at least one camera", "an empty list")
@@ -376,12 +389,12 @@ def read_camera_file(path: os.PathLike | str, convention: str = "auto", check_im
         if "camera_index" not in fr:
             cam = replace(cam, index=i)
         if "timestep_index" in fr:
-            key = (fr["timestep_index"], cam.index)
+            key = (whole(fr["timestep_index"], path, f"timestep_index ({where})", 0), cam.index)
             if key in seen:
                 raise Edit3DGSError(path, f"each (timestep_index, camera_index) pair once ({where})",
                                     f"timestep_index {key[0]}, camera_index {key[1]} also in frames[{seen[key]}]")
             seen[key] = i
-        if check_images and fr.get("file_path"):
+        if check_images and isinstance(fr.get("file_path"), str) and fr["file_path"]:
             img = root / fr["file_path"]
             if img.is_file():
                 size = _image_size(img, path, where)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .errors import CancelledError, Edit3DGSError
+from .validate import limit, limit_note, whole
 
 
 def _parse_int_list(text: str | None, what: str) -> list[int] | None:
@@ -25,6 +26,7 @@ def _parse_int_list(text: str | None, what: str) -> list[int] | None:
     if text is None:
         return None
     form = "a list like '0,4,8' or a range like '0-40:10' (start below stop, step 1 or more)"
+    lim = limit("MAX_LIST_ITEMS", 100_000)
     out: list[int] = []
     for part in text.split(","):
         item = part.strip()
@@ -35,17 +37,21 @@ def _parse_int_list(text: str | None, what: str) -> list[int] | None:
                 a, b, k = int(a), int(b), int(step) if colon else 1
                 if min(a, b) < 0 or k < 1 or a >= b:
                     raise ValueError
-                out += list(range(a, b, k))
+                n = (b - a + k - 1) // k
             else:
                 if colon:
                     raise ValueError
                 v = int(rng)
                 if v < 0:
                     raise ValueError
-                out.append(v)
+                a, b, k, n = v, v + 1, 1, 1
         except ValueError:
             where = "" if item == text.strip() else (" (an empty item)" if not item else f" (item {item!r})")
             raise Edit3DGSError(what, form, repr(text) + where) from None
+        if len(out) + n > lim:  # counted before it is expanded: '0-10000000000' allocates nothing
+            raise Edit3DGSError(what, f"at most {lim:,} items {limit_note('MAX_LIST_ITEMS')}",
+                                f"{len(out) + n:,} in {text[:60]!r}")
+        out += range(a, b, k)
     return out
 
 
@@ -65,9 +71,16 @@ def _add_avatar_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
 
 
+MAX_FRAMES = 100_000  # make-avatar: frames of each motion sequence
+MAX_GAUSSIANS_PER_FACE = 64  # make-avatar: about 650,000 Gaussians on the built-in head
+
+
 def cmd_make_avatar(a) -> int:
     from .builtin import make_avatar
 
+    whole(a.frames, "--frames", "frames per sequence", 1, MAX_FRAMES)
+    whole(a.gaussians_per_face, "--gaussians-per-face", "Gaussians per face", 1, MAX_GAUSSIANS_PER_FACE)
+    whole(a.seed, "--seed", "a seed", 0, 2**32 - 1)
     t0 = time.perf_counter()
     out = make_avatar(a.out, identity=a.identity, frames=a.frames, gaussians_per_face=a.gaussians_per_face,
                       sh_degree=a.sh_degree, seed=a.seed, overwrite=a.overwrite)
@@ -94,7 +107,7 @@ def _motion(a, b):
     from .dataset import load_motion
 
     if getattr(a, "flame_params", None):
-        p = load_motion(a.flame_params, n_verts=b.head.n_verts, report=_say)
+        p = load_motion(a.flame_params, report=_say, **b.head.param_sizes())
         if getattr(a, "keep_identity", True):
             p = p.with_identity(b.params)
         return p
@@ -224,11 +237,11 @@ def cmd_capture(a) -> int:
     train_cams = [c for c in cams if c.index != held]
     val_cams = [c for c in cams if c.index == held]
     T = b.params.num_timesteps
-    step = max(1, a.step)
+    step = whole(a.step, "--step", "every n-th timestep", 1, 10**6)
     params = b.params
     splits = {"train": (list(range(0, T, step)), train_cams), "val": (list(range(0, T, step)), val_cams)}
     if b.meta.get("held_out_sequence") and (b.folder / b.meta["held_out_sequence"]).is_file():
-        held_seq = FlameParams.load(b.folder / b.meta["held_out_sequence"]).with_identity(b.params)
+        held_seq = FlameParams.load(b.folder / b.meta["held_out_sequence"], **b.head.param_sizes()).with_identity(b.params)
         held_seq.static_offset = b.params.static_offset
         params = FlameParams.concat([b.params, held_seq])
         splits["test"] = (list(range(T, params.num_timesteps, step)), cams)
@@ -314,12 +327,13 @@ OUTPUT_OPTIONS = ("out", "json")
 
 
 def check_outputs(a) -> None:
-    from .fsutil import check_output
+    from .fsutil import check_output, check_output_path
 
     inputs = {"--" + k.replace("_", "-"): getattr(a, k, None) for k in INPUT_OPTIONS}
     for k in OUTPUT_OPTIONS:
         v = getattr(a, k, None)
         if isinstance(v, (str, os.PathLike)) and str(v):
+            check_output_path(v, "--" + k)
             check_output(v, inputs, "--" + k)
 
 
@@ -367,6 +381,13 @@ def main(argv=None) -> int:
         if a.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # what the system refused (a read-only folder, a full disk): one line too
+        if a.debug:
+            raise
+        where = exc.filename if exc.filename is not None else out
+        print(f"error: {Edit3DGSError(where, 'a file or folder this program can read and write', exc.strerror or str(exc))}",
+              file=sys.stderr)
         return 2
     except (KeyboardInterrupt, CancelledError):
         print(f"error: {interrupted_message(out, before)}", file=sys.stderr)

@@ -80,7 +80,7 @@ class Capture:
             raise Edit3DGSError(self.files[0].path if self.files else self.root, "frames with flame_param_path", "none")
         return by_t
 
-    def flame_params(self, n_verts: int | None = None) -> FlameParams:
+    def flame_params(self, n_verts: int | None = None, n_shape: int | None = None, n_expr: int | None = None) -> FlameParams:
         """The per-frame FLAME files as one sequence: row t is the frame with ``timestep_index`` t."""
         by_t = self.flame_files()
         ts = sorted(by_t)
@@ -89,14 +89,21 @@ class Capture:
             raise Edit3DGSError(self.root, "timestep_index values 0..N-1 across the splits (as VHAP numbers them)",
                                 f"{'negative indices' if ts[0] < 0 else f'no frame with timestep_index {missing[0]}'}"
                                 f" (indices {ts[0]}..{ts[-1]}, {len(ts)} of them)")
-        return load_per_frame([by_t[t] for t in ts], n_verts)
+        return load_per_frame([by_t[t] for t in ts], n_verts, n_shape, n_expr)
 
 
 def _frames_of(cf: CameraFile, split: str) -> list[Frame]:
     root = cf.path.parent
     out = []
-    for fr, cam in zip(cf.frames, cf.frame_cameras):
-        rel = lambda k: (root / fr[k]) if fr.get(k) else None  # noqa: E731
+    for i, (fr, cam) in enumerate(zip(cf.frames, cf.frame_cameras)):
+        def rel(k):
+            v = fr.get(k)
+            if v is None or v == "":
+                return None
+            if not isinstance(v, str):
+                raise Edit3DGSError(cf.path, f"'{k}' as a path relative to the dataset folder (frames[{i}])", repr(v)[:60])
+            return root / v
+
         try:
             t = int(fr.get("timestep_index", 0))
         except (TypeError, ValueError):
@@ -145,14 +152,16 @@ def is_dataset(path: os.PathLike | str) -> bool:
     return p.is_dir() and any((p / f"transforms{s}.json").is_file() for s in ("", "_train", "_val", "_test"))
 
 
-def load_motion(path: os.PathLike | str, n_verts: int | None = None, report: Callable[[str], None] | None = None) -> FlameParams:
+def load_motion(path: os.PathLike | str, n_verts: int | None = None, report: Callable[[str], None] | None = None,
+                n_shape: int | None = None, n_expr: int | None = None) -> FlameParams:
     """A motion: a ``flame_param.npz`` sequence, or a dataset folder's per-frame files with row t
-    the frame whose ``timestep_index`` is t (whichever split holds it)."""
+    the frame whose ``timestep_index`` is t (whichever split holds it). ``n_verts``, ``n_shape``,
+    ``n_expr``: the head model's, which the parameters must fit."""
     path = Path(path)
     if path.is_dir():
         if is_dataset(path):
             cap = load_dataset(path)
-            p = cap.flame_params(n_verts)
+            p = cap.flame_params(n_verts, n_shape, n_expr)
             if report is not None:
                 report(f"motion: {path} — {p.num_timesteps} timesteps, row t = timestep_index t "
                        f"({', '.join(cf.path.name for cf in cap.files)})")
@@ -160,8 +169,8 @@ def load_motion(path: os.PathLike | str, n_verts: int | None = None, report: Cal
         files = sorted((path / "flame_param").glob("*.npz")) if (path / "flame_param").is_dir() else sorted(path.glob("*.npz"))
         if not files:
             raise Edit3DGSError(path, "a flame_param.npz or a dataset folder with flame_param/*.npz", "no .npz files")
-        return load_per_frame(files, n_verts)
-    return FlameParams.load(path, n_verts)
+        return load_per_frame(files, n_verts, n_shape, n_expr)
+    return FlameParams.load(path, n_verts, n_shape, n_expr)
 
 
 def _save_npz(path: Path, arrays: dict) -> None:

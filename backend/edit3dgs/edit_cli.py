@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import Edit3DGSError
+from .validate import limit, positive, whole
 
 
 class TqdmProgress:
@@ -92,10 +93,25 @@ def add_edit_args(s: argparse.ArgumentParser) -> None:
         s.add_argument("--model", help="ip2p weights: a Hugging Face id or a local folder")
 
 
+def check_edit_ranges(a) -> None:
+    """The numeric options of ``edit``, before anything is loaded: whole counts in range, finite positive rates."""
+    whole(a.rounds, "--rounds", "rounds", 1, 1000)
+    whole(a.num_timesteps, "--num-timesteps", "timesteps", 1, limit("MAX_LIST_ITEMS", 100_000))
+    whole(a.max_iters_per_batch, "--max-iters-per-batch", "iterations", 1, 10**6)
+    for opt, v in (("--iters-per-batch", a.iters_per_batch), ("--views-per-iter", a.views_per_iter)):
+        if v is not None:
+            whole(v, opt, "a count", 1, 10**6)
+    whole(a.seed, "--seed", "a seed", 0, 2**32 - 1)
+    positive(a.lr, "--lr", "a learning rate")
+    if a.scale is not None:
+        positive(a.scale, "--scale", "a resolution factor")
+
+
 def settings_from_args(a):
     from .cli import _parse_int_list
     from .loop import EditSettings
 
+    check_edit_ranges(a)
     cam_file, cam_ids = _parse_cameras(a.cameras)
     if cam_file is not None:  # which cy convention the file is read in (cameras.py), said before the long run
         from .cameras import read_camera_file
@@ -105,9 +121,13 @@ def settings_from_args(a):
     if a.lrs:
         if a.lrs.strip().startswith("{"):
             try:
-                lrs = json.loads(a.lrs)
-            except json.JSONDecodeError as exc:
-                raise Edit3DGSError("--lrs", "JSON like {\"xyz\": 5e-3}", str(exc)) from None
+                lrs = json.loads(a.lrs, parse_constant=lambda c: float("nan"))
+            except (json.JSONDecodeError, RecursionError) as exc:
+                raise Edit3DGSError("--lrs", "JSON like {\"xyz\": 5e-3}", str(exc)[:120]) from None
+            if not isinstance(lrs, dict):
+                raise Edit3DGSError("--lrs", "a JSON object like {\"xyz\": 5e-3}", type(lrs).__name__)
+            for k, v in lrs.items():
+                positive(v, "--lrs", f"the rate of '{k}'")
         else:
             lrs = a.lrs
             from .fit import LR_PRESETS

@@ -170,7 +170,7 @@ def _motion(bundle, path: Path | None, frames: int):
 
     if path is None or not Path(path).is_file():
         return None
-    m = FlameParams.load(path, n_verts=bundle.head.n_verts).with_identity(bundle.params)
+    m = FlameParams.load(path, **bundle.head.param_sizes()).with_identity(bundle.params)
     T = m.num_timesteps
     idx = np.unique(np.linspace(0, T - 1, min(frames, T)).round().astype(int))
     return m.select(idx)

@@ -34,21 +34,20 @@ def cmd_eval(a) -> int:
     from .fsutil import atomic_path
     from .views import pick_device
 
+    from .bundle import read_avatar_json
+    from .validate import positive, whole
+
+    whole(a.frames, "--frames", "frames per setting (CLIP-C compares consecutive frames)", 2, 10_000)
+    positive(a.scale, "--scale", "a resolution factor")
     meta = {}
-    mj = Path(a.edited) / "avatar.json"
-    if mj.is_file():
-        try:
-            meta = json.loads(mj.read_text())
-        except json.JSONDecodeError:
-            meta = {}
+    if (Path(a.edited) / "avatar.json").exists():
+        meta = read_avatar_json(Path(a.edited))
     original = a.original or meta.get("edited_from")
     prompt = a.prompt or (meta.get("edit") or {}).get("instruction")
     if not original:
         raise Edit3DGSError("--original", "the avatar before the edit", "no --original and no 'edited_from' in avatar.json")
     if not prompt:
         raise Edit3DGSError("--prompt", "the edit instruction", "no --prompt and none recorded in avatar.json")
-    if a.frames < 2:
-        raise Edit3DGSError("--frames", "at least 2 frames (CLIP-C compares consecutive frames)", str(a.frames))
     t0 = time.perf_counter()
     res = evaluate(original, a.edited, prompt, a.caption_original, a.caption_edited, a.clip, a.frames, a.scale,
                    pick_device(a.device), a.held_out_sequence, a.cross_sequence)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .errors import Edit3DGSError
+from .validate import at_most, float32_array, index_array, limit, whole
 
 FLAME_N_VERTS = 5023
 FLAME_N_FACES = 9976
@@ -85,10 +86,12 @@ def _byte_maker(cls):
 
 
 # Bounds on the work a pickle can ask for (a small file must not expand into minutes or gigabytes).
-MAX_PICKLE_BYTES = int(os.environ.get("EDIT3DGS_MAX_PICKLE_BYTES", 2 << 30))  # file size
+# File size and array elements are settings (validate.py: EDIT3DGS_MAX_PICKLE_BYTES, _ELEMENTS); FLAME 2023
+# holds about 7 million elements, so the defaults leave room while a bad file stays far below 2 GB of memory.
+MAX_PICKLE_BYTES = 1 << 30  # file size
 MAX_PICKLE_DEPTH = 64  # nesting of containers
 MAX_PICKLE_ITEMS = 2_000_000  # entries of lists, tuples, sets, dicts, counted as often as they are referenced
-MAX_PICKLE_ELEMENTS = 400_000_000  # array elements (sparse: rows x columns, as densified), likewise
+MAX_PICKLE_ELEMENTS = 50_000_000  # array elements (sparse: rows x columns, as densified), likewise
 
 
 def _kids(x):
@@ -120,6 +123,8 @@ def check_pickle_budget(obj, path) -> None:
     def refuse(expected, found):
         raise Edit3DGSError(path, expected, found + " (refused as a possible pickle bomb)")
 
+    max_elements = limit("MAX_PICKLE_ELEMENTS", MAX_PICKLE_ELEMENTS)
+    note = " (the limit; raise it with EDIT3DGS_MAX_PICKLE_ELEMENTS)"
     memo: dict = {}  # id -> (entries, elements) once expanded
     path_ids: set = set()
     stack = [(obj, False)]
@@ -149,11 +154,11 @@ def check_pickle_budget(obj, path) -> None:
         elements = sum(memo[id(c)][1] for c in kids)
         if entries > MAX_PICKLE_ITEMS:
             refuse(f"a pickle of at most {MAX_PICKLE_ITEMS:,} container entries", f"{entries:,} once expanded")
-        if elements > MAX_PICKLE_ELEMENTS:
-            refuse(f"arrays of at most {MAX_PICKLE_ELEMENTS:,} elements in all", f"{elements:,} once expanded")
+        if elements > max_elements:
+            refuse(f"arrays of at most {max_elements:,} elements in all{note}", f"{elements:,} once expanded")
         memo[k] = (entries, elements)
-    if id(obj) in memo and _kids(obj) is None and memo[id(obj)][1] > MAX_PICKLE_ELEMENTS:
-        refuse(f"arrays of at most {MAX_PICKLE_ELEMENTS:,} elements in all", f"{memo[id(obj)][1]:,}")
+    if id(obj) in memo and _kids(obj) is None and memo[id(obj)][1] > max_elements:
+        refuse(f"arrays of at most {max_elements:,} elements in all{note}", f"{memo[id(obj)][1]:,}")
 
 
 def _allowed_globals() -> dict:
@@ -216,9 +221,7 @@ def safe_load_pickle(path: os.PathLike | str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise Edit3DGSError(path, "a FLAME model pickle", "no such file")
-    size = path.stat().st_size
-    if size > MAX_PICKLE_BYTES:
-        raise Edit3DGSError(path, f"a pickle of at most {MAX_PICKLE_BYTES:,} bytes", f"{size:,} bytes")
+    at_most(path, "bytes of pickle", path.stat().st_size, "MAX_PICKLE_BYTES", MAX_PICKLE_BYTES)
     data = path.read_bytes()
     try:
         obj = _RestrictedUnpickler(io.BytesIO(data), path).load()
@@ -238,12 +241,6 @@ def safe_load_pickle(path: os.PathLike | str) -> dict:
                 raise Edit3DGSError(path, "chumpy objects holding arrays", str(exc)) from None
         out[key] = value
     return out
-
-
-def _dense(x) -> np.ndarray:
-    if hasattr(x, "toarray"):
-        return np.asarray(x.toarray())
-    return np.asarray(x)
 
 
 # ---------------------------------------------------------------------------
@@ -293,6 +290,24 @@ def _check(path, cond, expected, found):
         raise Edit3DGSError(path, expected, found)
 
 
+def _model_array(path, d: dict, key: str, shape_ok, shape: str, index_below: int | None = None,
+                 index_from: int = 0) -> np.ndarray:
+    """A model array (dense or scipy sparse) as float32, or int64 indices in [index_from, index_below): real numbers
+    only, finite, of the expected shape; a sparse matrix's shape is checked before it is densified."""
+    x = d[key]
+    if hasattr(x, "toarray") and hasattr(x, "shape"):
+        _check(path, shape_ok(tuple(int(n) for n in x.shape)), f"{key} of shape {shape}", f"shape {tuple(x.shape)}")
+        x = x.toarray()
+    if isinstance(x, _ChumpyStand_in):
+        x = x.to_array(key)
+    if index_below is not None:
+        a = index_array(x, path, key + " (indices)", index_from, index_below)
+    else:
+        a = float32_array(x, path, key)
+    _check(path, shape_ok(a.shape), f"{key} of shape {shape}", f"shape {a.shape}")
+    return a
+
+
 def load_flame_model(path: os.PathLike | str, masks_path: os.PathLike | str | None = None) -> FlameModel:
     """Read a FLAME 2020/2023 pickle or the built-in head (same layout).
 
@@ -303,29 +318,24 @@ def load_flame_model(path: os.PathLike | str, masks_path: os.PathLike | str | No
     d = safe_load_pickle(path)
     for key in ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights"):
         _check(path, key in d, f"FLAME key '{key}'", f"keys {sorted(map(str, d))}")
-    v = _dense(d["v_template"]).astype(np.float32)
-    _check(path, v.ndim == 2 and v.shape[1] == 3, "v_template of shape (V,3)", f"shape {v.shape}")
+    v = _model_array(path, d, "v_template", lambda s: len(s) == 2 and s[1] == 3 and s[0] > 0, "(V,3)")
     V = v.shape[0]
-    f = _dense(d["f"]).astype(np.int64)
-    _check(path, f.ndim == 2 and f.shape[1] == 3, "f of shape (F,3)", f"shape {f.shape}")
-    _check(path, f.size > 0 and f.min() >= 0 and f.max() < V, f"face indices in [0,{V})", f"range [{f.min()},{f.max()}]")
-    sd = _dense(d["shapedirs"]).astype(np.float32)
-    _check(path, sd.ndim == 3 and sd.shape[:2] == (V, 3), f"shapedirs of shape ({V},3,K)", f"shape {sd.shape}")
+    f = _model_array(path, d, "f", lambda s: len(s) == 2 and s[1] == 3 and s[0] > 0, "(F,3)", index_below=V)
+    sd = _model_array(path, d, "shapedirs", lambda s: len(s) == 3 and s[:2] == (V, 3), f"({V},3,K)")
     K = sd.shape[2]
-    n_shape = int(d.get("n_shape", min(K, N_SHAPE_MAX)))
-    n_expr = int(d.get("n_expr", min(K - n_shape, N_EXPR_MAX)))
-    pd = _dense(d["posedirs"]).astype(np.float32)
-    _check(path, pd.ndim == 3 and pd.shape[:2] == (V, 3) and pd.shape[2] == 36, f"posedirs of shape ({V},3,36)", f"shape {pd.shape}")
-    J = _dense(d["J_regressor"]).astype(np.float32)
-    _check(path, J.shape == (5, V), f"J_regressor of shape (5,{V})", f"shape {J.shape}")
-    kt = _dense(d["kintree_table"]).astype(np.int64)
-    _check(path, kt.shape == (2, 5), "kintree_table of shape (2,5)", f"shape {kt.shape}")
+    n_shape = whole(d.get("n_shape", min(K, N_SHAPE_MAX)), path, "n_shape (shape components)", 0, K)
+    n_expr = whole(d.get("n_expr", min(K - n_shape, N_EXPR_MAX)), path,
+                   f"n_expr (expression components; shapedirs has {K - n_shape} after the shape ones)", 0, K - n_shape)
+    pd = _model_array(path, d, "posedirs", lambda s: s == (V, 3, 36), f"({V},3,36)")
+    J = _model_array(path, d, "J_regressor", lambda s: s == (5, V), f"(5,{V})")
+    # the root's parent is -1, or 2**32 - 1 as FLAME's own files store it (unsigned); it is not read
+    kt = _model_array(path, d, "kintree_table", lambda s: s == (2, 5), "(2,5)", index_below=1 << 32, index_from=-(1 << 32))
     parents = kt[0].copy()
     parents[0] = -1
-    w = _dense(d["weights"]).astype(np.float32)
-    _check(path, w.shape == (V, 5), f"weights of shape ({V},5)", f"shape {w.shape}")
-    for name, arr in (("v_template", v), ("shapedirs", sd), ("posedirs", pd), ("weights", w)):
-        _check(path, np.isfinite(arr).all(), f"finite values in {name}", "NaN or inf")
+    for j in range(1, 5):
+        _check(path, 0 <= parents[j] < j, f"kintree_table parents of joint {j} among joints 0..{j - 1} (FLAME's tree)",
+               f"parent {parents[j]}")
+    w = _model_array(path, d, "weights", lambda s: s == (V, 5), f"({V},5)")
 
     if masks_path is None:
         for cand in ("FLAME_masks.pkl", "head_masks.pkl"):
@@ -335,8 +345,10 @@ def load_flame_model(path: os.PathLike | str, masks_path: os.PathLike | str | No
     masks = {}
     if masks_path is not None:
         masks = load_vertex_masks(masks_path, V)
-    name = str(d.get("model_name", "FLAME"))
-    expr_names = [str(x) for x in d.get("expr_names", [])]
+    name = str(d.get("model_name", "FLAME"))[:200]
+    names = d.get("expr_names", [])
+    _check(path, isinstance(names, (list, tuple, np.ndarray)), "expr_names as a list of names", type(names).__name__)
+    expr_names = [str(x) for x in np.asarray(names, dtype=object).ravel()]
     return FlameModel(v, f, sd, pd, J, parents, w, n_shape, n_expr, masks, name, str(path), expr_names)
 
 
@@ -346,9 +358,9 @@ def load_vertex_masks(path: os.PathLike | str, n_verts: int) -> dict:
     d = safe_load_pickle(path)
     out = {}
     for key, ids in d.items():
-        ids = np.asarray(_dense(ids)).astype(np.int64).reshape(-1)
-        _check(path, ids.size == 0 or (ids.min() >= 0 and ids.max() < n_verts), f"vertex ids of '{key}' in [0,{n_verts})", f"range [{ids.min()},{ids.max()}]")
-        out[str(key)] = ids
+        if hasattr(ids, "toarray"):
+            ids = ids.toarray()
+        out[str(key)] = index_array(ids, path, f"vertex ids of '{key}'", 0, n_verts).reshape(-1)
     return out
 
 
@@ -529,11 +541,16 @@ class FlameHead(nn.Module):
     def n_faces(self) -> int:
         return int(self.faces.shape[0])
 
+    def param_sizes(self) -> dict:
+        """What FLAME parameters must fit (``FlameParams.load(path, **head.param_sizes())``)."""
+        return {"n_verts": self.n_verts, "n_shape": self.n_shape, "n_expr": self.n_expr}
+
     def _pad(self, x: torch.Tensor, n: int, what: str) -> torch.Tensor:
         if x.shape[-1] > n:
             extra = x[..., n:]
-            if torch.any(extra != 0):
-                raise ValueError(f"{what} has {x.shape[-1]} components but the head model has {n}")
+            if torch.any(extra != 0):  # loaders check this with the file's name; this is the last guard
+                raise Edit3DGSError(None, f"{what} with at most {n} components (the head model's), or zeros beyond",
+                                    f"{x.shape[-1]} components")
             return x[..., :n]
         if x.shape[-1] < n:
             x = torch.cat([x, x.new_zeros(*x.shape[:-1], n - x.shape[-1])], -1)

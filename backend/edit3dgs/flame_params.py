@@ -17,7 +17,6 @@ avatars save zeros), so an avatar is posed exactly where GaussianAvatars poses i
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -27,6 +26,7 @@ import torch
 
 from .errors import Edit3DGSError
 from .fsutil import atomic_path
+from .validate import float32_array, read_npz
 
 # FLAME's 5023 vertices, and 5143 with GaussianAvatars'/VHAP's 120 teeth vertices appended.
 FLAME_VERTS = {5023, 5143}
@@ -105,39 +105,38 @@ class FlameParams:
         return path
 
     @classmethod
-    def load(cls, path: os.PathLike | str, n_verts: int | None = None) -> "FlameParams":
-        """Read a sequence npz, or a per-frame npz (leading dimension 1)."""
+    def load(cls, path: os.PathLike | str, n_verts: int | None = None, n_shape: int | None = None,
+             n_expr: int | None = None) -> "FlameParams":
+        """Read a sequence npz, or a per-frame npz (leading dimension 1). ``n_verts``, ``n_shape`` and
+        ``n_expr`` are the head model's, when known: offsets and components must fit it."""
         path = Path(path)
-        if not path.is_file():
-            raise Edit3DGSError(path, "a FLAME parameter file (.npz)", "no such file")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                d = {k: np.asarray(z[k]) for k in z.files}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-            raise Edit3DGSError(path, "a readable .npz file", f"{type(exc).__name__}: {exc}") from None
-        return cls.from_dict(d, path, n_verts)
+        d = read_npz(path, "a FLAME parameter file (.npz)", ("shape",) + PER_FRAME_KEYS + ("static_offset", "dynamic_offset"))
+        return cls.from_dict(d, path, n_verts, n_shape, n_expr)
 
     @classmethod
-    def from_dict(cls, d: dict, path=None, n_verts: int | None = None) -> "FlameParams":
+    def from_dict(cls, d: dict, path=None, n_verts: int | None = None, n_shape: int | None = None,
+                  n_expr: int | None = None) -> "FlameParams":
         missing = [k for k in ("shape",) + PER_FRAME_KEYS if k not in d]
         if missing:
             raise Edit3DGSError(path, f"keys {', '.join(('shape',) + PER_FRAME_KEYS)}", f"no {', '.join(missing)} (keys: {', '.join(sorted(d))})")
         out = {}
-        shape = np.asarray(d["shape"], np.float32)
+        shape = float32_array(d["shape"], path, "shape")
         if shape.ndim == 2 and shape.shape[0] == 1:
             shape = shape[0]
         if shape.ndim != 1:
             raise Edit3DGSError(path, "shape of shape (S,)", f"shape {shape.shape}")
         out["shape"] = shape
-        expr = np.asarray(d["expr"], np.float32)
+        expr = float32_array(d["expr"], path, "expr")
         if expr.ndim == 1:
             expr = expr[None]
         if expr.ndim != 2:
             raise Edit3DGSError(path, "expr of shape (T,E)", f"shape {expr.shape}")
         T = expr.shape[0]
+        if T == 0:
+            raise Edit3DGSError(path, "at least one timestep (expr of shape (T,E), T >= 1)", f"shape {expr.shape}")
         out["expr"] = expr
         for k, w in WIDTHS.items():
-            a = np.asarray(d[k], np.float32)
+            a = float32_array(d[k], path, k)
             if a.ndim == 1:
                 a = a[None]
             if a.shape != (T, w):
@@ -145,7 +144,7 @@ class FlameParams:
             out[k] = a
         for k in ("static_offset", "dynamic_offset"):
             if k in d:
-                a = np.asarray(d[k], np.float32)
+                a = float32_array(d[k], path, k)
                 if a.ndim == 2:
                     a = a[None]
                 want_T = 1 if k == "static_offset" else T
@@ -155,10 +154,19 @@ class FlameParams:
                     V = n_verts if n_verts is not None else "V"
                     raise Edit3DGSError(path, f"{k} of shape ({want_T},{V},3) or ({V},3)", f"shape {a.shape}")
                 out[k] = a
-        for k, a in out.items():
-            if not np.isfinite(a).all():
-                raise Edit3DGSError(path, f"finite values in {k}", "NaN or inf")
+        for k, n in (("shape", n_shape), ("expr", n_expr)):
+            check_components(out[k], n, k, path)
         return cls(**out)
+
+
+def check_components(a, n: int | None, what: str, path=None) -> None:
+    """``a`` (..., C): at most the head model's ``n`` components, or zeros beyond them (as the head pads)."""
+    if n is None or a.shape[-1] <= n:
+        return
+    extra = np.asarray(a)[..., n:]
+    if (extra != 0).any():
+        raise Edit3DGSError(path, f"{what} with at most {n} components (the head model's), or zeros beyond",
+                            f"{a.shape[-1]} components, non-zero beyond {n}")
 
 
 def _fit_teeth(a: np.ndarray, n_verts: int) -> np.ndarray:
@@ -169,8 +177,16 @@ def _fit_teeth(a: np.ndarray, n_verts: int) -> np.ndarray:
     return a[:, :n_verts]
 
 
-def load_per_frame(paths: Sequence[os.PathLike | str], n_verts: int | None = None) -> FlameParams:
+def load_per_frame(paths: Sequence[os.PathLike | str], n_verts: int | None = None, n_shape: int | None = None,
+                   n_expr: int | None = None) -> FlameParams:
     """Stack per-frame npz files (a dataset's ``flame_param/00000.npz`` ...) into one sequence."""
     if not paths:
         raise Edit3DGSError(None, "at least one per-frame FLAME file", "none")
-    return FlameParams.concat(FlameParams.load(p, n_verts) for p in paths)
+    seqs = [FlameParams.load(p, n_verts, n_shape, n_expr) for p in paths]
+    for p, s in zip(paths, seqs):  # one sequence: every frame with the first one's widths
+        for k in PER_FRAME_KEYS:
+            a, first = getattr(s, k), getattr(seqs[0], k)
+            if a.shape[1:] != first.shape[1:]:
+                raise Edit3DGSError(p, f"{k} of the width of the other frames' ({first.shape[1]} in {paths[0]})",
+                                    f"{a.shape[1]}")
+    return FlameParams.concat(seqs)

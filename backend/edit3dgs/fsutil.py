@@ -195,3 +195,23 @@ def check_output(out: os.PathLike | str, inputs: dict, option: str = "--out") ->
             else:
                 continue
             raise Edit3DGSError(f"{option} {out}", "an output path outside every input", found)
+
+
+def check_output_path(out: os.PathLike | str, option: str = "--out") -> None:
+    """An output path the system can create: no NUL byte, names of at most 255 bytes, and below the
+    nearest existing ancestor only folders (a file there cannot hold it), which must be writable."""
+    text = os.fspath(out)
+    where = f"{option} {text!r}" if "\0" in text else f"{option} {text}"
+    if "\0" in text:
+        raise Edit3DGSError(where, "a path without NUL characters", "a NUL character")
+    p = Path(os.path.abspath(text))
+    long = [part for part in p.parts if len(os.fsencode(part)) > 255]
+    if long:
+        raise Edit3DGSError(where, "file and folder names of at most 255 bytes", f"a name of {len(os.fsencode(long[0]))} bytes")
+    anc = p.parent if p.parent != p else p
+    while not os.path.lexists(anc) and anc.parent != anc:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise Edit3DGSError(where, "a path below folders", f"{anc}, a file, in its way")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise Edit3DGSError(where, "a path in a folder you can write", f"{anc}, which is read-only to you")

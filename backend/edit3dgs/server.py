@@ -369,18 +369,19 @@ class Server:
         return {"avatar": str(version), "npz": str(npz)}
 
     def job_region_masks(self, jid, args):
-        import numpy as np
         import torch
 
-        from .cameras import Camera
+        from .cameras import camera_from_job
         from .render import rasterize
         from .views import save_png
 
         b = self.avatar(_need(args, "avatar"))
         c = _need(args, "camera", dict)
-        cam = Camera(0, int(c["w"]), int(c["h"]), float(c["fx"]), float(c["fy"]), float(c["cx"]), float(c["cy"]),
-                     np.asarray(c["c2w"], np.float64))
-        regions = list(args.get("regions") or [])[:3]
+        cam = camera_from_job(c)
+        regions = args.get("regions") or []
+        if not isinstance(regions, list) or not all(isinstance(r, str) for r in regions):
+            raise Edit3DGSError("job argument 'regions'", "a list of region names", _describe(regions))
+        regions = regions[:3]
         t = args.get("timestep", 0)
         if isinstance(t, bool) or not isinstance(t, int):
             raise Edit3DGSError("job argument 'timestep'", "a whole number", _describe(t))
@@ -419,13 +420,14 @@ JOB_OUTPUTS = ("out", "out_dir", "npz", "work_dir", "outputs")
 
 def _check_job_paths(args: dict) -> None:
     """Every job kind: no output is an input, inside one, or a folder holding one (fsutil.check_output)."""
-    from .fsutil import check_output
+    from .fsutil import check_output, check_output_path
 
     inputs = {f"'{k}'": args.get(k) for k in JOB_INPUTS}
     for k in JOB_OUTPUTS:
         v = args.get(k)
         for p in v if isinstance(v, list) else [v]:
             if isinstance(p, str) and p:
+                check_output_path(p, f"job argument '{k}'")
                 # A shot's work_dir is the client's scratch folder (it puts the shot's cameras and motion
                 # there); the job writes only its frames/ subfolder, so that is the output checked.
                 check_output(os.path.join(p, "frames") if k == "work_dir" else p, inputs, f"job argument '{k}'")

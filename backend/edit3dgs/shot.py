@@ -34,7 +34,7 @@ def straight_rgba(rgb: torch.Tensor, alpha: torch.Tensor) -> np.ndarray:
 def load_shot(cameras_json: os.PathLike | str, flame_params: os.PathLike | str,
               bundle: AvatarBundle) -> tuple[list[Camera], FlameParams]:
     cams = load_cameras(cameras_json)
-    params = FlameParams.load(flame_params, n_verts=bundle.head.n_verts)
+    params = FlameParams.load(flame_params, **bundle.head.param_sizes())
     if params.num_timesteps != len(cams):
         raise Edit3DGSError(flame_params, f"{len(cams)} timesteps (one per camera of {cameras_json})",
                             f"{params.num_timesteps}")

@@ -5,9 +5,30 @@ from __future__ import annotations
 import sys
 
 
+def check_train_ranges(a) -> None:
+    """The numeric options of ``train-editor``, before anything is built: whole counts, finite rates and times."""
+    import math
+
+    from .errors import Edit3DGSError
+    from .validate import positive, whole
+
+    for opt, lo in (("steps", 0), ("vae_steps", 0), ("views", 1), ("edits", 1), ("warmup", 0), ("groups", 1),
+                    ("bank", 0), ("checkpoint_every", 1), ("random_identities", 0), ("seed", 0)):
+        whole(getattr(a, opt), "--" + opt.replace("_", "-"), "a count", lo, 2**31 - 1)
+    positive(a.lr, "--lr", "a learning rate")
+    for opt in ("minutes", "pause_minutes"):
+        if getattr(a, opt) is not None:
+            positive(getattr(a, opt), "--" + opt.replace("_", "-"), "minutes")
+    for opt in ("snr_gamma", "edit_weight"):  # 0 turns them off
+        v = getattr(a, opt)
+        if not (v == 0 or (math.isfinite(v) and v > 0)):
+            raise Edit3DGSError("--" + opt.replace("_", "-"), "a finite positive weight, or 0 (off)", repr(v))
+
+
 def cmd_train_editor(a) -> int:
     from .edit.train import TrainConfig, train_editor
 
+    check_train_ranges(a)
     cfg = TrainConfig(out=a.out, steps=a.steps, vae_steps=a.vae_steps, arch=a.arch, seed=a.seed, device=a.device,
                       minutes=a.minutes, random_identities=a.random_identities, checkpoint_every=a.checkpoint_every,
                       groups=a.groups, samples=not a.no_samples, bank=a.bank, lr=a.lr,
