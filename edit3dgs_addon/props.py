@@ -44,15 +44,22 @@ class Edit3DGSSettings(bpy.types.PropertyGroup):
     temporal_keys: BoolProperty(name="Share key views across time", default=False,
                                 description="One timestep's key views serve all timesteps, linked by the FLAME binding "
                                             "(off: key views per timestep, as the paper)")
-    rounds: IntProperty(name="Rounds", default=1, min=1, max=20)
-    iters_per_batch: IntProperty(name="Iterations per batch", default=10, min=1, max=10000)
-    iteration_multiplier: FloatProperty(name="Iteration multiplier", default=1.0, min=0.01, max=100.0)
-    scale: FloatProperty(name="Render scale", default=0.25, min=0.05, max=1.0, description="Resolution of the edit views")
-    seed: IntProperty(name="Seed", default=0, min=0)
+    rounds: IntProperty(name="Rounds", default=1, min=1, max=20,
+                        description="Render, edit and refit this many times (each round starts from the last)")
+    # 0 = Auto: the backend decides for the device (edit3dgs.loop.DEVICE_DEFAULTS), as `edit3dgs edit` does
+    iters_per_batch: IntProperty(name="Iterations", default=0, min=0, max=10000,
+                                 description="Refit iterations per key frame (0: Auto, until the fit stops improving)")
+    views_per_iter: IntProperty(name="Views per Iteration", default=0, min=0, max=1000,
+                                description="Key views fitted in each refit iteration (0: Auto, all on a GPU, "
+                                            "4 on the CPU); fewer is faster")
+    scale: FloatProperty(name="Render Scale", default=0.0, min=0.0, max=1.0,
+                         description="Resolution of the edit views relative to the cameras (0: Auto, full on a GPU, "
+                                     "a quarter on the CPU)")
+    seed: IntProperty(name="Seed", default=0, min=0, description="Random seed of the edit (same seed, same result)")
     # key views
     use_all_cameras: BoolProperty(name="All training cameras", default=True)
     timesteps: StringProperty(name="Timesteps", default="", description="e.g. '0,4,8' or '0-32:4'; empty: spread over the sequence")
-    num_timesteps: IntProperty(name="Timesteps to use", default=4, min=1, max=1000)
+    num_timesteps: IntProperty(name="Timesteps to Use", default=8, min=1, max=1000)
     use_frame_range: BoolProperty(name="Use frame range", default=False)
     frame_start: IntProperty(name="Start", default=0, min=0)
     frame_end: IntProperty(name="End", default=7, min=0)

@@ -17,9 +17,26 @@ from ..scene.cameras import camera_for_backend
 from .common import avatar_root, note, preview_object, fail
 
 UI_KEYS = ("prompt", "editor", "steps", "guidance_text", "guidance_image", "rounds", "iters_per_batch",
-           "iteration_multiplier", "scale", "seed", "timesteps", "num_timesteps", "use_frame_range", "frame_start",
+           "views_per_iter", "scale", "seed", "timesteps", "num_timesteps", "use_frame_range", "frame_start",
            "frame_end", "frame_step", "preserve_eyes", "preserve_mouth", "mask_source", "mask_text", "mask_dilation",
            "mask_strength", "local_regions", "temporal_keys", "ip2p_model")
+
+
+def panel_values(s) -> dict:
+    """The panel values the artist set (a property never touched is left out: the backend decides it)."""
+    ui = {k: getattr(s, k) for k in UI_KEYS if s.is_property_set(k)}
+    ui["prompt"] = s.prompt
+    return ui
+
+
+def job_settings(context, prev) -> dict:
+    """The ``settings`` of the edit job the panel would start now (see jobargs.edit_settings)."""
+    p = runtime.prefs()
+    prefs = {"device": p.device, "editor_model": p.editor_model, "detector_model": p.detector_model,
+             "sam_model": p.sam_model} if p else {}
+    ui = panel_values(context.scene.edit3dgs)
+    ui["cameras"] = _key_view_indices(context, prev)
+    return edit_settings(ui, prefs)
 
 
 def _key_view_indices(context, prev) -> list[int] | None:
@@ -83,18 +100,13 @@ class EDIT3DGS_OT_run_edit(bpy.types.Operator):
         base = h.versions[h.applied] if 0 <= h.applied < len(h.versions) else None
         if base is None or not os.path.isdir(base.folder):
             return self._fail(context, f"the avatar folder {base.folder if base else '?'} is missing")
-        p = runtime.prefs()
-        prefs = {"device": p.device, "editor_model": p.editor_model, "detector_model": p.detector_model,
-                 "sam_model": p.sam_model} if p else {}
-        ui = {k: getattr(s, k) for k in UI_KEYS}
-        ui["cameras"] = _key_view_indices(context, prev)
-        settings = edit_settings(ui, prefs)
+        settings = job_settings(context, prev)
         jd = runtime.job_folder("edit", base.folder)
         args = {"avatar": base.folder, "out_dir": str(jd / "avatar"), "npz": str(jd / "gaussians.npz"),
                 "settings": settings}
         try:
             job = runtime.submit("edit", args, on_finish=partial(_edit_finished, context.scene.name, prev.name,
-                                                                  settings["prompt"], settings["editor"]))
+                                                                  settings["prompt"], settings.get("editor", "region")))
         except BridgeError as exc:
             return self._fail(context, str(exc))
         runtime.state.edit_job = job

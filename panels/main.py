@@ -102,7 +102,7 @@ class EDIT3DGS_PT_editor(_Panel, bpy.types.Panel):
             col.prop(s, "temporal_keys")
         col.prop(s, "rounds")
         col.prop(s, "iters_per_batch")
-        col.prop(s, "iteration_multiplier")
+        col.prop(s, "views_per_iter")
         col.prop(s, "scale")
         col.prop(s, "seed")
         col.prop(s, "local_regions")

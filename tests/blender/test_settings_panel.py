@@ -1,0 +1,38 @@
+"""The panel's default edit is `edit3dgs edit`'s default edit: equal resolved settings (what edit.json records)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import bpy
+
+from conftest import EXT_MODULE, import_avatar
+
+RESOLVE = ("import json, sys; from dataclasses import asdict; from edit3dgs.loop import EditSettings; "
+           "print(json.dumps(asdict(EditSettings.from_dict(json.loads(sys.argv[1])).resolved(sys.argv[2]))))")
+
+
+def test_panel_default_edit_resolves_to_the_cli_default(scene, ext, avatar_dir, backend_py):
+    import_avatar(avatar_dir)
+    edit_ops = sys.modules[EXT_MODULE + ".operators.edit"]
+    prev = edit_ops.preview_object(bpy.context)
+    settings = edit_ops.job_settings(bpy.context, prev)
+    assert settings == {"prompt": scene.edit3dgs.prompt}, "an untouched panel sends only the prompt"
+    # the numbers the panel shows for what it leaves to the backend are the backend's defaults
+    props = type(scene.edit3dgs).bl_rna.properties
+    assert props["num_timesteps"].default == 8 and props["rounds"].default == 1 and props["seed"].default == 0
+    for auto in ("scale", "views_per_iter", "iters_per_batch"):
+        assert props[auto].default == 0 and "0: Auto" in props[auto].description
+    for device in ("cpu", "cuda"):
+        panel = subprocess.run([backend_py, "-c", RESOLVE, json.dumps(settings), device], capture_output=True, text=True)
+        assert panel.returncode == 0, panel.stderr
+        cli = subprocess.run([backend_py, "-m", "edit3dgs.cli", "edit", "--avatar", str(avatar_dir), "--prompt",
+                              scene.edit3dgs.prompt, "--device", device, "--dry-run"], capture_output=True, text=True)
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(panel.stdout) == json.loads(cli.stdout)
+    # what the artist sets is sent, and only that
+    s = scene.edit3dgs
+    s.views_per_iter, s.rounds = 2, 1
+    assert edit_ops.job_settings(bpy.context, prev) == {"prompt": s.prompt, "views_per_iter": 2, "rounds": 1}
