@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .messages import artist_words
 from .protocol import Decoder, encode
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
@@ -314,7 +315,8 @@ class Backend:
     def _finish(self, job: Job, state: str, error: str = "") -> None:
         if job.finished:
             return
-        job.state, job.error = state, error
+        # Shown in Blender: in the panel's words (the backend's own words stay in its log).
+        job.state, job.error = state, artist_words(error)
         self.jobs.pop(job.id, None)
         getattr(self, "_finished_now", []).append(job)
         if job.on_finish is not None:

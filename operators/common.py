@@ -30,12 +30,12 @@ def avatar_root(obj):
     return obj
 
 
-def note(context, text: str, status: str = "") -> None:
-    """Keep the last report on the panel (a timer cannot call Operator.report)."""
+def note(context, text: str, status: str = "INFO") -> None:
+    """Keep the last report on the panel (a timer cannot call Operator.report). The status is always
+    set with it, so the icon beside a report is that report's (a success never shows a failure's icon)."""
     s = context.scene.edit3dgs
     s.report = text
-    if status:
-        s.status = status
+    s.status = status
     print(f"Edit3DGS: {text}")
 
 

@@ -131,7 +131,7 @@ class EDIT3DGS_OT_cancel_edit(bpy.types.Operator):
             return {"CANCELLED"}
         runtime.state.backend.cancel(job)
         runtime.ensure_timer()
-        note(context, "Cancelling…")
+        note(context, "Cancelling…", "RUNNING")
         return {"FINISHED"}
 
 
@@ -157,19 +157,16 @@ class EDIT3DGS_OT_apply_edit(bpy.types.Operator):
     def execute(self, context):
         prev = preview_object(context)
         if prev is None or not len(prev.edit3dgs.versions):
-            self.report({"ERROR"}, "No avatar version to apply")
-            return {"CANCELLED"}
+            return fail(self, context, "No avatar version to apply")
         h = prev.edit3dgs
         i = h.version_index if self.index < 0 else self.index
         if not 0 <= i < len(h.versions):
-            self.report({"ERROR"}, f"No version {i} (the history has {len(h.versions)})")
-            return {"CANCELLED"}
+            return fail(self, context, f"No version {i} (the history has {len(h.versions)})")
         try:
             v = _apply(context, prev, i)
         except (RigFileError, OSError) as exc:
-            self.report({"ERROR"}, f"Cannot apply: {exc}")
-            return {"CANCELLED"}
-        note(context, f"Applied {v.name}")
+            return fail(self, context, f"Cannot apply: {exc}")
+        note(context, f"Applied {v.name}", "DONE")
         return {"FINISHED"}
 
 
@@ -216,7 +213,7 @@ class EDIT3DGS_OT_compare_version(bpy.types.Operator):
             c.objects.link(obj)
         obj.location.x += self.offset
         prev.edit3dgs.compare_with = prev.edit3dgs.version_index
-        note(context, f"Comparing {v.name} (right) with the applied version")
+        note(context, f"Comparing {v.name} (right) with the applied version", "DONE")
         return {"FINISHED"}
 
 

@@ -125,7 +125,7 @@ class EDIT3DGS_OT_export_motion(bpy.types.Operator):
             self.report({"ERROR"}, f"Motion not exported: {exc}")
             return {"CANCELLED"}
         msg = f"Motion: frames {frames[0]}-{frames[-1]} written to {path}"
-        note(context, msg)
+        note(context, msg, "DONE")
         self.report({"INFO"}, msg)
         return {"FINISHED"}
 

@@ -43,11 +43,10 @@ class _State:
 state = _State()
 
 
-def _shot_note(scene, text: str, status: str = "") -> None:
+def _shot_note(scene, text: str, status: str = "INFO") -> None:
     s = scene.edit3dgs_shot
     s.report = text
-    if status:
-        s.status = status
+    s.status = status  # always: the icon is this report's
     print(f"Edit3DGS: {text}")
 
 
@@ -198,7 +197,7 @@ class EDIT3DGS_OT_cancel_shot(bpy.types.Operator):
             return {"CANCELLED"}
         runtime.state.backend.cancel(job)
         runtime.ensure_timer()
-        _shot_note(context.scene, "Cancelling the shot…")
+        _shot_note(context.scene, "Cancelling the shot…", "RUNNING")
         return {"FINISHED"}
 
 

@@ -33,6 +33,7 @@ class EDIT3DGS_PT_main(_Panel, bpy.types.Panel):
         row.operator("edit3dgs.import_avatar", icon="IMPORT")
         if prev is None:
             layout.label(text="Import a GaussianAvatars folder to start", icon="INFO")
+            _report_box(layout, s)
             return
         layout.label(text=f"{prev.name}: {len(prev.data.vertices)} Gaussians", icon="POINTCLOUD_DATA")
         layout.prop(s, "prompt", text="")
@@ -44,13 +45,25 @@ class EDIT3DGS_PT_main(_Panel, bpy.types.Panel):
             row.operator("edit3dgs.run_edit", icon="PLAY")
         if s.running or s.status == "RUNNING":
             layout.progress(factor=s.progress, type="BAR", text=s.stage or "starting")
-        if s.report:
-            box = layout.box()
-            icon = {"FAILED": "ERROR", "CANCELLED": "CANCEL", "DONE": "CHECKMARK"}.get(s.status, "INFO")
-            for i, line in enumerate(_wrap(s.report, 48)[:6]):
-                box.label(text=line, icon=icon if i == 0 else "BLANK1")
-            if s.status == "FAILED":
-                box.operator("edit3dgs.open_log", text="Open backend log", icon="TEXT").which = "backend"
+        _report_box(layout, s)
+
+
+def _report_box(layout, s) -> None:
+    """The last report, whole, with its status's icon; the backend's log always one click away."""
+    if s.report:
+        box = layout.box()
+        for i, line in enumerate(_wrap(s.report, 48)[:MAX_REPORT_LINES]):
+            box.label(text=line, icon=report_icon(s.status) if i == 0 else "BLANK1", translate=False)
+    layout.operator("edit3dgs.open_log", text="Open Backend Log", icon="TEXT").which = "backend"
+
+
+MAX_REPORT_LINES = 16
+STATUS_ICONS = {"FAILED": "ERROR", "CANCELLED": "CANCEL", "DONE": "CHECKMARK", "IMPORTED": "CHECKMARK"}
+
+
+def report_icon(status: str) -> str:
+    """The icon beside a report: its own status's (a report without a failure never shows ERROR)."""
+    return STATUS_ICONS.get(status, "INFO")
 
 
 def _wrap(text, width):
@@ -206,11 +219,10 @@ class EDIT3DGS_PT_shot(_Panel, bpy.types.Panel):
             row.operator("edit3dgs.render_shot", icon="RENDER_ANIMATION")
         if s.report:
             box = layout.box()
-            icon = {"FAILED": "ERROR", "CANCELLED": "CANCEL", "DONE": "CHECKMARK"}.get(s.status, "INFO")
-            for i, line in enumerate(_wrap(s.report, 48)[:4]):
-                box.label(text=line, icon=icon if i == 0 else "BLANK1")
+            for i, line in enumerate(_wrap(s.report, 48)[:MAX_REPORT_LINES]):
+                box.label(text=line, icon=report_icon(s.status) if i == 0 else "BLANK1", translate=False)
             if s.status == "FAILED":
-                box.operator("edit3dgs.open_log", text="Open backend log", icon="TEXT").which = "backend"
+                box.operator("edit3dgs.open_log", text="Open Backend Log", icon="TEXT").which = "backend"
 
 
 CLASSES = (EDIT3DGS_UL_versions, EDIT3DGS_PT_main, EDIT3DGS_PT_rig, EDIT3DGS_PT_editor, EDIT3DGS_PT_views,

@@ -36,3 +36,23 @@ def test_panel_default_edit_resolves_to_the_cli_default(scene, ext, avatar_dir, 
     s = scene.edit3dgs
     s.views_per_iter, s.rounds = 2, 1
     assert edit_ops.job_settings(bpy.context, prev) == {"prompt": s.prompt, "views_per_iter": 2, "rounds": 1}
+
+
+IP2P_DEFAULTS = ("import json; from dataclasses import asdict; from edit3dgs.edit.ip2p import IP2PSettings; "
+                 "print(json.dumps(asdict(IP2PSettings())))")
+
+
+def test_panel_shows_the_editors_own_defaults(scene, backend_py):
+    """The Instruct-Pix2Pix numbers the panel shows (and does not send unless changed) are IP2PSettings'."""
+    res = subprocess.run([backend_py, "-c", IP2P_DEFAULTS], capture_output=True, text=True)
+    if res.returncode != 0 and "ModuleNotFoundError" in res.stderr:
+        import pytest
+
+        pytest.skip("the backend has no diffusion extras")
+    assert res.returncode == 0, res.stderr
+    backend = json.loads(res.stdout)
+    props = type(scene.edit3dgs).bl_rna.properties
+    for panel, field in (("steps", "steps"), ("guidance_text", "guidance_text"), ("guidance_image", "guidance_image"),
+                         ("temporal_keys", "temporal_keys"), ("mask_strength", "inpaint_strength"),
+                         ("mask_dilation", "inpaint_dilate")):
+        assert abs(props[panel].default - backend[field]) < 1e-6, (panel, props[panel].default, backend[field])
