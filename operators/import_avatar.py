@@ -11,7 +11,7 @@ from bpy.props import BoolProperty, FloatProperty, StringProperty
 from .. import runtime
 from ..bridge import BridgeError
 from ..rigfile import RigFileError, load
-from ..scene.avatar import build_avatar
+from ..scene.avatar import build_avatar, set_up_scene
 from .common import note, fail
 
 
@@ -25,7 +25,11 @@ class EDIT3DGS_OT_import_avatar(bpy.types.Operator):
     directory: StringProperty(name="Avatar folder", subtype="DIR_PATH")
     filter_folder: BoolProperty(default=True, options={"HIDDEN"})
     name: StringProperty(name="Name", default="", description="Name of the new objects (default: the folder's)")
-    timeout: FloatProperty(name="Timeout (s)", default=300.0, min=1.0, options={"HIDDEN"})
+    set_scene: BoolProperty(name="Set Up Scene", default=True,
+                            description="Make the avatar's first key view the active camera and take the scene's "
+                                        "resolution and frame rate from the avatar's cameras and sequence")
+    timeout: FloatProperty(name="Timeout (s)", default=300.0, min=1.0, options={"HIDDEN"},
+                           description="How long a script waits for the backend to read the avatar")
 
     _job = None
     _timer = None
@@ -88,6 +92,10 @@ class EDIT3DGS_OT_import_avatar(bpy.types.Operator):
         context.view_layer.objects.active = prev
         msg = (f"Imported {rig.n_gaussians} Gaussians on {rig.meta.get('topology', 'the head')}, "
                f"{len(objs['cameras'].objects)} key views")
+        if self.set_scene:
+            changed = set_up_scene(context.scene, objs["cameras"], rig.meta.get("fps"))
+            if changed:
+                msg += "; scene: " + ", ".join(changed)
         note(context, msg, "IMPORTED")
         self.report({"INFO"}, msg)
         return {"FINISHED"}

@@ -32,8 +32,10 @@ class Edit3DGSShotSettings(bpy.types.PropertyGroup):
     progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0)
     report: StringProperty(name="Report", default="")
     running: BoolProperty(name="Running", default=False)
-    add_strip: BoolProperty(name="Load in sequencer", default=True,
-                            description="Show the rendered frames as an image strip in the sequencer")
+    add_strip: BoolProperty(name="Load in Sequencer", default=False,
+                            description="Show the rendered frames as an image strip in the sequencer. Careful: with "
+                                        "strips in the sequencer, Blender's own render (F12) renders the sequencer, "
+                                        "not the 3D scene")
 
 
 class _State:
