@@ -64,12 +64,12 @@ def resolve_python(configured: str) -> str:
     """The backend interpreter: $EDIT3DGS_BACKEND_PYTHON, else the preference; checked to exist."""
     path = os.environ.get("EDIT3DGS_BACKEND_PYTHON") or configured
     if not path:
-        raise BridgeError("no backend Python set: press 'Set up backend' in the add-on preferences "
+        raise BridgeError("no backend Python set: press 'Set Up Backend' in the add-on preferences "
                           "(or set EDIT3DGS_BACKEND_PYTHON)")
     found = shutil.which(path) if os.sep not in path else path
     if not found or not os.path.isfile(found) or not os.access(found, os.X_OK):
         raise BridgeError(f"backend Python not found: {path} (expected an executable interpreter with "
-                          f"edit3dgs installed; press 'Set up backend' in the add-on preferences)")
+                          f"edit3dgs installed; press 'Set Up Backend' in the add-on preferences)")
     return found
 
 

@@ -23,7 +23,8 @@ class Edit3DGSVersion(bpy.types.PropertyGroup):
 class Edit3DGSObject(bpy.types.PropertyGroup):
     """On a Gaussian preview object: its versions (0 is the imported avatar)."""
 
-    versions: CollectionProperty(type=Edit3DGSVersion)
+    versions: CollectionProperty(type=Edit3DGSVersion, name="Versions",
+                                 description="The avatar's versions: the imported one, then one per edit")
     version_index: IntProperty(name="Version", default=0, description="The version selected in the history")
     applied: IntProperty(name="Applied Version", default=0, description="The version the preview shows")
     compare_with: IntProperty(name="Compared Version", default=-1,

@@ -22,7 +22,7 @@ DRAIN_INTERVAL = 0.1
 class _State:
     backend: Backend | None = None
     edit_job: Job | None = None
-    setup = None  # installer.StepRunner while "Set up backend" runs
+    setup = None  # installer.StepRunner while "Set Up Backend" runs
     last_setup = None
     setup_target: str = ""
 

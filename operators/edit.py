@@ -14,7 +14,7 @@ from ..jobargs import edit_settings, parse_names
 from ..rigfile import RigFileError, load
 from ..scene import preview as preview_mod
 from ..scene.cameras import camera_for_backend
-from .common import avatar_root, note, preview_object, fail
+from .common import avatar_root, deny, fail, has_versions, note, preview_object
 
 UI_KEYS = ("prompt", "editor", "steps", "guidance_text", "guidance_image", "rounds", "iters_per_batch",
            "views_per_iter", "scale", "seed", "timesteps", "num_timesteps", "use_frame_range", "frame_start",
@@ -84,6 +84,18 @@ class EDIT3DGS_OT_run_edit(bpy.types.Operator):
 
     prompt: StringProperty(name="Prompt", default="", description="Overrides the panel's prompt when set")
 
+    @classmethod
+    def poll(cls, context):
+        s = context.scene.edit3dgs
+        job = runtime.state.edit_job
+        if job is not None and not job.finished:
+            return deny(cls, "An edit is running: cancel it first")
+        if preview_object(context) is None:
+            return deny(cls, "Import a Gaussian avatar first (File > Import > Gaussian Head Avatar)")
+        if not s.prompt.strip():
+            return deny(cls, "Write what to change in the prompt")
+        return True
+
     def execute(self, context):
         s = context.scene.edit3dgs
         if self.prompt:
@@ -124,6 +136,13 @@ class EDIT3DGS_OT_cancel_edit(bpy.types.Operator):
     bl_idname = "edit3dgs.cancel_edit"
     bl_label = "Cancel Edit"
 
+    @classmethod
+    def poll(cls, context):
+        job = runtime.state.edit_job
+        if job is None or job.finished:
+            return deny(cls, "No edit is running")
+        return True
+
     def execute(self, context):
         job = runtime.state.edit_job
         if job is None or job.finished or runtime.state.backend is None:
@@ -154,6 +173,16 @@ class EDIT3DGS_OT_apply_edit(bpy.types.Operator):
 
     index: IntProperty(name="Version", default=-1, description="-1: the one selected in the history")
 
+    @classmethod
+    def poll(cls, context):
+        prev, why = has_versions(context, "apply")
+        if prev is None:
+            return deny(cls, why)
+        h = prev.edit3dgs
+        if not 0 <= h.version_index < len(h.versions):
+            return deny(cls, "Select a version in the history")
+        return True
+
     def execute(self, context):
         prev = preview_object(context)
         if prev is None or not len(prev.edit3dgs.versions):
@@ -177,6 +206,15 @@ class EDIT3DGS_OT_revert_edit(bpy.types.Operator):
     bl_label = "Revert to Original"
     bl_options = {"REGISTER", "UNDO"}
 
+    @classmethod
+    def poll(cls, context):
+        prev, why = has_versions(context, "revert to")
+        if prev is None:
+            return deny(cls, why)
+        if prev.edit3dgs.applied == 0:
+            return deny(cls, "The preview already shows the original")
+        return True
+
     def execute(self, context):
         return bpy.ops.edit3dgs.apply_edit(index=0)
 
@@ -189,6 +227,15 @@ class EDIT3DGS_OT_compare_version(bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     offset: bpy.props.FloatProperty(name="Offset", default=0.35, description="Along the head's x axis (m)")
+
+    @classmethod
+    def poll(cls, context):
+        prev, why = has_versions(context, "compare")
+        if prev is None:
+            return deny(cls, why)
+        if len(prev.edit3dgs.versions) < 2 and prev.edit3dgs.compare_with < 0:
+            return deny(cls, "Only one version so far: run an edit to compare with")
+        return True
 
     def execute(self, context):
         prev = preview_object(context)
@@ -244,6 +291,15 @@ class EDIT3DGS_OT_preview_masks(bpy.types.Operator):
 
     bl_idname = "edit3dgs.preview_masks"
     bl_label = "Preview Masks"
+
+    @classmethod
+    def poll(cls, context):
+        if preview_object(context) is None:
+            return deny(cls, "Import a Gaussian avatar first")
+        cam = context.scene.camera
+        if cam is None or cam.type != "CAMERA":
+            return deny(cls, "Make a key view the active camera")
+        return True
 
     def execute(self, context):
         s = context.scene.edit3dgs

@@ -12,7 +12,7 @@ from .. import runtime
 from ..bridge import BridgeError
 from ..rigfile import RigFileError, load
 from ..scene.avatar import build_avatar, set_up_scene
-from .common import note, fail
+from .common import deny, fail, note
 
 
 class EDIT3DGS_OT_import_avatar(bpy.types.Operator):
@@ -22,7 +22,8 @@ class EDIT3DGS_OT_import_avatar(bpy.types.Operator):
     bl_label = "Import Gaussian Avatar"
     bl_options = {"REGISTER", "UNDO"}
 
-    directory: StringProperty(name="Avatar folder", subtype="DIR_PATH")
+    directory: StringProperty(name="Avatar Folder", subtype="DIR_PATH",
+                              description="A GaussianAvatars folder (point_cloud.ply, flame_param.npz)")
     filter_folder: BoolProperty(default=True, options={"HIDDEN"})
     name: StringProperty(name="Name", default="", description="Name of the new objects (default: the folder's)")
     set_scene: BoolProperty(name="Set Up Scene", default=True,
@@ -33,6 +34,12 @@ class EDIT3DGS_OT_import_avatar(bpy.types.Operator):
 
     _job = None
     _timer = None
+
+    @classmethod
+    def poll(cls, context):
+        if context.scene is None:
+            return deny(cls, "Needs a scene to import into")
+        return True
 
     def invoke(self, context, event):
         context.window_manager.fileselect_add(self)

@@ -10,7 +10,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 
 from .. import motion as mo
 from ..scene import motion as scene_motion
-from .common import avatar_root, note, preview_object, fail
+from .common import avatar_root, deny, fail, note, preview_object
 
 
 def find_rig(context):
@@ -40,11 +40,16 @@ Another person's motion on this avatar is cross-identity reenactment: the avatar
     filepath: StringProperty(name="Motion", subtype="FILE_PATH",
                              description="flame_param.npz, or a dataset folder with per-frame FLAME files")
     filter_glob: StringProperty(default="*.npz", options={"HIDDEN"})
-    frame_start: IntProperty(name="Start frame", default=-1, description="First keyed frame (-1: the scene's start)")
-    source_fps: FloatProperty(name="Source fps", default=0.0, min=0.0,
+    frame_start: IntProperty(name="Start Frame", default=-1, description="First keyed frame (-1: the scene's start)")
+    source_fps: FloatProperty(name="Source FPS", default=0.0, min=0.0,
                               description="Frame rate of the motion; 0: the scene's (one key per scene frame)")
-    split: EnumProperty(name="Split", items=[(s, s, f"transforms_{s}.json of a dataset folder") for s in ("train", "val", "test")])
-    set_range: BoolProperty(name="Set scene range", default=True, description="Make the scene's frame range the motion's")
+    split: EnumProperty(name="Split", description="Which split of a dataset folder to read", items=[(s, s, f"transforms_{s}.json of a dataset folder") for s in ("train", "val", "test")])
+    set_range: BoolProperty(name="Set Scene Range", default=True, description="Make the scene's frame range the motion's")
+
+    @classmethod
+    def poll(cls, context):
+        found, why = find_rig(context)
+        return True if found is not None else deny(cls, why[0].upper() + why[1:])
 
     def invoke(self, context, event):
         context.window_manager.fileselect_add(self)
@@ -98,9 +103,15 @@ class EDIT3DGS_OT_export_motion(bpy.types.Operator):
     bl_idname = "edit3dgs.export_motion"
     bl_label = "Export Motion"
 
-    filepath: StringProperty(name="File", subtype="FILE_PATH", default="//flame_param.npz")
+    filepath: StringProperty(name="File", subtype="FILE_PATH", default="//flame_param.npz",
+                             description="The flame_param.npz to write")
     filter_glob: StringProperty(default="*.npz", options={"HIDDEN"})
     check_existing: BoolProperty(default=True, options={"HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        found, why = find_rig(context)
+        return True if found is not None else deny(cls, why[0].upper() + why[1:])
 
     def invoke(self, context, event):
         context.window_manager.fileselect_add(self)

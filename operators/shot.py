@@ -20,18 +20,18 @@ from .. import motion as mo
 from .. import runtime, shotcam
 from ..bridge import BridgeError
 from ..scene import motion as scene_motion
-from .common import preview_object
+from .common import deny, preview_object
 from .motion import find_rig
 
 STRIP_NAME = "Edit3DGS shot"
 
 
 class Edit3DGSShotSettings(bpy.types.PropertyGroup):
-    status: StringProperty(name="Status", default="")
-    stage: StringProperty(name="Stage", default="")
-    progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0)
-    report: StringProperty(name="Report", default="")
-    running: BoolProperty(name="Running", default=False)
+    status: StringProperty(name="Status", default="", description="State of the last shot (its report's icon)")
+    stage: StringProperty(name="Stage", default="", description="What the running shot is doing")
+    progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, description="How far the shot is")
+    report: StringProperty(name="Report", default="", description="The last report of the shot")
+    running: BoolProperty(name="Running", default=False, description="A shot is rendering in the backend")
     add_strip: BoolProperty(name="Load in Sequencer", default=False,
                             description="Show the rendered frames as an image strip in the sequencer. Careful: with "
                                         "strips in the sequencer, Blender's own render (F12) renders the sequencer, "
@@ -135,6 +135,20 @@ to an RGBA PNG sequence in the output path, shown as a strip in the sequencer"""
     bl_idname = "edit3dgs.render_shot"
     bl_label = "Render Shot"
 
+    @classmethod
+    def poll(cls, context):
+        if state.job is not None and not state.job.finished:
+            return deny(cls, "A shot is rendering: cancel it first")
+        found, why = find_rig(context)
+        if found is None:
+            return deny(cls, why[0].upper() + why[1:])
+        cam = context.scene.camera
+        if cam is None or cam.type != "CAMERA":
+            return deny(cls, "Set the scene's active camera")
+        if cam.data.type != "PERSP":
+            return deny(cls, f"The camera '{cam.name}' is {cam.data.type.lower()}: use a perspective camera")
+        return True
+
     def execute(self, context):
         scene = context.scene
         if state.job is not None and not state.job.finished:
@@ -191,6 +205,12 @@ class EDIT3DGS_OT_cancel_shot(bpy.types.Operator):
 
     bl_idname = "edit3dgs.cancel_shot"
     bl_label = "Cancel Shot"
+
+    @classmethod
+    def poll(cls, context):
+        if state.job is None or state.job.finished:
+            return deny(cls, "No shot is rendering")
+        return True
 
     def execute(self, context):
         job = state.job

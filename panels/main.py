@@ -17,9 +17,9 @@ class EDIT3DGS_UL_versions(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
         applied = data.applied == index
         row = layout.row(align=True)
-        row.label(text=item.name, icon="CHECKMARK" if applied else "BLANK1")
+        row.label(text=item.name, icon="CHECKMARK" if applied else "BLANK1", translate=False)
         if item.editor:
-            row.label(text=item.editor)
+            row.label(text=item.editor, translate=False)
 
 
 class EDIT3DGS_PT_main(_Panel, bpy.types.Panel):
@@ -35,7 +35,7 @@ class EDIT3DGS_PT_main(_Panel, bpy.types.Panel):
             layout.label(text="Import a GaussianAvatars folder to start", icon="INFO")
             _report_box(layout, s)
             return
-        layout.label(text=f"{prev.name}: {len(prev.data.vertices)} Gaussians", icon="POINTCLOUD_DATA")
+        layout.label(text=f"{prev.name}: {len(prev.data.vertices)} Gaussians", icon="POINTCLOUD_DATA", translate=False)
         layout.prop(s, "prompt", text="")
         row = layout.row(align=True)
         row.scale_y = 1.4
@@ -119,6 +119,8 @@ class EDIT3DGS_PT_editor(_Panel, bpy.types.Panel):
         col.prop(s, "scale")
         col.prop(s, "seed")
         col.prop(s, "local_regions")
+        if s.editor != "ip2p":  # (with Instruct-Pix2Pix it sits in Masks)
+            col.operator("edit3dgs.preview_masks", icon="IMAGE_DATA")
 
 
 class EDIT3DGS_PT_views(_Panel, bpy.types.Panel):
@@ -145,9 +147,15 @@ class EDIT3DGS_PT_views(_Panel, bpy.types.Panel):
 
 
 class EDIT3DGS_PT_masks(_Panel, bpy.types.Panel):
+    """Expression-preserving inpainting: Instruct-Pix2Pix only (the region editor has no masks to set)."""
+
     bl_label = "Masks"
     bl_parent_id = "EDIT3DGS_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene.edit3dgs.editor == "ip2p"
 
     def draw(self, context):
         s = context.scene.edit3dgs
@@ -192,7 +200,7 @@ class EDIT3DGS_PT_motion(_Panel, bpy.types.Panel):
         col.operator("edit3dgs.import_motion", text="Import Motion…", icon="IMPORT")
         col.operator("edit3dgs.export_motion", text="Export Motion…", icon="EXPORT")
         fps = scene.render.fps / scene.render.fps_base
-        self.layout.label(text=f"Frames {scene.frame_start}-{scene.frame_end} at {fps:g} fps", icon="TIME")
+        self.layout.label(text=f"Frames {scene.frame_start}-{scene.frame_end} at {fps:g} fps", icon="TIME", translate=False)
 
 
 class EDIT3DGS_PT_shot(_Panel, bpy.types.Panel):
