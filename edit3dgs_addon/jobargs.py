@@ -35,6 +35,11 @@ PRESERVE_REGIONS = {"preserve_eyes": ["eye_region", "eyes"], "preserve_mouth": [
 AUTO_ZERO = ("scale", "views_per_iter", "iters_per_batch")
 
 
+def decimal(v) -> float:
+    """A Blender float (single precision: 0.1 reads back as 0.10000000149) as the decimal the artist typed."""
+    return float(f"{float(v):.7g}")
+
+
 def edit_settings(ui: dict, prefs: dict) -> dict:
     """``ui``: the panel values the artist set (keys of properties never touched are absent);
     ``prefs``: device, editor_model, detector_model, sam_model (empty or "auto": not set).
@@ -65,7 +70,7 @@ def edit_settings(ui: dict, prefs: dict) -> dict:
             settings[key] = int(ui[key])
     for key in AUTO_ZERO:
         if ui.get(key):  # 0 (Auto) and absent: the backend's default for the device
-            settings[key] = float(ui[key]) if key == "scale" else int(ui[key])
+            settings[key] = decimal(ui[key]) if key == "scale" else int(ui[key])
     if editor == "ip2p":
         settings["editor_options"] = ip2p_options(ui, prefs)
     return settings
@@ -76,14 +81,14 @@ def ip2p_options(ui: dict, prefs: dict) -> dict:
     options: dict = {}
     for key in ("steps", "guidance_text", "guidance_image", "temporal_keys"):
         if key in ui:
-            options[key] = ui[key]
+            options[key] = decimal(ui[key]) if isinstance(ui[key], float) else ui[key]
     if "preserve_eyes" in ui or "preserve_mouth" in ui:
         keep = [r for k, rs in PRESERVE_REGIONS.items() if ui.get(k, True) for r in rs]
         options["inpaint"] = bool(keep)
         if keep and len(keep) < sum(len(rs) for rs in PRESERVE_REGIONS.values()):
             options["inpaint_regions"] = keep
     if "mask_strength" in ui:
-        options["inpaint_strength"] = float(ui["mask_strength"])
+        options["inpaint_strength"] = decimal(ui["mask_strength"])
     if "mask_dilation" in ui:
         options["inpaint_dilate"] = int(ui["mask_dilation"])
     if "mask_source" in ui:

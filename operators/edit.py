@@ -46,7 +46,7 @@ def _key_view_indices(context, prev) -> list[int] | None:
         return None
     root = avatar_root(prev)
     cams = [o for o in (root.children if root else ()) if o.type == "CAMERA" and "edit3dgs_camera_index" in o]
-    chosen = [int(o["edit3dgs_camera_index"]) for o in cams if o.select_get()]
+    chosen = sorted(int(o["edit3dgs_camera_index"]) for o in cams if o.select_get())
     if not chosen and context.scene.camera is not None and "edit3dgs_camera_index" in context.scene.camera:
         chosen = [int(context.scene.camera["edit3dgs_camera_index"])]
     return chosen or None

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+from pathlib import Path
+
 import bpy
 
 from conftest import EXT_MODULE, import_avatar
@@ -56,3 +58,27 @@ def test_panel_shows_the_editors_own_defaults(scene, backend_py):
                          ("temporal_keys", "temporal_keys"), ("mask_strength", "inpaint_strength"),
                          ("mask_dilation", "inpaint_dilate")):
         assert abs(props[panel].default - backend[field]) < 1e-6, (panel, props[panel].default, backend[field])
+
+
+def test_panel_edit_and_cli_edit_record_equal_settings(scene, ext, avatar_dir, backend_py, tmp_path):
+    """The same choices through the panel (server job) and `edit3dgs edit`: equal edit.json settings, similar time."""
+    from conftest import EDIT_SETTINGS, configure_edit, pump, runtime_mod
+
+    import_avatar(avatar_dir)
+    configure_edit(prompt="make the hair blue")
+    assert bpy.ops.edit3dgs.run_edit() == {"FINISHED"}
+    job = runtime_mod().state.edit_job
+    pump(ext, lambda: not scene.edit3dgs.running, timeout=600)
+    assert scene.edit3dgs.status == "DONE", scene.edit3dgs.report
+    panel = json.loads((Path(job.result["avatar"]) / "edit.json").read_text())
+    s = EDIT_SETTINGS
+    res = subprocess.run([backend_py, "-m", "edit3dgs.cli", "edit", "--avatar", str(avatar_dir), "--prompt",
+                          "make the hair blue", "--editor", s["editor"], "--rounds", str(s["rounds"]),
+                          "--iters-per-batch", str(s["iters_per_batch"]), "--scale", str(s["scale"]),
+                          "--num-timesteps", str(s["num_timesteps"]), "--regions", s["local_regions"],
+                          "--cameras", "0,12", "--out", str(tmp_path / "cli")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    cli = json.loads((tmp_path / "cli" / "edit.json").read_text())
+    assert panel["settings"] == cli["settings"]
+    t_panel, t_cli = panel["timings_s"]["total"], cli["timings_s"]["total"]
+    assert t_panel <= 1.5 * t_cli + 5.0, (t_panel, t_cli)  # (+5 s: a shared, busy test machine)
