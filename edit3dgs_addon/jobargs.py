@@ -22,7 +22,10 @@ def parse_ints(text: str) -> list[int] | None:
     return out
 
 
-def parse_names(text: str) -> list[str] | None:
+def parse_names(text) -> list[str] | None:
+    """'eyes, mouth' (or a set of names, as an ENUM_FLAG property gives) -> names; nothing -> None."""
+    if not isinstance(text, str):
+        return sorted(text) or None
     names = [t.strip() for t in (text or "").replace(";", ",").split(",") if t.strip()]
     return names or None
 

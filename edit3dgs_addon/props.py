@@ -6,8 +6,10 @@ import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
-REGION_ITEMS = [(r, r.replace("_", " ").title(), "") for r in
-                ("hair", "skin", "forehead", "nose", "eyes", "eye_region", "lips", "ears", "neck", "teeth")]
+# Copied from edit3dgs.flame.REGION_NAMES (less "boundary"); tests/blender/test_settings_panel.py checks it
+REGIONS = ("hair", "skin", "face", "forehead", "nose", "eyes", "eye_region", "lips", "ears", "neck", "teeth")
+REGION_ITEMS = [(r, r.replace("_", " ").title(), f"Refit only the Gaussians bound to the {r.replace('_', ' ')}")
+                for r in REGIONS]
 
 
 class Edit3DGSVersion(bpy.types.PropertyGroup):
@@ -91,8 +93,8 @@ class Edit3DGSSettings(bpy.types.PropertyGroup):
                                description="Grow the masks by this many latent cells")
     mask_strength: FloatProperty(name="Mask Strength", default=1.0, min=0.0, max=1.0,
                                  description="How much of the original is put back inside the masks")
-    local_regions: StringProperty(name="Edit Only", default="",
-                                  description="Comma-separated regions to refit, e.g. 'hair' (empty: all)")
+    local_regions: EnumProperty(name="Edit Only", items=REGION_ITEMS, options={"ENUM_FLAG"}, default=set(),
+                                description="Regions to refit (Shift-click for several; none: the whole head)")
     # job state (written by the timer on the main thread)
     status: StringProperty(name="Status", default="", description="State of the last action (its report's icon)")
     stage: StringProperty(name="Stage", default="", description="What the running edit is doing")

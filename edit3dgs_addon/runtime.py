@@ -62,6 +62,8 @@ def backend() -> Backend:
             b.shutdown()
         b = state.backend = Backend(python, log_path(), device=device, hang_timeout=hang)
     b.hang_timeout = hang
+    # Model downloads (Hugging Face) only with Blender's Online Access on; applies when the backend (re)starts.
+    b.env = None if bpy.app.online_access else {**os.environ, "HF_HUB_OFFLINE": "1"}
     return b
 
 

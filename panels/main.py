@@ -118,7 +118,8 @@ class EDIT3DGS_PT_editor(_Panel, bpy.types.Panel):
         col.prop(s, "views_per_iter")
         col.prop(s, "scale")
         col.prop(s, "seed")
-        col.prop(s, "local_regions")
+        col.label(text="Edit Only (none: the whole head)")
+        col.grid_flow(columns=3, even_columns=True, align=True).prop(s, "local_regions")
         if s.editor != "ip2p":  # (with Instruct-Pix2Pix it sits in Masks)
             col.operator("edit3dgs.preview_masks", icon="IMAGE_DATA")
 
@@ -233,5 +234,6 @@ class EDIT3DGS_PT_shot(_Panel, bpy.types.Panel):
                 box.operator("edit3dgs.open_log", text="Open Backend Log", icon="TEXT").which = "backend"
 
 
-CLASSES = (EDIT3DGS_UL_versions, EDIT3DGS_PT_main, EDIT3DGS_PT_rig, EDIT3DGS_PT_editor, EDIT3DGS_PT_views,
-           EDIT3DGS_PT_masks, EDIT3DGS_PT_motion, EDIT3DGS_PT_shot, EDIT3DGS_PT_history)
+# Sub-panels show in this order: the history right under Run.
+CLASSES = (EDIT3DGS_UL_versions, EDIT3DGS_PT_main, EDIT3DGS_PT_history, EDIT3DGS_PT_editor, EDIT3DGS_PT_views,
+           EDIT3DGS_PT_masks, EDIT3DGS_PT_rig, EDIT3DGS_PT_motion, EDIT3DGS_PT_shot)

@@ -26,7 +26,7 @@ import bpy  # noqa: E402  (after the environment is set)
 
 EXT_MODULE = "bl_ext.user_default.edit3dgs"
 EDIT_SETTINGS = dict(editor="region", rounds=1, iters_per_batch=3, scale=0.1,
-                     num_timesteps=1, local_regions="hair", use_all_cameras=False)
+                     num_timesteps=1, local_regions={"hair"}, use_all_cameras=False)
 EDIT_CAMERAS = ("cam00", "cam12")  # a side and a back view see the hair
 
 

@@ -95,6 +95,7 @@ def test_edit_settings_mapping():
     # what the artist did not set is not sent: the backend decides it, as for `edit3dgs edit`
     assert jobargs.edit_settings({"prompt": "make the hair blue"}, {"device": "auto"}) == {"prompt": "make the hair blue"}
     assert "seed" not in o  # the loop seeds each round (--seed + round), as on the command line
+    assert jobargs.parse_names({"lips", "eyes"}) == ["eyes", "lips"] and jobargs.parse_names(set()) is None
     assert jobargs.edit_settings({**ui, "ip2p_model": "builtin"}, {"editor_model": "/models/ip2p"})["editor_options"]["model"] == "builtin"
     assert jobargs.edit_settings({**ui, "ip2p_model": "custom"}, {"editor_model": "/m"})["editor_options"]["model"] == "/m"
     # every name is a field of the backend's EditSettings (read from its source: no torch here)

@@ -75,10 +75,19 @@ def test_panel_edit_and_cli_edit_record_equal_settings(scene, ext, avatar_dir, b
     res = subprocess.run([backend_py, "-m", "edit3dgs.cli", "edit", "--avatar", str(avatar_dir), "--prompt",
                           "make the hair blue", "--editor", s["editor"], "--rounds", str(s["rounds"]),
                           "--iters-per-batch", str(s["iters_per_batch"]), "--scale", str(s["scale"]),
-                          "--num-timesteps", str(s["num_timesteps"]), "--regions", s["local_regions"],
+                          "--num-timesteps", str(s["num_timesteps"]), "--regions", ",".join(sorted(s["local_regions"])),
                           "--cameras", "0,12", "--out", str(tmp_path / "cli")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     cli = json.loads((tmp_path / "cli" / "edit.json").read_text())
     assert panel["settings"] == cli["settings"]
     t_panel, t_cli = panel["timings_s"]["total"], cli["timings_s"]["total"]
     assert t_panel <= 1.5 * t_cli + 5.0, (t_panel, t_cli)  # (+5 s: a shared, busy test machine)
+
+
+def test_edit_only_lists_the_backends_regions(scene, ext, backend_py):
+    res = subprocess.run([backend_py, "-c", "from edit3dgs.flame import REGION_NAMES; print(','.join(REGION_NAMES))"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    backend = [r for r in res.stdout.strip().split(",") if r != "boundary"]
+    items = [i.identifier for i in type(scene.edit3dgs).bl_rna.properties["local_regions"].enum_items]
+    assert items == backend
