@@ -50,6 +50,7 @@ class Job:
     last_heard: float = field(default_factory=time.monotonic)
     cancel_requested: float | None = None
     on_finish: Callable | None = None  # called once, on the main thread, with the job
+    stage_started: float = field(default_factory=time.monotonic)
 
     @property
     def finished(self) -> bool:
@@ -58,6 +59,23 @@ class Job:
     @property
     def factor(self) -> float:
         return min(1.0, self.done / self.total) if self.total else 0.0
+
+    def seconds_left(self, now: float | None = None) -> float | None:
+        """This stage's time left at its pace so far (None: too early to tell)."""
+        elapsed = (time.monotonic() if now is None else now) - self.stage_started
+        if not self.total or self.done <= 0 or elapsed < 2.0 or self.done >= self.total:
+            return None
+        return elapsed / self.done * (self.total - self.done)
+
+    def progress_text(self, now: float | None = None) -> str:
+        """'refit 120/320, about 40 s left': the stage, its count and an estimate (for the panel's bar)."""
+        if not self.total:
+            return self.stage or "starting"
+        text = f"{self.stage} {self.done}/{self.total}"
+        left = self.seconds_left(now)
+        if left is not None:
+            text += f", about {round(left)} s left" if left < 90 else f", about {round(left / 60)} min left"
+        return text
 
 
 def resolve_python(configured: str) -> str:
@@ -255,7 +273,10 @@ class Backend:
                 continue
             job.last_heard = time.monotonic()
             if kind == "progress":
-                job.state, job.stage, job.done, job.total = RUNNING, p.get("stage", ""), p.get("done", 0), p.get("total", 0)
+                stage = p.get("stage", "")
+                if stage != job.stage or p.get("done", 0) < job.done:
+                    job.stage_started = time.monotonic()  # a new stage (or its restart): a new estimate
+                job.state, job.stage, job.done, job.total = RUNNING, stage, p.get("done", 0), p.get("total", 0)
             elif kind == "done":
                 job.result = p.get("result") or {}
                 self._finish(job, DONE)

@@ -93,7 +93,7 @@ def drain():
             scene = bpy.context.scene
             s = getattr(scene, "edit3dgs", None)
             if s is not None and not job.finished:
-                s.stage, s.progress = f"{job.stage} {job.done}/{job.total}" if job.total else (job.stage or "starting"), job.factor
+                s.stage, s.progress = job.progress_text(), job.factor
     if state.setup is not None:
         st, _, _ = state.setup.poll()
         if st == "running":

@@ -123,7 +123,7 @@ def _progress_timer():
     scene = bpy.context.scene
     s = getattr(scene, "edit3dgs_shot", None)
     if s is not None and not job.finished:
-        s.stage = f"{job.stage} {job.done}/{job.total}" if job.total else (job.stage or "starting")
+        s.stage = job.progress_text()
         s.progress = job.factor
     return 0.1
 

@@ -231,3 +231,13 @@ def test_bridge_never_blocks_on_a_backend_that_stops_talking(tmp_path, monkeypat
         time.sleep(0.02)
     else:
         raise AssertionError("the stuck backend was not ended")
+
+
+def test_progress_text_has_the_stage_and_a_time_estimate():
+    job = bridge.Job("j", "edit", {})
+    assert job.progress_text() == "starting"
+    job.stage, job.done, job.total, job.stage_started = "refit", 10, 40, 100.0
+    assert job.progress_text(now=101.0) == "refit 10/40"  # too early to tell
+    assert job.progress_text(now=110.0) == "refit 10/40, about 30 s left"
+    job.done = 1
+    assert job.progress_text(now=110.0) == "refit 1/40, about 6 min left"
