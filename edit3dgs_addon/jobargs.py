@@ -87,8 +87,9 @@ def ip2p_options(ui: dict, prefs: dict) -> dict:
             options[key] = decimal(ui[key]) if isinstance(ui[key], float) else ui[key]
     if "preserve_eyes" in ui or "preserve_mouth" in ui:
         keep = [r for k, rs in PRESERVE_REGIONS.items() if ui.get(k, True) for r in rs]
-        options["inpaint"] = bool(keep)
-        if keep and len(keep) < sum(len(rs) for rs in PRESERVE_REGIONS.values()):
+        if not keep:
+            options["inpaint"] = False
+        elif len(keep) < sum(len(rs) for rs in PRESERVE_REGIONS.values()):
             options["inpaint_regions"] = keep
     if "mask_strength" in ui:
         options["inpaint_strength"] = decimal(ui["mask_strength"])

@@ -86,3 +86,31 @@ def test_cli_dry_run_prints_what_edit_json_records(builtin_avatar_dir):
                           "make the hair blue", "--device", "cpu", "--dry-run"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == asdict(cli())
+
+
+def test_panel_and_cli_ip2p_defaults_resolve_equal():
+    """Instruct-Pix2Pix: neither side writes the editor's defaults; IP2PSettings is the table of them."""
+    import inspect
+    from dataclasses import fields
+
+    from edit3dgs.edit.ip2p import InstructPix2PixEditor, IP2PSettings
+
+    panel = jobargs.edit_settings({"prompt": "make him look older", "editor": "ip2p"}, {"device": "auto"})
+    flags = ("--editor", "ip2p")
+    a = build_parser().parse_args(["edit", "--avatar", "ava", "--prompt", "make him look older", *flags])
+    for device in ("cpu", "cuda"):
+        assert asdict(EditSettings.from_dict(panel).resolved(device)) == asdict(settings_from_args(a, device=device))
+    assert settings_from_args(a, device="cpu").editor_options == {}
+    # the same choices on both sides give the same options
+    ui = {"prompt": "x", "editor": "ip2p", "steps": 12, "guidance_text": 6.5, "preserve_mouth": False,
+          "mask_strength": 0.8, "temporal_keys": True}
+    a = build_parser().parse_args(["edit", "--avatar", "ava", "--prompt", "x", "--editor", "ip2p", "--steps", "12",
+                                   "--guidance-text", "6.5", "--inpaint-regions", "eye_region,eyes",
+                                   "--inpaint-strength", "0.8", "--temporal-keys"])
+    panel = jobargs.edit_settings(ui, {})["editor_options"]
+    assert panel == settings_from_args(a, device="cpu").editor_options
+    # the editor's keyword defaults are IP2PSettings' (one table)
+    sig = inspect.signature(InstructPix2PixEditor.__init__).parameters
+    for f in fields(IP2PSettings):
+        if f.name in sig and f.name != "seed":
+            assert sig[f.name].default == f.default, f.name

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -424,6 +424,9 @@ class EditSession:
             "regions_rendered": regions, "input": str(b.folder),
             "metrics": self.metrics, "densify": densify_log,
         }
+        eff = getattr(editor, "settings", None)  # settings: what was chosen; editor_settings: what the editor ran with
+        if is_dataclass(eff):
+            record["editor_settings"] = asdict(eff)
         if hasattr(editor, "maps"):
             record["colour_maps"] = [m.to_json() for m in editor.maps]
         self.timings["total"] = round(time.perf_counter() - t_all, 3)
