@@ -42,7 +42,8 @@ Another person's motion on this avatar is cross-identity reenactment: the avatar
     filter_glob: StringProperty(default="*.npz", options={"HIDDEN"})
     frame_start: IntProperty(name="Start Frame", default=-1, description="First keyed frame (-1: the scene's start)")
     source_fps: FloatProperty(name="Source FPS", default=0.0, min=0.0,
-                              description="Frame rate of the motion; 0: the scene's (one key per scene frame)")
+                              description="Frame rate of the motion; 0: the avatar's (its avatar.json), else the "
+                                          "scene's; resampled to the scene's frame rate")
     split: EnumProperty(name="Split", description="Which split of a dataset folder to read", items=[(s, s, f"transforms_{s}.json of a dataset folder") for s in ("train", "val", "test")])
     set_range: BoolProperty(name="Set Scene Range", default=True, description="Make the scene's frame range the motion's")
 
@@ -68,8 +69,10 @@ Another person's motion on this avatar is cross-identity reenactment: the avatar
         try:
             motion = mo.load_motion(path, n_expr=n_expr, split=self.split)
             fps = scene_fps(scene)
-            if self.source_fps > 0:
-                motion = mo.resample(motion, self.source_fps, fps)
+            # the motion's rate: the one given, else the avatar's sequence's (a flame_param.npz has none)
+            src = self.source_fps if self.source_fps > 0 else float(root.get("edit3dgs_fps", 0.0))
+            if src > 0 and abs(src - fps) > 1e-6:
+                motion = mo.resample(motion, src, fps)
         except mo.MotionError as exc:  # validated before anything is keyed
             return self._fail(context, str(exc))
         start = scene.frame_start if self.frame_start < 0 else self.frame_start
@@ -87,7 +90,7 @@ Another person's motion on this avatar is cross-identity reenactment: the avatar
                     cross = "; cross-identity: the motion's own shape is not used, the avatar keeps its identity"
         except mo.MotionError:
             pass
-        rate = f", resampled {self.source_fps:g} -> {scene_fps(scene):g} fps" if self.source_fps > 0 else ""
+        rate = f", resampled {src:g} -> {fps:g} fps" if src > 0 and abs(src - fps) > 1e-6 else ""
         msg = f"Motion: {T} frames keyed from frame {start} ({n_curves} F-curves{rate}){cross}"
         note(context, msg, "IMPORTED")
         self.report({"INFO"}, msg)
