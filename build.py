@@ -4,7 +4,7 @@
 Layout inside the zip (the extension's package root):
     blender_manifest.toml, __init__.py and the modules of edit3dgs_addon/,
     operators/ and panels/ (subpackages), backend/ (the backend's source and
-    pyproject.toml, so "Set up backend" can install it), README.md and LICENSE when present.
+    pyproject.toml, so "Set Up Backend" can install it), README.md and LICENSE when present.
 Blender's own builder (``blender_ext.py build``, shipped in the bpy wheel) makes the zip and
 ``blender_ext.py validate`` checks it when the script can be found; otherwise the zip is
 written with zipfile (and the build says so).

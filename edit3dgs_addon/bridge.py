@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .messages import artist_words
 from .protocol import Decoder, encode
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
@@ -49,6 +50,7 @@ class Job:
     last_heard: float = field(default_factory=time.monotonic)
     cancel_requested: float | None = None
     on_finish: Callable | None = None  # called once, on the main thread, with the job
+    stage_started: float = field(default_factory=time.monotonic)
 
     @property
     def finished(self) -> bool:
@@ -58,17 +60,34 @@ class Job:
     def factor(self) -> float:
         return min(1.0, self.done / self.total) if self.total else 0.0
 
+    def seconds_left(self, now: float | None = None) -> float | None:
+        """This stage's time left at its pace so far (None: too early to tell)."""
+        elapsed = (time.monotonic() if now is None else now) - self.stage_started
+        if not self.total or self.done <= 0 or elapsed < 2.0 or self.done >= self.total:
+            return None
+        return elapsed / self.done * (self.total - self.done)
+
+    def progress_text(self, now: float | None = None) -> str:
+        """'refit 120/320, about 40 s left': the stage, its count and an estimate (for the panel's bar)."""
+        if not self.total:
+            return self.stage or "starting"
+        text = f"{self.stage} {self.done}/{self.total}"
+        left = self.seconds_left(now)
+        if left is not None:
+            text += f", about {round(left)} s left" if left < 90 else f", about {round(left / 60)} min left"
+        return text
+
 
 def resolve_python(configured: str) -> str:
     """The backend interpreter: $EDIT3DGS_BACKEND_PYTHON, else the preference; checked to exist."""
     path = os.environ.get("EDIT3DGS_BACKEND_PYTHON") or configured
     if not path:
-        raise BridgeError("no backend Python set: press 'Set up backend' in the add-on preferences "
+        raise BridgeError("no backend Python set: press 'Set Up Backend' in the add-on preferences "
                           "(or set EDIT3DGS_BACKEND_PYTHON)")
     found = shutil.which(path) if os.sep not in path else path
     if not found or not os.path.isfile(found) or not os.access(found, os.X_OK):
         raise BridgeError(f"backend Python not found: {path} (expected an executable interpreter with "
-                          f"edit3dgs installed; press 'Set up backend' in the add-on preferences)")
+                          f"edit3dgs installed; press 'Set Up Backend' in the add-on preferences)")
     return found
 
 
@@ -254,7 +273,10 @@ class Backend:
                 continue
             job.last_heard = time.monotonic()
             if kind == "progress":
-                job.state, job.stage, job.done, job.total = RUNNING, p.get("stage", ""), p.get("done", 0), p.get("total", 0)
+                stage = p.get("stage", "")
+                if stage != job.stage or p.get("done", 0) < job.done:
+                    job.stage_started = time.monotonic()  # a new stage (or its restart): a new estimate
+                job.state, job.stage, job.done, job.total = RUNNING, stage, p.get("done", 0), p.get("total", 0)
             elif kind == "done":
                 job.result = p.get("result") or {}
                 self._finish(job, DONE)
@@ -314,7 +336,8 @@ class Backend:
     def _finish(self, job: Job, state: str, error: str = "") -> None:
         if job.finished:
             return
-        job.state, job.error = state, error
+        # Shown in Blender: in the panel's words (the backend's own words stay in its log).
+        job.state, job.error = state, artist_words(error)
         self.jobs.pop(job.id, None)
         getattr(self, "_finished_now", []).append(job)
         if job.on_finish is not None:

@@ -1,4 +1,4 @@
-"""'Set up backend': a venv in the extension's user folder with the bundled backend installed (no bpy).
+"""'Set Up Backend': a venv in the extension's user folder with the bundled backend installed (no bpy).
 
 A list of commands run one after another as subprocesses whose output goes
 to a log; ``poll()`` is called from a timer, so Blender never waits on pip.

@@ -16,15 +16,18 @@ class Edit3DGSPreferences(bpy.types.AddonPreferences):
     backend_python: StringProperty(
         name="Backend Python", subtype="FILE_PATH",
         description="Interpreter with edit3dgs installed (EDIT3DGS_BACKEND_PYTHON overrides it)")
-    device: EnumProperty(name="Device", items=[("auto", "Auto", "CUDA, then MPS, then CPU"), ("cuda", "CUDA", ""),
-                                               ("mps", "Apple (MPS)", ""), ("cpu", "CPU", "")])
-    editor_model: StringProperty(name="Editor model", default="",
+    device: EnumProperty(name="Device", description="Where the backend renders, edits and refits",
+                         items=[("auto", "Auto", "CUDA, then MPS, then CPU"), ("cuda", "CUDA", "An NVIDIA GPU"),
+                                ("mps", "Apple (MPS)", "An Apple GPU"), ("cpu", "CPU", "The processor (slow)")])
+    editor_model: StringProperty(name="Editor Model", default="",
                                  description="Instruct-Pix2Pix model id or folder (empty: the backend's default)")
-    detector_model: StringProperty(name="Grounding DINO", default="", description="Model id or folder")
-    sam_model: StringProperty(name="SAM 2", default="", description="Model id or folder")
-    cache_dir: StringProperty(name="Cache folder", subtype="DIR_PATH", default="",
+    detector_model: StringProperty(name="Grounding DINO", default="",
+                                    description="Grounding DINO model id or folder (text masks; empty: the backend's default)")
+    sam_model: StringProperty(name="SAM 2", default="",
+                               description="SAM 2 model id or folder (text masks; empty: the backend's default)")
+    cache_dir: StringProperty(name="Cache Folder", subtype="DIR_PATH", default="",
                               description="Job folders and edited avatars (empty: the extension's user folder)")
-    hang_timeout: FloatProperty(name="Hang timeout (s)", default=600.0, min=5.0,
+    hang_timeout: FloatProperty(name="Hang Timeout (s)", default=600.0, min=5.0,
                                 description="End the backend when a job says nothing for this long")
 
     def draw(self, context):

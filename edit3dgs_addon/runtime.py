@@ -22,7 +22,7 @@ DRAIN_INTERVAL = 0.1
 class _State:
     backend: Backend | None = None
     edit_job: Job | None = None
-    setup = None  # installer.StepRunner while "Set up backend" runs
+    setup = None  # installer.StepRunner while "Set Up Backend" runs
     last_setup = None
     setup_target: str = ""
 
@@ -62,6 +62,8 @@ def backend() -> Backend:
             b.shutdown()
         b = state.backend = Backend(python, log_path(), device=device, hang_timeout=hang)
     b.hang_timeout = hang
+    # Model downloads (Hugging Face) only with Blender's Online Access on; applies when the backend (re)starts.
+    b.env = None if bpy.app.online_access else {**os.environ, "HF_HUB_OFFLINE": "1"}
     return b
 
 
@@ -91,7 +93,7 @@ def drain():
             scene = bpy.context.scene
             s = getattr(scene, "edit3dgs", None)
             if s is not None and not job.finished:
-                s.stage, s.progress = f"{job.stage} {job.done}/{job.total}" if job.total else (job.stage or "starting"), job.factor
+                s.stage, s.progress = job.progress_text(), job.factor
     if state.setup is not None:
         st, _, _ = state.setup.poll()
         if st == "running":

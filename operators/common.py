@@ -30,12 +30,28 @@ def avatar_root(obj):
     return obj
 
 
-def note(context, text: str, status: str = "") -> None:
-    """Keep the last report on the panel (a timer cannot call Operator.report)."""
+def deny(cls, why: str) -> bool:
+    """``poll()``'s "no": the button greys out and its tooltip says ``why``."""
+    cls.poll_message_set(why)
+    return False
+
+
+def has_versions(context, what: str):
+    """(preview, "") when the scene has an avatar with a history, else (None, the reason ``what`` cannot run)."""
+    prev = preview_object(context)
+    if prev is None:
+        return None, f"Import a Gaussian avatar to {what}"
+    if not len(prev.edit3dgs.versions):
+        return None, f"The avatar has no versions to {what}"
+    return prev, ""
+
+
+def note(context, text: str, status: str = "INFO") -> None:
+    """Keep the last report on the panel (a timer cannot call Operator.report). The status is always
+    set with it, so the icon beside a report is that report's (a success never shows a failure's icon)."""
     s = context.scene.edit3dgs
     s.report = text
-    if status:
-        s.status = status
+    s.status = status
     print(f"Edit3DGS: {text}")
 
 

@@ -14,12 +14,29 @@ from ..jobargs import edit_settings, parse_names
 from ..rigfile import RigFileError, load
 from ..scene import preview as preview_mod
 from ..scene.cameras import camera_for_backend
-from .common import avatar_root, note, preview_object, fail
+from .common import avatar_root, deny, fail, has_versions, note, preview_object
 
 UI_KEYS = ("prompt", "editor", "steps", "guidance_text", "guidance_image", "rounds", "iters_per_batch",
-           "iteration_multiplier", "scale", "seed", "timesteps", "num_timesteps", "use_frame_range", "frame_start",
+           "views_per_iter", "scale", "seed", "timesteps", "num_timesteps", "use_frame_range", "frame_start",
            "frame_end", "frame_step", "preserve_eyes", "preserve_mouth", "mask_source", "mask_text", "mask_dilation",
            "mask_strength", "local_regions", "temporal_keys", "ip2p_model")
+
+
+def panel_values(s) -> dict:
+    """The panel values the artist set (a property never touched is left out: the backend decides it)."""
+    ui = {k: getattr(s, k) for k in UI_KEYS if s.is_property_set(k)}
+    ui["prompt"] = s.prompt
+    return ui
+
+
+def job_settings(context, prev) -> dict:
+    """The ``settings`` of the edit job the panel would start now (see jobargs.edit_settings)."""
+    p = runtime.prefs()
+    prefs = {"device": p.device, "editor_model": p.editor_model, "detector_model": p.detector_model,
+             "sam_model": p.sam_model} if p else {}
+    ui = panel_values(context.scene.edit3dgs)
+    ui["cameras"] = _key_view_indices(context, prev)
+    return edit_settings(ui, prefs)
 
 
 def _key_view_indices(context, prev) -> list[int] | None:
@@ -29,7 +46,7 @@ def _key_view_indices(context, prev) -> list[int] | None:
         return None
     root = avatar_root(prev)
     cams = [o for o in (root.children if root else ()) if o.type == "CAMERA" and "edit3dgs_camera_index" in o]
-    chosen = [int(o["edit3dgs_camera_index"]) for o in cams if o.select_get()]
+    chosen = sorted(int(o["edit3dgs_camera_index"]) for o in cams if o.select_get())
     if not chosen and context.scene.camera is not None and "edit3dgs_camera_index" in context.scene.camera:
         chosen = [int(context.scene.camera["edit3dgs_camera_index"])]
     return chosen or None
@@ -67,6 +84,18 @@ class EDIT3DGS_OT_run_edit(bpy.types.Operator):
 
     prompt: StringProperty(name="Prompt", default="", description="Overrides the panel's prompt when set")
 
+    @classmethod
+    def poll(cls, context):
+        s = context.scene.edit3dgs
+        job = runtime.state.edit_job
+        if job is not None and not job.finished:
+            return deny(cls, "An edit is running: cancel it first")
+        if preview_object(context) is None:
+            return deny(cls, "Import a Gaussian avatar first (File > Import > Gaussian Head Avatar)")
+        if not s.prompt.strip():
+            return deny(cls, "Write what to change in the prompt")
+        return True
+
     def execute(self, context):
         s = context.scene.edit3dgs
         if self.prompt:
@@ -83,18 +112,13 @@ class EDIT3DGS_OT_run_edit(bpy.types.Operator):
         base = h.versions[h.applied] if 0 <= h.applied < len(h.versions) else None
         if base is None or not os.path.isdir(base.folder):
             return self._fail(context, f"the avatar folder {base.folder if base else '?'} is missing")
-        p = runtime.prefs()
-        prefs = {"device": p.device, "editor_model": p.editor_model, "detector_model": p.detector_model,
-                 "sam_model": p.sam_model} if p else {}
-        ui = {k: getattr(s, k) for k in UI_KEYS}
-        ui["cameras"] = _key_view_indices(context, prev)
-        settings = edit_settings(ui, prefs)
+        settings = job_settings(context, prev)
         jd = runtime.job_folder("edit", base.folder)
         args = {"avatar": base.folder, "out_dir": str(jd / "avatar"), "npz": str(jd / "gaussians.npz"),
                 "settings": settings}
         try:
             job = runtime.submit("edit", args, on_finish=partial(_edit_finished, context.scene.name, prev.name,
-                                                                  settings["prompt"], settings["editor"]))
+                                                                  settings["prompt"], settings.get("editor", "region")))
         except BridgeError as exc:
             return self._fail(context, str(exc))
         runtime.state.edit_job = job
@@ -112,6 +136,13 @@ class EDIT3DGS_OT_cancel_edit(bpy.types.Operator):
     bl_idname = "edit3dgs.cancel_edit"
     bl_label = "Cancel Edit"
 
+    @classmethod
+    def poll(cls, context):
+        job = runtime.state.edit_job
+        if job is None or job.finished:
+            return deny(cls, "No edit is running")
+        return True
+
     def execute(self, context):
         job = runtime.state.edit_job
         if job is None or job.finished or runtime.state.backend is None:
@@ -119,7 +150,7 @@ class EDIT3DGS_OT_cancel_edit(bpy.types.Operator):
             return {"CANCELLED"}
         runtime.state.backend.cancel(job)
         runtime.ensure_timer()
-        note(context, "Cancelling…")
+        note(context, "Cancelling…", "RUNNING")
         return {"FINISHED"}
 
 
@@ -142,22 +173,29 @@ class EDIT3DGS_OT_apply_edit(bpy.types.Operator):
 
     index: IntProperty(name="Version", default=-1, description="-1: the one selected in the history")
 
+    @classmethod
+    def poll(cls, context):
+        prev, why = has_versions(context, "apply")
+        if prev is None:
+            return deny(cls, why)
+        h = prev.edit3dgs
+        if not 0 <= h.version_index < len(h.versions):
+            return deny(cls, "Select a version in the history")
+        return True
+
     def execute(self, context):
         prev = preview_object(context)
         if prev is None or not len(prev.edit3dgs.versions):
-            self.report({"ERROR"}, "No avatar version to apply")
-            return {"CANCELLED"}
+            return fail(self, context, "No avatar version to apply")
         h = prev.edit3dgs
         i = h.version_index if self.index < 0 else self.index
         if not 0 <= i < len(h.versions):
-            self.report({"ERROR"}, f"No version {i} (the history has {len(h.versions)})")
-            return {"CANCELLED"}
+            return fail(self, context, f"No version {i} (the history has {len(h.versions)})")
         try:
             v = _apply(context, prev, i)
         except (RigFileError, OSError) as exc:
-            self.report({"ERROR"}, f"Cannot apply: {exc}")
-            return {"CANCELLED"}
-        note(context, f"Applied {v.name}")
+            return fail(self, context, f"Cannot apply: {exc}")
+        note(context, f"Applied {v.name}", "DONE")
         return {"FINISHED"}
 
 
@@ -167,6 +205,15 @@ class EDIT3DGS_OT_revert_edit(bpy.types.Operator):
     bl_idname = "edit3dgs.revert_edit"
     bl_label = "Revert to Original"
     bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        prev, why = has_versions(context, "revert to")
+        if prev is None:
+            return deny(cls, why)
+        if prev.edit3dgs.applied == 0:
+            return deny(cls, "The preview already shows the original")
+        return True
 
     def execute(self, context):
         return bpy.ops.edit3dgs.apply_edit(index=0)
@@ -180,6 +227,15 @@ class EDIT3DGS_OT_compare_version(bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     offset: bpy.props.FloatProperty(name="Offset", default=0.35, description="Along the head's x axis (m)")
+
+    @classmethod
+    def poll(cls, context):
+        prev, why = has_versions(context, "compare")
+        if prev is None:
+            return deny(cls, why)
+        if len(prev.edit3dgs.versions) < 2 and prev.edit3dgs.compare_with < 0:
+            return deny(cls, "Only one version so far: run an edit to compare with")
+        return True
 
     def execute(self, context):
         prev = preview_object(context)
@@ -204,7 +260,7 @@ class EDIT3DGS_OT_compare_version(bpy.types.Operator):
             c.objects.link(obj)
         obj.location.x += self.offset
         prev.edit3dgs.compare_with = prev.edit3dgs.version_index
-        note(context, f"Comparing {v.name} (right) with the applied version")
+        note(context, f"Comparing {v.name} (right) with the applied version", "DONE")
         return {"FINISHED"}
 
 
@@ -235,6 +291,15 @@ class EDIT3DGS_OT_preview_masks(bpy.types.Operator):
 
     bl_idname = "edit3dgs.preview_masks"
     bl_label = "Preview Masks"
+
+    @classmethod
+    def poll(cls, context):
+        if preview_object(context) is None:
+            return deny(cls, "Import a Gaussian avatar first")
+        cam = context.scene.camera
+        if cam is None or cam.type != "CAMERA":
+            return deny(cls, "Make a key view the active camera")
+        return True
 
     def execute(self, context):
         s = context.scene.edit3dgs

@@ -11,8 +11,8 @@ from bpy.props import BoolProperty, FloatProperty, StringProperty
 from .. import runtime
 from ..bridge import BridgeError
 from ..rigfile import RigFileError, load
-from ..scene.avatar import build_avatar
-from .common import note, fail
+from ..scene.avatar import build_avatar, set_up_scene
+from .common import deny, fail, note
 
 
 class EDIT3DGS_OT_import_avatar(bpy.types.Operator):
@@ -22,13 +22,24 @@ class EDIT3DGS_OT_import_avatar(bpy.types.Operator):
     bl_label = "Import Gaussian Avatar"
     bl_options = {"REGISTER", "UNDO"}
 
-    directory: StringProperty(name="Avatar folder", subtype="DIR_PATH")
+    directory: StringProperty(name="Avatar Folder", subtype="DIR_PATH",
+                              description="A GaussianAvatars folder (point_cloud.ply, flame_param.npz)")
     filter_folder: BoolProperty(default=True, options={"HIDDEN"})
     name: StringProperty(name="Name", default="", description="Name of the new objects (default: the folder's)")
-    timeout: FloatProperty(name="Timeout (s)", default=300.0, min=1.0, options={"HIDDEN"})
+    set_scene: BoolProperty(name="Set Up Scene", default=True,
+                            description="Make the avatar's first key view the active camera and take the scene's "
+                                        "resolution and frame rate from the avatar's cameras and sequence")
+    timeout: FloatProperty(name="Timeout (s)", default=300.0, min=1.0, options={"HIDDEN"},
+                           description="How long a script waits for the backend to read the avatar")
 
     _job = None
     _timer = None
+
+    @classmethod
+    def poll(cls, context):
+        if context.scene is None:
+            return deny(cls, "Needs a scene to import into")
+        return True
 
     def invoke(self, context, event):
         context.window_manager.fileselect_add(self)
@@ -88,6 +99,10 @@ class EDIT3DGS_OT_import_avatar(bpy.types.Operator):
         context.view_layer.objects.active = prev
         msg = (f"Imported {rig.n_gaussians} Gaussians on {rig.meta.get('topology', 'the head')}, "
                f"{len(objs['cameras'].objects)} key views")
+        if self.set_scene:
+            changed = set_up_scene(context.scene, objs["cameras"], rig.meta.get("fps"))
+            if changed:
+                msg += "; scene: " + ", ".join(changed)
         note(context, msg, "IMPORTED")
         self.report({"INFO"}, msg)
         return {"FINISHED"}

@@ -10,7 +10,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 
 from .. import motion as mo
 from ..scene import motion as scene_motion
-from .common import avatar_root, note, preview_object, fail
+from .common import avatar_root, deny, fail, note, preview_object
 
 
 def find_rig(context):
@@ -40,11 +40,17 @@ Another person's motion on this avatar is cross-identity reenactment: the avatar
     filepath: StringProperty(name="Motion", subtype="FILE_PATH",
                              description="flame_param.npz, or a dataset folder with per-frame FLAME files")
     filter_glob: StringProperty(default="*.npz", options={"HIDDEN"})
-    frame_start: IntProperty(name="Start frame", default=-1, description="First keyed frame (-1: the scene's start)")
-    source_fps: FloatProperty(name="Source fps", default=0.0, min=0.0,
-                              description="Frame rate of the motion; 0: the scene's (one key per scene frame)")
-    split: EnumProperty(name="Split", items=[(s, s, f"transforms_{s}.json of a dataset folder") for s in ("train", "val", "test")])
-    set_range: BoolProperty(name="Set scene range", default=True, description="Make the scene's frame range the motion's")
+    frame_start: IntProperty(name="Start Frame", default=-1, description="First keyed frame (-1: the scene's start)")
+    source_fps: FloatProperty(name="Source FPS", default=0.0, min=0.0,
+                              description="Frame rate of the motion; 0: the avatar's (its avatar.json), else the "
+                                          "scene's; resampled to the scene's frame rate")
+    split: EnumProperty(name="Split", description="Which split of a dataset folder to read", items=[(s, s, f"transforms_{s}.json of a dataset folder") for s in ("train", "val", "test")])
+    set_range: BoolProperty(name="Set Scene Range", default=True, description="Make the scene's frame range the motion's")
+
+    @classmethod
+    def poll(cls, context):
+        found, why = find_rig(context)
+        return True if found is not None else deny(cls, why[0].upper() + why[1:])
 
     def invoke(self, context, event):
         context.window_manager.fileselect_add(self)
@@ -63,8 +69,10 @@ Another person's motion on this avatar is cross-identity reenactment: the avatar
         try:
             motion = mo.load_motion(path, n_expr=n_expr, split=self.split)
             fps = scene_fps(scene)
-            if self.source_fps > 0:
-                motion = mo.resample(motion, self.source_fps, fps)
+            # the motion's rate: the one given, else the avatar's sequence's (a flame_param.npz has none)
+            src = self.source_fps if self.source_fps > 0 else float(root.get("edit3dgs_fps", 0.0))
+            if src > 0 and abs(src - fps) > 1e-6:
+                motion = mo.resample(motion, src, fps)
         except mo.MotionError as exc:  # validated before anything is keyed
             return self._fail(context, str(exc))
         start = scene.frame_start if self.frame_start < 0 else self.frame_start
@@ -82,7 +90,7 @@ Another person's motion on this avatar is cross-identity reenactment: the avatar
                     cross = "; cross-identity: the motion's own shape is not used, the avatar keeps its identity"
         except mo.MotionError:
             pass
-        rate = f", resampled {self.source_fps:g} -> {scene_fps(scene):g} fps" if self.source_fps > 0 else ""
+        rate = f", resampled {src:g} -> {fps:g} fps" if src > 0 and abs(src - fps) > 1e-6 else ""
         msg = f"Motion: {T} frames keyed from frame {start} ({n_curves} F-curves{rate}){cross}"
         note(context, msg, "IMPORTED")
         self.report({"INFO"}, msg)
@@ -98,9 +106,15 @@ class EDIT3DGS_OT_export_motion(bpy.types.Operator):
     bl_idname = "edit3dgs.export_motion"
     bl_label = "Export Motion"
 
-    filepath: StringProperty(name="File", subtype="FILE_PATH", default="//flame_param.npz")
+    filepath: StringProperty(name="File", subtype="FILE_PATH", default="//flame_param.npz",
+                             description="The flame_param.npz to write")
     filter_glob: StringProperty(default="*.npz", options={"HIDDEN"})
     check_existing: BoolProperty(default=True, options={"HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        found, why = find_rig(context)
+        return True if found is not None else deny(cls, why[0].upper() + why[1:])
 
     def invoke(self, context, event):
         context.window_manager.fileselect_add(self)
@@ -125,7 +139,7 @@ class EDIT3DGS_OT_export_motion(bpy.types.Operator):
             self.report({"ERROR"}, f"Motion not exported: {exc}")
             return {"CANCELLED"}
         msg = f"Motion: frames {frames[0]}-{frames[-1]} written to {path}"
-        note(context, msg)
+        note(context, msg, "DONE")
         self.report({"INFO"}, msg)
         return {"FINISHED"}
 

@@ -8,13 +8,23 @@ import bpy
 from bpy.props import EnumProperty
 
 from .. import installer, runtime
+from .common import deny
 
 
 class EDIT3DGS_OT_setup_backend(bpy.types.Operator):
     """Create a Python environment in the extension's user folder and install the bundled backend (torch, …)"""
 
     bl_idname = "edit3dgs.setup_backend"
-    bl_label = "Set up backend"
+    bl_label = "Set Up Backend"
+
+    @classmethod
+    def poll(cls, context):
+        if runtime.state.setup is not None:
+            return deny(cls, "The backend setup is already running")
+        if not bpy.app.online_access:
+            return deny(cls, "Setting up downloads PyTorch and the backend's packages: allow Online Access "
+                             "in Preferences > System")
+        return True
 
     def execute(self, context):
         if runtime.state.setup is not None:
@@ -42,7 +52,13 @@ class EDIT3DGS_OT_open_log(bpy.types.Operator):
     bl_idname = "edit3dgs.open_log"
     bl_label = "Open Log"
 
-    which: EnumProperty(items=[("backend", "Backend", ""), ("setup", "Setup", "")])
+    which: EnumProperty(name="Log", description="Which log to open",
+                        items=[("backend", "Backend", "What the backend wrote (errors in full)"),
+                               ("setup", "Setup", "What 'Set Up Backend' did")])
+
+    @classmethod
+    def poll(cls, context):
+        return True  # always at hand; a missing log is reported when pressed
 
     def execute(self, context):
         path = runtime.log_path() if self.which == "backend" else runtime.user_dir() / "logs" / "setup.log"

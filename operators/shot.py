@@ -20,20 +20,22 @@ from .. import motion as mo
 from .. import runtime, shotcam
 from ..bridge import BridgeError
 from ..scene import motion as scene_motion
-from .common import preview_object
+from .common import deny, preview_object
 from .motion import find_rig
 
 STRIP_NAME = "Edit3DGS shot"
 
 
 class Edit3DGSShotSettings(bpy.types.PropertyGroup):
-    status: StringProperty(name="Status", default="")
-    stage: StringProperty(name="Stage", default="")
-    progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0)
-    report: StringProperty(name="Report", default="")
-    running: BoolProperty(name="Running", default=False)
-    add_strip: BoolProperty(name="Load in sequencer", default=True,
-                            description="Show the rendered frames as an image strip in the sequencer")
+    status: StringProperty(name="Status", default="", description="State of the last shot (its report's icon)")
+    stage: StringProperty(name="Stage", default="", description="What the running shot is doing")
+    progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, description="How far the shot is")
+    report: StringProperty(name="Report", default="", description="The last report of the shot")
+    running: BoolProperty(name="Running", default=False, description="A shot is rendering in the backend")
+    add_strip: BoolProperty(name="Load in Sequencer", default=False,
+                            description="Show the rendered frames as an image strip in the sequencer. Careful: with "
+                                        "strips in the sequencer, Blender's own render (F12) renders the sequencer, "
+                                        "not the 3D scene")
 
 
 class _State:
@@ -43,11 +45,10 @@ class _State:
 state = _State()
 
 
-def _shot_note(scene, text: str, status: str = "") -> None:
+def _shot_note(scene, text: str, status: str = "INFO") -> None:
     s = scene.edit3dgs_shot
     s.report = text
-    if status:
-        s.status = status
+    s.status = status  # always: the icon is this report's
     print(f"Edit3DGS: {text}")
 
 
@@ -122,7 +123,7 @@ def _progress_timer():
     scene = bpy.context.scene
     s = getattr(scene, "edit3dgs_shot", None)
     if s is not None and not job.finished:
-        s.stage = f"{job.stage} {job.done}/{job.total}" if job.total else (job.stage or "starting")
+        s.stage = job.progress_text()
         s.progress = job.factor
     return 0.1
 
@@ -133,6 +134,20 @@ to an RGBA PNG sequence in the output path, shown as a strip in the sequencer"""
 
     bl_idname = "edit3dgs.render_shot"
     bl_label = "Render Shot"
+
+    @classmethod
+    def poll(cls, context):
+        if state.job is not None and not state.job.finished:
+            return deny(cls, "A shot is rendering: cancel it first")
+        found, why = find_rig(context)
+        if found is None:
+            return deny(cls, why[0].upper() + why[1:])
+        cam = context.scene.camera
+        if cam is None or cam.type != "CAMERA":
+            return deny(cls, "Set the scene's active camera")
+        if cam.data.type != "PERSP":
+            return deny(cls, f"The camera '{cam.name}' is {cam.data.type.lower()}: use a perspective camera")
+        return True
 
     def execute(self, context):
         scene = context.scene
@@ -191,6 +206,12 @@ class EDIT3DGS_OT_cancel_shot(bpy.types.Operator):
     bl_idname = "edit3dgs.cancel_shot"
     bl_label = "Cancel Shot"
 
+    @classmethod
+    def poll(cls, context):
+        if state.job is None or state.job.finished:
+            return deny(cls, "No shot is rendering")
+        return True
+
     def execute(self, context):
         job = state.job
         if job is None or job.finished or runtime.state.backend is None:
@@ -198,7 +219,7 @@ class EDIT3DGS_OT_cancel_shot(bpy.types.Operator):
             return {"CANCELLED"}
         runtime.state.backend.cancel(job)
         runtime.ensure_timer()
-        _shot_note(context.scene, "Cancelling the shot…")
+        _shot_note(context.scene, "Cancelling the shot…", "RUNNING")
         return {"FINISHED"}
 
 

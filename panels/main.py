@@ -17,9 +17,9 @@ class EDIT3DGS_UL_versions(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
         applied = data.applied == index
         row = layout.row(align=True)
-        row.label(text=item.name, icon="CHECKMARK" if applied else "BLANK1")
+        row.label(text=item.name, icon="CHECKMARK" if applied else "BLANK1", translate=False)
         if item.editor:
-            row.label(text=item.editor)
+            row.label(text=item.editor, translate=False)
 
 
 class EDIT3DGS_PT_main(_Panel, bpy.types.Panel):
@@ -33,8 +33,9 @@ class EDIT3DGS_PT_main(_Panel, bpy.types.Panel):
         row.operator("edit3dgs.import_avatar", icon="IMPORT")
         if prev is None:
             layout.label(text="Import a GaussianAvatars folder to start", icon="INFO")
+            _report_box(layout, s)
             return
-        layout.label(text=f"{prev.name}: {len(prev.data.vertices)} Gaussians", icon="POINTCLOUD_DATA")
+        layout.label(text=f"{prev.name}: {len(prev.data.vertices)} Gaussians", icon="POINTCLOUD_DATA", translate=False)
         layout.prop(s, "prompt", text="")
         row = layout.row(align=True)
         row.scale_y = 1.4
@@ -44,13 +45,25 @@ class EDIT3DGS_PT_main(_Panel, bpy.types.Panel):
             row.operator("edit3dgs.run_edit", icon="PLAY")
         if s.running or s.status == "RUNNING":
             layout.progress(factor=s.progress, type="BAR", text=s.stage or "starting")
-        if s.report:
-            box = layout.box()
-            icon = {"FAILED": "ERROR", "CANCELLED": "CANCEL", "DONE": "CHECKMARK"}.get(s.status, "INFO")
-            for i, line in enumerate(_wrap(s.report, 48)[:6]):
-                box.label(text=line, icon=icon if i == 0 else "BLANK1")
-            if s.status == "FAILED":
-                box.operator("edit3dgs.open_log", text="Open backend log", icon="TEXT").which = "backend"
+        _report_box(layout, s)
+
+
+def _report_box(layout, s) -> None:
+    """The last report, whole, with its status's icon; the backend's log always one click away."""
+    if s.report:
+        box = layout.box()
+        for i, line in enumerate(_wrap(s.report, 48)[:MAX_REPORT_LINES]):
+            box.label(text=line, icon=report_icon(s.status) if i == 0 else "BLANK1", translate=False)
+    layout.operator("edit3dgs.open_log", text="Open Backend Log", icon="TEXT").which = "backend"
+
+
+MAX_REPORT_LINES = 16
+STATUS_ICONS = {"FAILED": "ERROR", "CANCELLED": "CANCEL", "DONE": "CHECKMARK", "IMPORTED": "CHECKMARK"}
+
+
+def report_icon(status: str) -> str:
+    """The icon beside a report: its own status's (a report without a failure never shows ERROR)."""
+    return STATUS_ICONS.get(status, "INFO")
 
 
 def _wrap(text, width):
@@ -102,10 +115,13 @@ class EDIT3DGS_PT_editor(_Panel, bpy.types.Panel):
             col.prop(s, "temporal_keys")
         col.prop(s, "rounds")
         col.prop(s, "iters_per_batch")
-        col.prop(s, "iteration_multiplier")
+        col.prop(s, "views_per_iter")
         col.prop(s, "scale")
         col.prop(s, "seed")
-        col.prop(s, "local_regions")
+        col.label(text="Edit Only (none: the whole head)")
+        col.grid_flow(columns=3, even_columns=True, align=True).prop(s, "local_regions")
+        if s.editor != "ip2p":  # (with Instruct-Pix2Pix it sits in Masks)
+            col.operator("edit3dgs.preview_masks", icon="IMAGE_DATA")
 
 
 class EDIT3DGS_PT_views(_Panel, bpy.types.Panel):
@@ -132,9 +148,15 @@ class EDIT3DGS_PT_views(_Panel, bpy.types.Panel):
 
 
 class EDIT3DGS_PT_masks(_Panel, bpy.types.Panel):
+    """Expression-preserving inpainting: Instruct-Pix2Pix only (the region editor has no masks to set)."""
+
     bl_label = "Masks"
     bl_parent_id = "EDIT3DGS_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene.edit3dgs.editor == "ip2p"
 
     def draw(self, context):
         s = context.scene.edit3dgs
@@ -179,7 +201,7 @@ class EDIT3DGS_PT_motion(_Panel, bpy.types.Panel):
         col.operator("edit3dgs.import_motion", text="Import Motion…", icon="IMPORT")
         col.operator("edit3dgs.export_motion", text="Export Motion…", icon="EXPORT")
         fps = scene.render.fps / scene.render.fps_base
-        self.layout.label(text=f"Frames {scene.frame_start}-{scene.frame_end} at {fps:g} fps", icon="TIME")
+        self.layout.label(text=f"Frames {scene.frame_start}-{scene.frame_end} at {fps:g} fps", icon="TIME", translate=False)
 
 
 class EDIT3DGS_PT_shot(_Panel, bpy.types.Panel):
@@ -206,12 +228,12 @@ class EDIT3DGS_PT_shot(_Panel, bpy.types.Panel):
             row.operator("edit3dgs.render_shot", icon="RENDER_ANIMATION")
         if s.report:
             box = layout.box()
-            icon = {"FAILED": "ERROR", "CANCELLED": "CANCEL", "DONE": "CHECKMARK"}.get(s.status, "INFO")
-            for i, line in enumerate(_wrap(s.report, 48)[:4]):
-                box.label(text=line, icon=icon if i == 0 else "BLANK1")
+            for i, line in enumerate(_wrap(s.report, 48)[:MAX_REPORT_LINES]):
+                box.label(text=line, icon=report_icon(s.status) if i == 0 else "BLANK1", translate=False)
             if s.status == "FAILED":
-                box.operator("edit3dgs.open_log", text="Open backend log", icon="TEXT").which = "backend"
+                box.operator("edit3dgs.open_log", text="Open Backend Log", icon="TEXT").which = "backend"
 
 
-CLASSES = (EDIT3DGS_UL_versions, EDIT3DGS_PT_main, EDIT3DGS_PT_rig, EDIT3DGS_PT_editor, EDIT3DGS_PT_views,
-           EDIT3DGS_PT_masks, EDIT3DGS_PT_motion, EDIT3DGS_PT_shot, EDIT3DGS_PT_history)
+# Sub-panels show in this order: the history right under Run.
+CLASSES = (EDIT3DGS_UL_versions, EDIT3DGS_PT_main, EDIT3DGS_PT_history, EDIT3DGS_PT_editor, EDIT3DGS_PT_views,
+           EDIT3DGS_PT_masks, EDIT3DGS_PT_rig, EDIT3DGS_PT_motion, EDIT3DGS_PT_shot)

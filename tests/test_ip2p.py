@@ -615,9 +615,12 @@ def test_edit_command_with_a_model_whose_scheduler_config_lacks_the_ddim_keys(ti
     assert sorted(set(seen), reverse=True) == [501, 1]
     rec = json.loads((out / "edit.json").read_text())
     assert rec["editor"] == "ip2p" and set(rec["regions_rendered"]) == {"eye_region", "eyes", "lips"}
-    opts = rec["settings"]["editor_options"]
-    assert opts["multiview"] and opts["inpaint"] and opts["temporal_keys"] is False
-    assert opts["batch_size"] == 2 and opts["key_neighbours"] == 1
+    # the choices (only the flags given) and what the editor ran with (IP2PSettings' defaults for the rest)
+    assert rec["settings"]["editor_options"] == {"model": str(folder), "steps": 2, "resolution": 32, "batch_size": 2,
+                                                 "key_neighbours": 1, "device": "cpu"}
+    eff = rec["editor_settings"]
+    assert eff["multiview"] and eff["inpaint"] and eff["temporal_keys"] is False
+    assert eff["batch_size"] == 2 and eff["key_neighbours"] == 1 and eff["steps"] == 2
     assert (out / "point_cloud.ply").is_file() and (out / "avatar.json").is_file()
 
 
@@ -640,7 +643,8 @@ def test_editor_options_and_errors(tiny_ip2p_dir):
     st = ed.settings
     assert (st.temporal_keys, st.batch_size, st.key_neighbours, st.chunk_size) == (True, 3, 1, 4)
     d = options_from_args(p.parse_args([]))
-    assert d["temporal_keys"] is False and make_editor("ip2p", **d).settings.temporal_keys is False
+    assert d == {}, "flags left out are not options: the editor's defaults (IP2PSettings) apply"
+    assert make_editor("ip2p", **d).settings.temporal_keys is False
     assert make_editor("ip2p", temporal=True).settings.temporal_keys is True          # the old keyword still works
     for bad in (dict(reedit_strength=1.5), dict(mask_source="sam3"), dict(batch_size=0), dict(key_neighbours=3),
                 dict(chunk_size=0)):

@@ -55,37 +55,49 @@ def _parse_cameras(text: str | None):
 
 
 def add_edit_args(s: argparse.ArgumentParser) -> None:
-    from .cli import _add_avatar_args
+    """The flags of ``edit3dgs edit``; their defaults are EditSettings' (loop.py), shown in the help.
 
+    Flags not given stay None, so only what the user chose reaches ``EditSettings.from_dict``."""
+    from .cli import _add_avatar_args
+    from .loop import DEVICE_DEFAULTS, EditSettings
+
+    D = EditSettings(prompt="")
+    cpu = DEVICE_DEFAULTS["other"]
     _add_avatar_args(s)
     s.add_argument("--prompt", required=True, help="the edit instruction, e.g. 'make the hair blue'")
-    s.add_argument("--editor", default="region", choices=("region", "ip2p"),
-                   help="region: colour edits on named regions, no weights; ip2p: Instruct-Pix2Pix (diffusion)")
+    s.add_argument("--editor", choices=("region", "ip2p"),
+                   help=f"region: colour edits on named regions, no weights; ip2p: Instruct-Pix2Pix (diffusion) "
+                        f"(default: {D.editor})")
     s.add_argument("--cameras", help="edit cameras: a cameras JSON (transforms layout) or indices '0,1,2' "
                                      "(default: the avatar's training cameras)")
     s.add_argument("--timesteps", help="edit timesteps, e.g. '0,10,20' or '0-90:10' (default: a spread)")
-    s.add_argument("--num-timesteps", type=int, default=8, help="how many timesteps the default spread has")
+    s.add_argument("--num-timesteps", type=int, help=f"how many timesteps the default spread has (default: {D.num_timesteps})")
     s.add_argument("--regions", help="local edit: only Gaussians bound to these regions change, e.g. 'hair' or 'lips,eyes'")
-    s.add_argument("--rounds", type=int, default=1, help="render -> edit -> refit rounds")
-    s.add_argument("--reedit-each-round", action="store_true", help="re-render and re-edit the views every round")
+    s.add_argument("--rounds", type=int, help=f"render -> edit -> refit rounds (default: {D.rounds})")
+    s.add_argument("--reedit-each-round", action="store_true", default=None,
+                   help="re-render and re-edit the views every round")
     s.add_argument("--iters-per-batch", type=int, default=None,
                    help="refit iterations per edit timestep (default: until the loss stops improving; 10 is the seed's 10 x n)")
-    s.add_argument("--max-iters-per-batch", type=int, default=40, help="the cap of a refit until convergence, per edit timestep")
+    s.add_argument("--max-iters-per-batch", type=int,
+                   help=f"the cap of a refit until convergence, per edit timestep (default: {D.max_iters_per_batch})")
     s.add_argument("--appearance-only", default=None, action=argparse.BooleanOptionalAction,
                    help="fit colours only, geometry frozen (default: the editor decides; the region editor's edits are)")
-    s.add_argument("--sh-rest", default="auto", choices=("auto", "hold", "regularise", "free"),
-                   help="view-dependent colour: auto holds it when the edit set has fewer than 8 cameras")
-    s.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of groups --lrs does not name")
-    s.add_argument("--lrs", default="edit", help="per-group rates as JSON ({\"xyz\": 5e-3, ...}) or a preset: "
-                                                 "edit (default), gaussian_avatars, seed (every group at --lr)")
-    s.add_argument("--views-per-iter", type=int, help="cameras per refit iteration (default: all of the timestep on CUDA, 4 on CPU)")
+    s.add_argument("--sh-rest", choices=("auto", "hold", "regularise", "free"),
+                   help="view-dependent colour: auto (default) holds it when the edit set has fewer than 8 cameras")
+    s.add_argument("--lr", type=float, help=f"Adam learning rate of groups --lrs does not name (default: {D.lr})")
+    s.add_argument("--lrs", help="per-group rates as JSON ({\"xyz\": 5e-3, ...}) or a preset: "
+                                 "edit (default), gaussian_avatars, seed (every group at --lr)")
+    s.add_argument("--views-per-iter", type=int,
+                   help=f"cameras per refit iteration (default: all of the timestep on CUDA, {cpu['views_per_iter']} elsewhere)")
     s.add_argument("--scale", type=float, default=None,
-                   help="render resolution factor of the cameras (default: 1 on CUDA, 0.25 on CPU/MPS, where "
+                   help=f"render resolution factor of the cameras (default: 1 on CUDA, {cpu['scale']} on CPU/MPS, where "
                         "full-resolution refits take far longer)")
-    s.add_argument("--densify", action="store_true", help="densify/prune during the refit (bindings kept valid)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--densify", action="store_true", default=None, help="densify/prune during the refit (bindings kept valid)")
+    s.add_argument("--seed", type=int, help=f"random seed (default: {D.seed})")
     s.add_argument("--out", help="output avatar folder (default: <avatar>_edited)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print the resolved settings (as edit.json records them) and stop")
     ip = _ip2p()
     if ip is not None and hasattr(ip, "add_cli_args"):
         ip.add_cli_args(s)
@@ -94,22 +106,25 @@ def add_edit_args(s: argparse.ArgumentParser) -> None:
 
 
 def check_edit_ranges(a) -> None:
-    """The numeric options of ``edit``, before anything is loaded: whole counts in range, finite positive rates."""
-    whole(a.rounds, "--rounds", "rounds", 1, 1000)
-    whole(a.num_timesteps, "--num-timesteps", "timesteps", 1, limit("MAX_LIST_ITEMS", 100_000))
-    whole(a.max_iters_per_batch, "--max-iters-per-batch", "iterations", 1, 10**6)
-    for opt, v in (("--iters-per-batch", a.iters_per_batch), ("--views-per-iter", a.views_per_iter)):
+    """The numeric options of ``edit`` the user gave, before anything is loaded: whole counts in range,
+    finite positive rates (flags left out are absent: None)."""
+    for opt, v, what, lo, hi in (("--rounds", a.rounds, "rounds", 1, 1000),
+                                 ("--num-timesteps", a.num_timesteps, "timesteps", 1, limit("MAX_LIST_ITEMS", 100_000)),
+                                 ("--max-iters-per-batch", a.max_iters_per_batch, "iterations", 1, 10**6),
+                                 ("--iters-per-batch", a.iters_per_batch, "a count", 1, 10**6),
+                                 ("--views-per-iter", a.views_per_iter, "a count", 1, 10**6),
+                                 ("--seed", a.seed, "a seed", 0, 2**32 - 1)):
         if v is not None:
-            whole(v, opt, "a count", 1, 10**6)
-    whole(a.seed, "--seed", "a seed", 0, 2**32 - 1)
-    positive(a.lr, "--lr", "a learning rate")
+            whole(v, opt, what, lo, hi)
+    if a.lr is not None:
+        positive(a.lr, "--lr", "a learning rate")
     if a.scale is not None:
         positive(a.scale, "--scale", "a resolution factor")
 
 
-def settings_from_args(a):
+def settings_dict_from_args(a) -> dict:
+    """The settings the user chose on the command line (flags left out are absent)."""
     from .cli import _parse_int_list
-    from .loop import EditSettings
 
     check_edit_ranges(a)
     cam_file, cam_ids = _parse_cameras(a.cameras)
@@ -117,7 +132,7 @@ def settings_from_args(a):
         from .cameras import read_camera_file
 
         print(read_camera_file(cam_file).describe(), file=sys.stderr)
-    lrs = "edit"
+    lrs = None
     if a.lrs:
         if a.lrs.strip().startswith("{"):
             try:
@@ -134,7 +149,7 @@ def settings_from_args(a):
 
             if lrs not in LR_PRESETS:
                 raise Edit3DGSError("--lrs", f"JSON or a preset among {', '.join(LR_PRESETS)}", repr(lrs))
-    opts: dict = {}
+    opts = None
     if a.editor == "ip2p":
         ip = _ip2p()
         if ip is not None and hasattr(ip, "options_from_args"):
@@ -142,23 +157,33 @@ def settings_from_args(a):
         elif getattr(a, "model", None):
             opts = {"model": a.model}
     regions = [r.strip() for r in a.regions.split(",") if r.strip()] if a.regions else None
+    d = dict(prompt=a.prompt, editor=a.editor, editor_options=opts, cameras=cam_ids, camera_file=cam_file,
+             timesteps=_parse_int_list(a.timesteps, "--timesteps"), regions=regions, rounds=a.rounds,
+             reedit_each_round=a.reedit_each_round, iters_per_batch=a.iters_per_batch, lr=a.lr, lrs=lrs,
+             scale=a.scale, densify=a.densify, seed=a.seed, device=a.device, num_timesteps=a.num_timesteps,
+             views_per_iter=a.views_per_iter, appearance_only=a.appearance_only, sh_rest=a.sh_rest,
+             max_iters_per_batch=a.max_iters_per_batch)
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def settings_from_args(a, device=None):
+    """``EditSettings.from_dict`` of the user's flags, resolved for ``device`` (default: ``--device``'s)."""
+    from .loop import EditSettings
     from .views import pick_device
 
-    on_gpu = pick_device(a.device).type == "cuda"
-    scale, views = a.scale, a.views_per_iter
-    if not on_gpu and (scale is None or views is None):
-        # Full-resolution refits of every view per iteration take far too long on a CPU.
-        scale = 0.25 if scale is None else scale
-        views = 4 if views is None else views
-        print(f"edit: on this device the edit set renders at {scale}x and each refit iteration fits {views} views "
-              "(--scale / --views-per-iter change it)", file=sys.stderr)
-    scale = 1.0 if scale is None else scale
-    return EditSettings(prompt=a.prompt, editor=a.editor, editor_options=opts, cameras=cam_ids, camera_file=cam_file,
-                        timesteps=_parse_int_list(a.timesteps, "--timesteps"), regions=regions, rounds=a.rounds,
-                        reedit_each_round=a.reedit_each_round, iters_per_batch=a.iters_per_batch, lr=a.lr, lrs=lrs,
-                        scale=scale, densify=a.densify, seed=a.seed, device=a.device, num_timesteps=a.num_timesteps,
-                        views_per_iter=views, appearance_only=a.appearance_only, sh_rest=a.sh_rest,
-                        max_iters_per_batch=a.max_iters_per_batch)
+    try:
+        settings = EditSettings.from_dict(settings_dict_from_args(a))
+    except Edit3DGSError as exc:  # name the flag, not the setting: this is the command line
+        if exc.path and exc.path.startswith("edit setting '"):
+            flag = "--" + exc.path[len("edit setting '"):-1].replace("_", "-")
+            raise Edit3DGSError(flag, exc.expected, exc.found) from None
+        raise
+    dev = pick_device(a.device) if device is None else device
+    out = settings.resolved(dev)
+    if not str(dev).startswith("cuda") and (settings.scale == "auto" or settings.views_per_iter == "auto"):
+        print(f"edit: on this device the edit set renders at {out.scale}x and each refit iteration fits "
+              f"{out.views_per_iter} views (--scale / --views-per-iter change it)", file=sys.stderr)
+    return out
 
 
 def cmd_edit(a) -> int:
@@ -167,6 +192,11 @@ def cmd_edit(a) -> int:
     from .views import pick_device
 
     settings = settings_from_args(a)
+    if a.dry_run:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(settings), indent=1))
+        return 0
     out = Path(a.out) if a.out else Path(str(Path(a.avatar).resolve()) + "_edited")
     if out.exists() and any(out.iterdir()) and not a.overwrite:
         raise Edit3DGSError(out, "an empty or new output folder (or --overwrite)", "a folder with files in it")

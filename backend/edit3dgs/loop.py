@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +26,12 @@ from .fit import BindingDensify, RefitConfig, TargetBatch, refit
 from .metrics import finite, psnr, ssim
 
 DEFAULT_NUM_TIMESTEPS = 8
+AUTO = "auto"  # a device-dependent setting not chosen yet: EditSettings.resolved(device) fills it in
+AUTO_FIELDS = ("scale", "views_per_iter")
+# The edit set's render scale and the cameras per refit iteration, by device: full-resolution refits
+# of every view per iteration take far too long on a CPU (or MPS), so those render at a quarter and fit 4 views.
+DEVICE_DEFAULTS = {"cuda": {"scale": 1.0, "views_per_iter": None},
+                   "other": {"scale": 0.25, "views_per_iter": 4}}
 EDIT_CHANGE = 0.02  # a pixel is inside the edit when the editor changed one of its channels by more than this
 MIN_ALPHA_SUM = 1.0  # a camera "sees the head" when its renders hold at least one pixel's worth of alpha
 
@@ -38,7 +44,8 @@ class EditSettings:
     camera_file: a cameras JSON to take them from (None: the avatar's cameras.json);
     timesteps: None -> ``num_timesteps`` spread over the avatar's sequence;
     regions: None -> all Gaussians are refit; else only those bound to these regions (local edit);
-    scale: render resolution factor; views_per_iter: cameras per refit iteration (None: all of the timestep's).
+    scale: render resolution factor; views_per_iter: cameras per refit iteration (None: all of the timestep's);
+    both "auto" (``from_dict`` leaves them so when not given): the device's defaults, ``resolved(device)``.
 
     The refit (``fit.RefitConfig``, measured in docs/refit.md):
     lrs: per-group learning rates, a dict or a preset name ("edit", the default: the base colour
@@ -67,14 +74,89 @@ class EditSettings:
     appearance_only: bool | None = None
     sh_rest: str = "auto"
     max_iters_per_batch: int = 40
-    scale: float = 1.0
+    scale: float | str = 1.0
     densify: bool = False
     seed: int = 0
     device: str = "auto"
     camera_file: str | None = None
     num_timesteps: int = DEFAULT_NUM_TIMESTEPS
-    views_per_iter: int | None = None
+    views_per_iter: int | str | None = None
     overwrite: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EditSettings":
+        """The settings a front end asked for (the CLI's flags, a server job's ``settings``).
+
+        Keys left out take the defaults above; the device-dependent ones (``scale``,
+        ``views_per_iter``) are left ``"auto"`` until ``resolved(device)``. Unknown keys and
+        values of the wrong kind raise ``Edit3DGSError`` (one line, naming the setting)."""
+        if not isinstance(d, dict):
+            raise Edit3DGSError("edit settings", "a JSON object of settings", type(d).__name__)
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise Edit3DGSError("edit settings", f"settings among {', '.join(names)}",
+                                f"unknown {', '.join(map(repr, unknown))}")
+        if not isinstance(d.get("prompt"), str) or not d["prompt"].strip():
+            raise Edit3DGSError("edit setting 'prompt'", "an instruction such as 'make the hair blue'",
+                                repr(d.get("prompt", "nothing")))
+        given = {k: v for k, v in d.items() if v is not None or k in cls._NONE_IS_A_CHOICE}
+        for k in AUTO_FIELDS:
+            given.setdefault(k, AUTO)
+        s = cls(**given)
+        s.check()
+        return s
+
+    # None is a value of its own for these (e.g. iters_per_batch None: until the loss stops improving)
+    _NONE_IS_A_CHOICE = ("iters_per_batch", "appearance_only", "cameras", "timesteps", "regions", "camera_file")
+
+    def check(self) -> None:
+        """Kinds and ranges of the settings (the message names the setting, never a command-line flag)."""
+        def bad(name, expected, value):
+            raise Edit3DGSError(f"edit setting '{name}'", expected, repr(value))
+
+        def whole(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if self.editor not in ("region", "ip2p"):
+            bad("editor", "region or ip2p", self.editor)
+        if not isinstance(self.editor_options, dict):
+            bad("editor_options", "a JSON object", self.editor_options)
+        for name in ("rounds", "num_timesteps", "max_iters_per_batch"):
+            v = getattr(self, name)
+            if not whole(v) or v < 1:
+                bad(name, "a whole number of at least 1", v)
+        if self.iters_per_batch is not None and (not whole(self.iters_per_batch) or self.iters_per_batch < 1):
+            bad("iters_per_batch", "a whole number of at least 1 (or none: until the loss stops improving)",
+                self.iters_per_batch)
+        if self.scale != AUTO and (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))
+                                   or not 0 < self.scale <= 4):
+            bad("scale", "a render scale above 0 and at most 4 (or 'auto')", self.scale)
+        v = self.views_per_iter
+        if v is not None and v != AUTO and (not whole(v) or v < 1):
+            bad("views_per_iter", "a whole number of at least 1 (or 'auto')", v)
+        if not whole(self.seed):
+            bad("seed", "a whole number", self.seed)
+        for name in ("cameras", "timesteps"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, list) or not all(whole(i) for i in v)):
+                bad(name, "a list of whole numbers", v)
+        if self.regions is not None and (not isinstance(self.regions, list)
+                                         or not all(isinstance(r, str) for r in self.regions)):
+            bad("regions", "a list of region names", self.regions)
+        if self.sh_rest not in ("auto", "hold", "regularise", "free"):
+            bad("sh_rest", "auto, hold, regularise or free", self.sh_rest)
+
+    def resolved(self, device) -> "EditSettings":
+        """These settings on ``device`` (a torch.device or its name): "auto" values get the
+        device's defaults (``DEVICE_DEFAULTS``), and ``device`` names the device the edit runs on."""
+        dev = str(device)
+        table = DEVICE_DEFAULTS["cuda" if dev.startswith("cuda") else "other"]
+        out = replace(self, device=dev)
+        for k in AUTO_FIELDS:
+            if getattr(out, k) == AUTO:
+                setattr(out, k, table[k])
+        return out
 
     @classmethod
     def seed_recipe(cls, prompt: str, **kw) -> "EditSettings":
@@ -128,12 +210,12 @@ class EditSession:
     def __init__(self, bundle: AvatarBundle, settings: EditSettings,
                  progress: Callable[[str, int, int], None] | None = None,
                  should_stop: Callable[[], bool] | None = None):
-        self.settings = settings
         self.progress = progress or (lambda stage, done, total: None)
         self.should_stop = should_stop or (lambda: False)
         from .views import pick_device
 
         self.device = pick_device(settings.device)
+        self.settings = settings = settings.resolved(self.device)  # edit.json records what ran
         self.bundle = replace(bundle, gaussians=bundle.gaussians.to(self.device), head=bundle.head.to(self.device))
         self.timings: dict = {}
         self.editor = None
@@ -342,6 +424,9 @@ class EditSession:
             "regions_rendered": regions, "input": str(b.folder),
             "metrics": self.metrics, "densify": densify_log,
         }
+        eff = getattr(editor, "settings", None)  # settings: what was chosen; editor_settings: what the editor ran with
+        if is_dataclass(eff):
+            record["editor_settings"] = asdict(eff)
         if hasattr(editor, "maps"):
             record["colour_maps"] = [m.to_json() for m in editor.maps]
         self.timings["total"] = round(time.perf_counter() - t_all, 3)

@@ -144,6 +144,9 @@ def export_rig(bundle: AvatarBundle, out: os.PathLike | str, gaussians_only: boo
         "n_verts": bundle.head.n_verts, "n_faces": bundle.head.n_faces, "n_expr": bundle.head.n_expr,
         "head": bundle.head.model.name, "timesteps": bundle.params.num_timesteps,
     }
+    fps = bundle.meta.get("fps")  # avatar.json's frame rate of the sequence (Blender's scene takes it)
+    if isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0:
+        meta["fps"] = float(fps)
     arrays["meta_json"] = np.array(json.dumps(meta))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

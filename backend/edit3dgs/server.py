@@ -31,7 +31,8 @@ EOF on stdin cancels every job, waits for the running one, and exits 0.
 Job kinds (``args``)
     export_rig      avatar, out [, gaussians_only]        -> {"npz"}
     world_positions avatar, params {expr, rotation, ...}, out -> {"npy"}
-    edit            avatar, out_dir, settings {EditSettings fields}, [regions] -> {"avatar", "npz"}
+    edit            avatar, out_dir, settings {EditSettings fields the artist set; EditSettings.from_dict},
+                    [regions] -> {"avatar", "npz"}
     region_masks    avatar, camera {c2w, fx, fy, cx, cy, w, h}, regions, out [, timestep] -> {"png"}
     render_shot     avatar, cameras (transforms JSON, one camera per frame), flame_params (npz, one
                     timestep per frame), work_dir, outputs (one PNG path per frame) -> {"files", "device"}
@@ -344,18 +345,12 @@ class Server:
         return {"npy": str(_need(args, "out"))}
 
     def job_edit(self, jid, args):
-        import dataclasses
-
         from .loop import EditSession, EditSettings
         from .rig_export import export_rig
 
+        # Only what the artist chose comes in; EditSettings decides the rest (the CLI's defaults, the same code).
+        settings = EditSettings.from_dict(_need(args, "settings", dict))
         b = self.avatar(_need(args, "avatar"))
-        wanted = dict(args.get("settings") or {})
-        names = {f.name for f in dataclasses.fields(EditSettings)}
-        unknown = sorted(set(wanted) - names)
-        if unknown:
-            print(f"edit3dgs serve: ignoring settings this backend does not know: {unknown}", file=sys.stderr)
-        settings = EditSettings(**{k: v for k, v in wanted.items() if k in names})
         session = EditSession(b, settings, progress=self.progress(jid), should_stop=self.should_stop(jid))
         out_dir = Path(_need(args, "out_dir"))
         version = Path(session.run(out_dir))

@@ -29,10 +29,8 @@ def build_avatar(rig: RigFile, name: str, folder: str, scene) -> dict:
         prev = preview.build_preview(rig, name, coll, mesh_obj)
         prev.parent = root
         cams = cameras.build_cameras(rig, name, coll, root)
-        if cams.objects and scene.camera is None:
-            scene.camera = cams.objects[0]
-            w, h = cams.objects[0]["edit3dgs_resolution"]
-            scene.render.resolution_x, scene.render.resolution_y = int(w), int(h)
+        if rig.meta.get("fps"):
+            root["edit3dgs_fps"] = float(rig.meta["fps"])
         for o in (root, arm_obj, mesh_obj, prev):
             o["edit3dgs_avatar"] = folder
         root["edit3dgs_role"], arm_obj["edit3dgs_role"] = "root", "armature"
@@ -50,3 +48,29 @@ def build_avatar(rig: RigFile, name: str, folder: str, scene) -> dict:
         raise
     finally:
         rig.data.pop("faces_center", None)
+
+
+def first_key_view(cams):
+    """The Key Views camera with the lowest capture index (None: the avatar has no cameras)."""
+    views = [o for o in cams.objects if "edit3dgs_camera_index" in o]
+    return min(views, key=lambda o: int(o["edit3dgs_camera_index"]), default=None)
+
+
+def set_up_scene(scene, cams, fps: float | None) -> list[str]:
+    """The scene as the avatar was captured: its first key view as the active camera, that camera's
+    resolution and pixel aspect, and the sequence's frame rate. Returns what changed, in words."""
+    done = []
+    cam = first_key_view(cams)
+    if cam is not None:
+        scene.camera = cam
+        w, h = cam["edit3dgs_resolution"]
+        r = scene.render
+        r.resolution_x, r.resolution_y, r.resolution_percentage = int(w), int(h), 100
+        ax, ay = cam.get("edit3dgs_pixel_aspect", (1.0, 1.0))
+        r.pixel_aspect_x, r.pixel_aspect_y = float(ax), float(ay)
+        done.append(f"camera {cam.name}, {int(w)}x{int(h)}")
+    if fps:
+        whole = max(1, round(fps))
+        scene.render.fps, scene.render.fps_base = whole, whole / float(fps)  # 29.97: 30 / 1.001
+        done.append(f"{fps:g} fps")
+    return done

@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO))  # the bpy-free modules of edit3dgs_addon, importe
 import bpy  # noqa: E402  (after the environment is set)
 
 EXT_MODULE = "bl_ext.user_default.edit3dgs"
-EDIT_SETTINGS = dict(editor="region", rounds=1, iters_per_batch=3, iteration_multiplier=1.0, scale=0.1,
-                     num_timesteps=1, local_regions="hair", use_all_cameras=False)
+EDIT_SETTINGS = dict(editor="region", rounds=1, iters_per_batch=3, scale=0.1,
+                     num_timesteps=1, local_regions={"hair"}, use_all_cameras=False)
 EDIT_CAMERAS = ("cam00", "cam12")  # a side and a back view see the hair
 
 

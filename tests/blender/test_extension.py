@@ -16,7 +16,7 @@ OPERATORS = ("import_avatar", "run_edit", "cancel_edit", "apply_edit", "setup_ba
 def test_zip_layout(zip_path):
     names = set(zipfile.ZipFile(zip_path).namelist())
     for n in ("blender_manifest.toml", "__init__.py", "operators/__init__.py", "panels/__init__.py", "bridge.py",
-              "protocol.py", "backend/pyproject.toml", "backend/edit3dgs/server.py", "backend/edit3dgs/rig_export.py"):
+              "protocol.py", "backend/pyproject.toml", "backend/edit3dgs/server.py", "backend/edit3dgs/rig_export.py", "LICENSE"):
         assert n in names, n
     assert not any("__pycache__" in n for n in names)
     # relative imports only: no module of the extension imports the repo's package names

@@ -112,6 +112,6 @@ def test_missing_interpreter(scene, ext, avatar_dir, monkeypatch):
     configure_edit(prompt="make the hair blue")
     with pytest.raises(RuntimeError, match="backend Python not found"):
         bpy.ops.edit3dgs.run_edit()
-    assert "Set up backend" in scene.edit3dgs.report
+    assert "Set Up Backend" in scene.edit3dgs.report
     after = snapshot(prev)
     assert np.array_equal(before[0], after[0]) and before[1:] == after[1:]

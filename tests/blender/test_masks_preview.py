@@ -14,7 +14,7 @@ def test_preview_masks_shows_eyes_and_mouth_of_the_active_key_view(scene, ext, a
     scene.camera = cam
     scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 110, 160, 100
     s = scene.edit3dgs
-    s.preserve_eyes, s.preserve_mouth, s.local_regions = True, True, ""
+    s.preserve_eyes, s.preserve_mouth, s.local_regions = True, True, set()
     assert bpy.ops.edit3dgs.preview_masks() == {"FINISHED"}  # returns at once; the backend renders
     pump(ext, lambda: "Masks of" in s.report or "failed" in s.report, timeout=120)
     assert "Masks of eyes, lips" in s.report, s.report

@@ -196,3 +196,19 @@ def test_reimport_replaces_keys_in_range_keeps_others(scene, ext, avatar_dir, tm
     frames = [k.co[0] for k in fc.keyframe_points]
     assert frames == [float(f) for f in range(1, T + 1)] + [100.0]
     assert abs(fc.evaluate(3) - seq["expr"][2, 1]) < 1e-6 and fc.evaluate(100) == -2.0
+
+
+def test_motion_at_the_avatars_fps_is_resampled_to_the_scene(scene, ext, avatar_dir):
+    """No Source FPS given: the motion runs at the avatar's frame rate (avatar.json), whatever the scene's."""
+    objs = import_avatar(avatar_dir)
+    assert abs(scene.render.fps / scene.render.fps_base - 25) < 1e-6  # import took the avatar's 25 fps
+    seq = held_out(avatar_dir)
+    T = len(seq["expr"])
+    scene.render.fps, scene.render.fps_base = 50, 1.0
+    assert bpy.ops.edit3dgs.import_motion(filepath=str(avatar_dir / "sequences" / "held_out.npz"),
+                                          frame_start=1) == {"FINISHED"}
+    assert (scene.frame_start, scene.frame_end) == (1, 2 * T - 1)
+    assert "resampled 25 -> 50 fps" in scene.edit3dgs.report
+    got = rig_motion(objs, np.arange(1, 2 * T, 2))
+    for k in KEYS:
+        assert np.abs(got[k] - seq[k][:T]).max() < 1e-5, k

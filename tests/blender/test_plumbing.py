@@ -81,17 +81,21 @@ def test_bridge_interpreter_without_backend(tmp_path, monkeypatch):
 
 def test_edit_settings_mapping():
     ui = dict(prompt=" make the hair blue ", editor="ip2p", steps=12, guidance_text=6.0, guidance_image=1.2, rounds=2,
-              iters_per_batch=10, iteration_multiplier=1.5, scale=0.5, seed=3, timesteps="0-8:4", num_timesteps=4,
+              iters_per_batch=10, views_per_iter=2, scale=0.5, seed=3, timesteps="0-8:4", num_timesteps=4,
               use_frame_range=False, preserve_eyes=True, preserve_mouth=False, mask_source="DETECTOR",
               mask_text="eyes, teeth", mask_dilation=2, mask_strength=0.8, local_regions="hair, ears", cameras=[0, 4],
               temporal_keys=True)
     s = jobargs.edit_settings(ui, {"device": "cpu", "editor_model": "/models/ip2p"})
     assert s["prompt"] == "make the hair blue" and s["timesteps"] == [0, 4] and s["regions"] == ["hair", "ears"]
-    assert s["iters_per_batch"] == 15 and s["cameras"] == [0, 4] and s["rounds"] == 2
+    assert s["iters_per_batch"] == 10 and s["cameras"] == [0, 4] and s["rounds"] == 2 and s["views_per_iter"] == 2
     o = s["editor_options"]
-    assert o["steps"] == 12 and o["inpaint_regions"] == ["eyes"] and o["mask_source"] == "detector"
+    assert o["steps"] == 12 and o["inpaint_regions"] == ["eye_region", "eyes"] and o["mask_source"] == "detector"
     assert o["detector_queries"] == ["eyes", "teeth"] and o["model"] == "/models/ip2p" and o["temporal_keys"] is True
     assert jobargs.edit_settings({**ui, "temporal_keys": False}, {})["editor_options"]["temporal_keys"] is False
+    # what the artist did not set is not sent: the backend decides it, as for `edit3dgs edit`
+    assert jobargs.edit_settings({"prompt": "make the hair blue"}, {"device": "auto"}) == {"prompt": "make the hair blue"}
+    assert "seed" not in o  # the loop seeds each round (--seed + round), as on the command line
+    assert jobargs.parse_names({"lips", "eyes"}) == ["eyes", "lips"] and jobargs.parse_names(set()) is None
     assert jobargs.edit_settings({**ui, "ip2p_model": "builtin"}, {"editor_model": "/models/ip2p"})["editor_options"]["model"] == "builtin"
     assert jobargs.edit_settings({**ui, "ip2p_model": "custom"}, {"editor_model": "/m"})["editor_options"]["model"] == "/m"
     # every name is a field of the backend's EditSettings (read from its source: no torch here)
@@ -227,3 +231,13 @@ def test_bridge_never_blocks_on_a_backend_that_stops_talking(tmp_path, monkeypat
         time.sleep(0.02)
     else:
         raise AssertionError("the stuck backend was not ended")
+
+
+def test_progress_text_has_the_stage_and_a_time_estimate():
+    job = bridge.Job("j", "edit", {})
+    assert job.progress_text() == "starting"
+    job.stage, job.done, job.total, job.stage_started = "refit", 10, 40, 100.0
+    assert job.progress_text(now=101.0) == "refit 10/40"  # too early to tell
+    assert job.progress_text(now=110.0) == "refit 10/40, about 30 s left"
+    job.done = 1
+    assert job.progress_text(now=110.0) == "refit 1/40, about 6 min left"

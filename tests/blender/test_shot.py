@@ -111,6 +111,8 @@ def test_render_shot_side_view(scene, ext, avatar_dir, backend_py, tmp_path):
     cam = make_camera(scene, "shot", look_at_blender(eye, root.matrix_world @ Vector((0, 0, 0))), lens=60.0,
                       sensor_fit="VERTICAL", sensor_height=24.0, shift_x=0.05, shift_y=-0.03)
     scene.camera = cam
+    assert not scene.edit3dgs_shot.add_strip, "Load in Sequencer is off by default (it takes over F12)"
+    scene.edit3dgs_shot.add_strip = True
     strips_before = len(scene.sequence_editor.strips) if scene.sequence_editor else 0
 
     assert bpy.ops.edit3dgs.render_shot() == {"FINISHED"}  # returns at once

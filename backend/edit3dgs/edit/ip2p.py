@@ -646,59 +646,67 @@ class InstructPix2PixEditor:
 # ---------------------------------------------------------------------------
 
 def add_cli_args(parser) -> None:
-    """Add the Instruct-Pix2Pix flags to an argparse parser (flags already there are kept)."""
+    """Add the Instruct-Pix2Pix flags to an argparse parser (flags already there are kept).
+
+    Flags left out stay None: only what the user set becomes an editor option, the rest are
+    ``IP2PSettings``' defaults (shown in the help), as for the Blender panel."""
     g = parser.add_argument_group("Instruct-Pix2Pix editor (--editor ip2p)")
+    D = IP2PSettings()
 
     def add(flag: str, **kw) -> None:
         if flag not in parser._option_string_actions:   # e.g. --device shared with the edit command
             g.add_argument(flag, **kw)
 
-    add("--model", default=DEFAULT_MODEL,
-        help="Instruct-Pix2Pix model id or local diffusers folder (safetensors); 'builtin': the small model "
-             "trained on the built-in head (ships with Edit3DGS)")
+    add("--model", help=f"Instruct-Pix2Pix model id or local diffusers folder (safetensors; default: {DEFAULT_MODEL}); "
+                        "'builtin': the small model trained on the built-in head (ships with Edit3DGS)")
     add("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
-    add("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 elsewhere), fp16, bf16, fp32")
-    add("--steps", type=int, default=20, help="denoising steps")
-    add("--guidance-text", type=float, default=7.5, help="text guidance scale")
-    add("--guidance-image", type=float, default=1.5, help="image guidance scale")
-    add("--resolution", type=int, default=None,
+    add("--dtype", help="auto (default: fp16 on CUDA, fp32 elsewhere), fp16, bf16, fp32")
+    add("--steps", type=int, help=f"denoising steps (default: {D.steps})")
+    add("--guidance-text", type=float, help=f"text guidance scale (default: {D.guidance_text})")
+    add("--guidance-image", type=float, help=f"image guidance scale (default: {D.guidance_image})")
+    add("--resolution", type=int,
         help="short side of the images the diffusion model sees (default: the model's native size, 512 for Instruct-Pix2Pix)")
-    add("--no-multiview", action="store_true", help="edit every view on its own (ablation)")
-    add("--chunk-size", type=int, default=5, help="views per chunk; one key view per chunk per step")
-    add("--key-neighbours", type=int, default=2, choices=(1, 2),
-        help="key views blended into each other view (the nearest in viewing direction)")
-    add("--batch-size", type=int, default=8, help="views per UNet call (each x3 guidance branches); less: less memory")
-    add("--temporal-keys", action="store_true",
+    add("--no-multiview", action="store_true", default=None, help="edit every view on its own (ablation)")
+    add("--chunk-size", type=int, help=f"views per chunk; one key view per chunk per step (default: {D.chunk_size})")
+    add("--key-neighbours", type=int, choices=(1, 2),
+        help=f"key views blended into each other view (the nearest in viewing direction; default: {D.key_neighbours})")
+    add("--batch-size", type=int,
+        help=f"views per UNet call (each x3 guidance branches); less: less memory (default: {D.batch_size})")
+    add("--temporal-keys", action="store_true", default=None,
         help="one timestep's key views serve all timesteps, linked by the FLAME binding (default: key views "
              "per timestep, as the seed and DGE)")
-    add("--no-inpaint", action="store_true", help="no expression-preserving inpainting (ablation)")
-    add("--inpaint-regions", default=",".join(DEFAULT_INPAINT_REGIONS), help="regions re-injected from the originals")
-    add("--inpaint-strength", type=float, default=1.0, help="weight of the re-injected original latents")
-    add("--inpaint-start", type=int, default=None, help="first denoising step of re-injection (default: half of --steps)")
-    add("--mask-source", default="flame", choices=("flame", "detector"),
-        help="eye/mouth masks from the avatar's regions, or Grounding DINO + SAM 2")
+    add("--no-inpaint", action="store_true", default=None, help="no expression-preserving inpainting (ablation)")
+    add("--inpaint-regions", help=f"regions re-injected from the originals (default: {','.join(DEFAULT_INPAINT_REGIONS)})")
+    add("--inpaint-strength", type=float, help=f"weight of the re-injected original latents (default: {D.inpaint_strength})")
+    add("--inpaint-start", type=int, help="first denoising step of re-injection (default: half of --steps)")
+    add("--mask-source", choices=("flame", "detector"),
+        help="eye/mouth masks from the avatar's regions (default), or Grounding DINO + SAM 2")
     add("--detector-model", default=None, help="Grounding DINO model id or folder")
     add("--sam-model", default=None, help="SAM 2 model id or folder")
     add("--reedit-strength", type=float, default=None,
         help="re-edit the current renders at this noise strength in later rounds (Instruct-NeRF2NeRF)")
-    add("--attention-slicing", action="store_true", help="less memory, slower attention")
-    add("--vae-tiling", action="store_true", help="VAE in tiles (large images)")
-    add("--cpu-offload", action="store_true", help="keep models on the CPU, move each to the GPU while it runs")
+    add("--attention-slicing", action="store_true", default=None, help="less memory, slower attention")
+    add("--vae-tiling", action="store_true", default=None, help="VAE in tiles (large images)")
+    add("--cpu-offload", action="store_true", default=None,
+        help="keep models on the CPU, move each to the GPU while it runs")
 
 
 def options_from_args(args) -> dict:
-    """Editor options for ``make_editor("ip2p", **options)`` from parsed flags."""
-    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    """Editor options for ``make_editor("ip2p", **options)``: the flags the user gave (the editor's
+    defaults, ``IP2PSettings``', for the rest; a ``--device`` other than auto is passed on)."""
+    get = lambda name: getattr(args, name, None)  # noqa: E731
     regions = [r.strip() for r in (get("inpaint_regions") or "").split(",") if r.strip()]
-    opts = dict(model=get("model", DEFAULT_MODEL), device=get("device", "auto"), dtype=get("dtype"),
-                steps=get("steps", 20), guidance_text=get("guidance_text", 7.5), guidance_image=get("guidance_image", 1.5),
-                resolution=get("resolution"), multiview=not get("no_multiview", False),
-                chunk_size=get("chunk_size", 5), key_neighbours=get("key_neighbours", 2), batch_size=get("batch_size", 8),
-                temporal_keys=bool(get("temporal_keys", False)), inpaint=not get("no_inpaint", False),
-                inpaint_regions=regions or list(DEFAULT_INPAINT_REGIONS), inpaint_strength=get("inpaint_strength", 1.0),
-                inpaint_start=get("inpaint_start"), mask_source=get("mask_source", "flame"),
+    opts = dict(model=get("model"), dtype=get("dtype"), steps=get("steps"), guidance_text=get("guidance_text"),
+                guidance_image=get("guidance_image"), resolution=get("resolution"),
+                multiview=False if get("no_multiview") else None, chunk_size=get("chunk_size"),
+                key_neighbours=get("key_neighbours"), batch_size=get("batch_size"),
+                temporal_keys=True if get("temporal_keys") else None, inpaint=False if get("no_inpaint") else None,
+                inpaint_regions=regions or None, inpaint_strength=get("inpaint_strength"),
+                inpaint_start=get("inpaint_start"), mask_source=get("mask_source"),
                 detector_model=get("detector_model"), sam_model=get("sam_model"),
-                reedit_strength=get("reedit_strength"), attention_slicing=get("attention_slicing", False),
-                vae_tiling=get("vae_tiling", False), cpu_offload=get("cpu_offload", False))
+                reedit_strength=get("reedit_strength"), attention_slicing=get("attention_slicing"),
+                vae_tiling=get("vae_tiling"), cpu_offload=get("cpu_offload"))
+    if get("device") not in (None, "auto"):
+        opts["device"] = get("device")
     # No seed here: the loop gives each round's EditRequest its own seed (--seed + round).
-    return {k: v for k, v in opts.items() if v is not None or k in ("reedit_strength", "inpaint_start", "resolution")}
+    return {k: v for k, v in opts.items() if v is not None}

@@ -1,0 +1,116 @@
+"""One source of edit settings: ``EditSettings.from_dict`` / ``resolved(device)`` behind the CLI, the server
+and the Blender panel, so the same choices give the same edit (equal ``edit.json`` settings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from edit3dgs.cli import build_parser
+from edit3dgs.edit_cli import settings_from_args
+from edit3dgs.errors import Edit3DGSError
+from edit3dgs.loop import EditSettings
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from edit3dgs_addon import jobargs  # noqa: E402  (bpy-free)
+
+
+def cli(*flags, device="cpu"):
+    a = build_parser().parse_args(["edit", "--avatar", "ava", "--prompt", "make the hair blue", *flags])
+    return settings_from_args(a, device=device)
+
+
+def test_unknown_or_bad_setting_is_one_line_naming_it():
+    with pytest.raises(Edit3DGSError) as e:
+        EditSettings.from_dict({"prompt": "make the hair blue", "iteration_multiplier": 2})
+    msg = str(e.value)
+    assert "'iteration_multiplier'" in msg and "\n" not in msg and "--" not in msg
+    with pytest.raises(Edit3DGSError, match="edit setting 'views_per_iter'"):
+        EditSettings.from_dict({"prompt": "make the hair blue", "views_per_iter": 0})
+    with pytest.raises(Edit3DGSError, match="edit setting 'prompt'"):
+        EditSettings.from_dict({"prompt": "  "})
+    # on the command line the same mistake names the flag
+    with pytest.raises(Edit3DGSError, match="--views-per-iter"):
+        cli("--views-per-iter", "0")
+
+
+def test_device_defaults_live_in_resolved():
+    auto = EditSettings.from_dict({"prompt": "make the hair blue"})
+    assert auto.scale == "auto" and auto.views_per_iter == "auto"
+    cpu, gpu = auto.resolved("cpu"), auto.resolved("cuda:0")
+    assert (cpu.scale, cpu.views_per_iter, cpu.device) == (0.25, 4, "cpu")
+    assert (gpu.scale, gpu.views_per_iter, gpu.device) == (1.0, None, "cuda:0")
+    chosen = EditSettings.from_dict({"prompt": "x", "scale": 0.5}).resolved("cpu")
+    assert (chosen.scale, chosen.views_per_iter) == (0.5, 4)  # each "auto" on its own, as the CLI always did
+    assert cli().scale == 0.25 and cli("--views-per-iter", "2").views_per_iter == 2
+    assert cli(device="cuda").views_per_iter is None and cli(device="cuda").scale == 1.0
+
+
+def test_panel_defaults_resolve_to_the_cli_defaults():
+    """An untouched panel sends only the prompt; resolved, every field equals `edit3dgs edit`'s defaults."""
+    panel = jobargs.edit_settings({"prompt": "make the hair blue"}, {"device": "auto", "editor_model": ""})
+    for device in ("cpu", "cuda"):
+        assert asdict(EditSettings.from_dict(panel).resolved(device)) == asdict(cli(device=device))
+    # and choices made on both sides agree field for field
+    ui = {"prompt": "make the hair blue", "editor": "region", "rounds": 2, "iters_per_batch": 5, "views_per_iter": 2,
+          "scale": 0.5, "seed": 3, "timesteps": "0-8:4", "local_regions": "hair", "cameras": [0, 4]}
+    panel = jobargs.edit_settings(ui, {"device": "cpu"})
+    flags = ("--editor", "region", "--rounds", "2", "--iters-per-batch", "5", "--views-per-iter", "2", "--scale", "0.5",
+             "--seed", "3", "--timesteps", "0-8:4", "--regions", "hair", "--cameras", "0,4", "--device", "cpu")
+    assert asdict(EditSettings.from_dict(panel).resolved("cpu")) == asdict(cli(*flags))
+
+
+def test_server_edit_job_rejects_unknown_settings(builtin_avatar_dir, tmp_path):
+    from test_server import Serve
+
+    s = Serve()
+    try:
+        assert s.recv()[0] == "ready"
+        s.send("job", {"id": "e", "kind": "edit", "args": {"avatar": str(builtin_avatar_dir), "out_dir": str(tmp_path / "o"),
+                                                            "settings": {"prompt": "make the hair blue", "iteration_multiplier": 2}}})
+        k, p = s.until({"done", "error"}, "e")
+        assert k == "error" and p["kind"] == "input" and "'iteration_multiplier'" in p["message"]
+    finally:
+        s.send("shutdown", {})
+        s.p.wait(10)
+
+
+def test_cli_dry_run_prints_what_edit_json_records(builtin_avatar_dir):
+    res = subprocess.run([sys.executable, "-m", "edit3dgs.cli", "edit", "--avatar", str(builtin_avatar_dir), "--prompt",
+                          "make the hair blue", "--device", "cpu", "--dry-run"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == asdict(cli())
+
+
+def test_panel_and_cli_ip2p_defaults_resolve_equal():
+    """Instruct-Pix2Pix: neither side writes the editor's defaults; IP2PSettings is the table of them."""
+    import inspect
+    from dataclasses import fields
+
+    from edit3dgs.edit.ip2p import InstructPix2PixEditor, IP2PSettings
+
+    panel = jobargs.edit_settings({"prompt": "make him look older", "editor": "ip2p"}, {"device": "auto"})
+    flags = ("--editor", "ip2p")
+    a = build_parser().parse_args(["edit", "--avatar", "ava", "--prompt", "make him look older", *flags])
+    for device in ("cpu", "cuda"):
+        assert asdict(EditSettings.from_dict(panel).resolved(device)) == asdict(settings_from_args(a, device=device))
+    assert settings_from_args(a, device="cpu").editor_options == {}
+    # the same choices on both sides give the same options
+    ui = {"prompt": "x", "editor": "ip2p", "steps": 12, "guidance_text": 6.5, "preserve_mouth": False,
+          "mask_strength": 0.8, "temporal_keys": True}
+    a = build_parser().parse_args(["edit", "--avatar", "ava", "--prompt", "x", "--editor", "ip2p", "--steps", "12",
+                                   "--guidance-text", "6.5", "--inpaint-regions", "eye_region,eyes",
+                                   "--inpaint-strength", "0.8", "--temporal-keys"])
+    panel = jobargs.edit_settings(ui, {})["editor_options"]
+    assert panel == settings_from_args(a, device="cpu").editor_options
+    # the editor's keyword defaults are IP2PSettings' (one table)
+    sig = inspect.signature(InstructPix2PixEditor.__init__).parameters
+    for f in fields(IP2PSettings):
+        if f.name in sig and f.name != "seed":
+            assert sig[f.name].default == f.default, f.name
