@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, StringProperty
+from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import runtime
 
@@ -19,6 +19,9 @@ class Edit3DGSPreferences(bpy.types.AddonPreferences):
     device: EnumProperty(name="Device", description="Where the backend renders, edits and refits",
                          items=[("auto", "Auto", "CUDA, then MPS, then CPU"), ("cuda", "CUDA", "An NVIDIA GPU"),
                                 ("mps", "Apple (MPS)", "An Apple GPU"), ("cpu", "CPU", "The processor (slow)")])
+    cpu_threads: IntProperty(name="CPU Threads", default=0, min=0, max=256,
+                             description="Threads the backend computes with on the CPU (0: Auto, the cores other "
+                                         "programs leave free, measured before each job). Restarts the backend")
     editor_model: StringProperty(name="Editor Model", default="",
                                  description="Instruct-Pix2Pix model id or folder (empty: the backend's default)")
     detector_model: StringProperty(name="Grounding DINO", default="",
@@ -47,6 +50,7 @@ class Edit3DGSPreferences(bpy.types.AddonPreferences):
             col.progress(factor=setup.factor, text=f"{setup.state}: {setup.label}" if setup.state == "running"
                          else (setup.error or "backend installed"))
         col.prop(self, "device")
+        col.prop(self, "cpu_threads")
         box = col.box()
         box.label(text="Models")
         box.prop(self, "editor_model")

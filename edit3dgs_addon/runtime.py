@@ -56,14 +56,19 @@ def backend() -> Backend:
     python = os.environ.get("EDIT3DGS_BACKEND_PYTHON") or (bpy.path.abspath(p.backend_python) if p else "")
     device = p.device if p is not None else "auto"
     hang = p.hang_timeout if p is not None else 600.0
+    threads = str(p.cpu_threads) if p is not None and getattr(p, "cpu_threads", 0) > 0 else "auto"
     b = state.backend
-    if b is None or b.python != python or b.device != device:
+    if b is None or b.python != python or b.device != device or getattr(b, "threads", "auto") != threads:
         if b is not None:
             b.shutdown()
         b = state.backend = Backend(python, log_path(), device=device, hang_timeout=hang)
+        b.threads = threads
     b.hang_timeout = hang
     # Model downloads (Hugging Face) only with Blender's Online Access on; applies when the backend (re)starts.
-    b.env = None if bpy.app.online_access else {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "EDIT3DGS_THREADS": threads}
+    if not bpy.app.online_access:
+        env["HF_HUB_OFFLINE"] = "1"
+    b.env = env
     return b
 
 

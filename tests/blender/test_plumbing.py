@@ -241,3 +241,29 @@ def test_progress_text_has_the_stage_and_a_time_estimate():
     assert job.progress_text(now=110.0) == "refit 10/40, about 30 s left"
     job.done = 1
     assert job.progress_text(now=110.0) == "refit 1/40, about 6 min left"
+
+
+def test_cpu_threads_preference_reaches_the_backend(ext):
+    """Preferences > CPU Threads: the backend (re)starts with that many threads (EDIT3DGS_THREADS);
+    0 means Auto (the backend measures the cores other programs leave free before each job)."""
+    import bpy
+    from conftest import runtime_mod
+
+    rt = runtime_mod()
+    prefs = bpy.context.preferences.addons[ext.__name__].preferences
+
+    def backend_env():
+        b = rt.backend()
+        b.start()
+        raw = open(f"/proc/{b.proc.pid}/environ", "rb").read().split(b"\0")
+        return b, dict(x.decode().split("=", 1) for x in raw if b"=" in x)
+
+    try:
+        prefs.cpu_threads = 1
+        b1, env = backend_env()
+        assert env["EDIT3DGS_THREADS"] == "1"
+        prefs.cpu_threads = 0
+        b2, env = backend_env()
+        assert b2 is not b1 and env["EDIT3DGS_THREADS"] == "auto"
+    finally:
+        prefs.cpu_threads = 0
