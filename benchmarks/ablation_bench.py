@@ -67,7 +67,7 @@ def main() -> int:
             for v, r in rows[p]["variants"].items():
                 print(f"  edit time vs per-view: {v} {r['timings_s']['edit'] / base:.2f}x")
             for c in rows[p]["summary"].values():
-                print(f"  {'AGREES' if c['agrees'] else 'DOES NOT AGREE'}: {c['finding']}")
+                print(f"  {c.get('verdict', 'agrees' if c['agrees'] else 'disagrees').upper()}: {c['finding']}")
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)   # after every prompt: a cut run keeps its rows
             Path(a.out).write_text(json.dumps({"device": str(dev), "prompts": rows}, indent=1, default=str))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -174,7 +174,9 @@ def ablation_section(m: dict) -> str:
                     f"<td>{_fmt(ed['psnr_expression_edited_vs_ground_truth'])}</td>"
                     f"<td>{_fmt(st['self_reenactment']['psnr_expression_vs_ground_truth'])}</td>"
                     f"<td>{_fmt(r['timings_s'].get('edit'))} / {_fmt(r['seconds'])}</td></tr>")
-    claims = "".join(f"<li><b>{'agrees' if c['agrees'] else 'does not agree'}</b>: {html.escape(c['claim'])}. "
+    label = {"agrees": "agrees", "none": "no measurable effect", "disagrees": "does not agree"}
+    claims = "".join(f"<li><b>{label.get(c.get('verdict'), 'agrees' if c['agrees'] else 'does not agree')}</b>: "
+                     f"{html.escape(c['claim'])}. "
                      f"Measured: {html.escape(c['finding'])}.</li>" for c in a.get("summary", {}).values())
     return f"""<h2>The paper's ablation, against ground truth</h2>
 <p class="note">The same edit set edited four ways by the Instruct-Pix2Pix editor, each refit the same way. Colour spread:
