@@ -7,8 +7,8 @@ Workloads (subprocesses of the real CLI): ``edit`` is ``edit3dgs edit`` of the b
 the region editor (render + edit + refit, 2 timesteps); ``demo`` is ``edit3dgs demo`` (what ``make demo``
 runs). Thread settings: ``before`` = PyTorch's defaults as they were (as many threads as cores, idle
 threads spinning for a while: ``OMP_WAIT_POLICY`` left to libgomp); ``passive`` = the same threads,
-idle ones asleep; ``auto`` = this project's default (idle threads asleep, cores others leave free);
-``1``/``2`` = that many threads, asleep when idle. The neighbour is one Python busy loop. Prints the
+idle ones asleep (``OMP_WAIT_POLICY=PASSIVE``); ``auto`` = this project's default (the cores others
+leave free, measured at start); ``1``/``2`` = that many threads, asleep when idle. The neighbour is one Python busy loop. Prints the
 seconds alone and beside the neighbour and their ratio per setting; the last line is JSON.
 Run it on a quiet machine (anything else running is a second neighbour).
 """
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "before": {"OMP_WAIT_POLICY": "", "EDIT3DGS_THREADS": str(os.cpu_count() or 1)},
     "passive": {"OMP_WAIT_POLICY": "PASSIVE", "EDIT3DGS_THREADS": str(os.cpu_count() or 1)},
-    "auto": {"EDIT3DGS_THREADS": "auto"},
+    "auto": {"OMP_WAIT_POLICY": "", "EDIT3DGS_THREADS": "auto"},
     "1": {"OMP_WAIT_POLICY": "PASSIVE", "EDIT3DGS_THREADS": "1"},
     "2": {"OMP_WAIT_POLICY": "PASSIVE", "EDIT3DGS_THREADS": "2"},
 }

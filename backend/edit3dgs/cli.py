@@ -362,7 +362,6 @@ def interrupted_message(out, before: tuple | None) -> str:
 def main(argv=None) -> int:
     from . import threads
 
-    threads.prepare_environment()   # before PyTorch loads
     parser = build_parser()
     args, rest = [], list(sys.argv[1:] if argv is None else argv)
     while rest:  # "--up -y": argparse would take "-y" for an option

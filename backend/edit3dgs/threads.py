@@ -1,22 +1,20 @@
-"""CPU threads of the backend: how many, and how idle ones wait.
+"""CPU threads of the backend: as many as the cores other processes leave free.
 
 PyTorch's CPU kernels run on an OpenMP pool (GNU libgomp in the pip builds).
-Two things make that pool collapse when another process wants a core, as
-Blender always does beside the backend:
+Every parallel op ends at a barrier, and idle pool threads spin for a while
+before sleeping, so with as many threads as cores and one core taken by a
+neighbour (Blender, always, beside the backend) each of the many small ops
+waits for a descheduled thread: ``edit3dgs edit`` of the built-in avatar took
+3.7x longer beside one busy process (benchmarks/cpu_load_bench.py, 2 cores).
 
-* every parallel op ends at a barrier, so with as many threads as cores and
-  one core taken by a neighbour, each small op waits for a descheduled thread
-  (a scheduler slice, milliseconds, against microseconds of work);
-* idle pool threads spin (``OMP_WAIT_POLICY`` ACTIVE behaviour) and take the
-  CPU time the neighbour and the working thread need.
-
-So: idle threads sleep (``OMP_WAIT_POLICY=PASSIVE``, set before PyTorch loads
-unless the user set it), and the thread count is the cores this process may
-use minus those other processes keep busy, measured when the backend starts
-(``auto``; ``edit3dgs serve`` measures again before every job, since Blender's
-load changes), or what the user asks for (``--threads N``, ``EDIT3DGS_THREADS``,
-which the Blender preference "CPU Threads" sets for the backend).
-``benchmarks/cpu_load_bench.py`` measures the effect.
+So the thread count is the cores this process may use minus those other
+processes keep busy, measured when a command starts (``auto``; ``edit3dgs
+serve`` measures again before every job, since Blender's load changes), or
+what the user asks for (``--threads N``, ``EDIT3DGS_THREADS``, which the
+Blender preference "CPU Threads" sets for the backend). Idle threads keep
+libgomp's default waiting: making them sleep (``OMP_WAIT_POLICY=PASSIVE``)
+was measured too, and on 2 cores it made two threads no faster than one
+(53.5 vs 52.5 s alone) while the default is 1.5x faster when nothing else runs.
 """
 
 from __future__ import annotations
@@ -26,12 +24,6 @@ import time
 
 ENV = "EDIT3DGS_THREADS"
 _applied: dict = {}
-
-
-def prepare_environment() -> None:
-    """Idle OpenMP threads sleep instead of spinning. Effective only before PyTorch is imported
-    (libgomp reads it once); a value the user set is kept."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def available_cores() -> int:
