@@ -36,11 +36,9 @@ BENCH_MODEL = "benchmark-random-ip2p"
 def full_size_models(device, dtype, smoke: bool = False):
     """Random-weight Instruct-Pix2Pix components of the real sizes (``smoke``: small ones), registered
     in the loader's cache."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from edit3dgs.edit import ip2p
-    from edit3dgs.edit.mv_attention import install
     from tiny_models import tiny_clip_tokenizer
 
     with torch.device(device):
@@ -57,22 +55,30 @@ def full_size_models(device, dtype, smoke: bool = False):
         tok.model_max_length = 77
         te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                           num_attention_heads=12, max_position_embeddings=77, bos_token_id=0, eos_token_id=1))
+    return _register(tok, te, vae, unet, device, dtype)
+
+
+def _register(tok, te, vae, unet, device, dtype):
+    """Models in eval mode on ``device``, with Stable Diffusion's DDIM, registered in the editor's model
+    cache under BENCH_MODEL (so ``edit_images`` finds them); returns (models, UNet parameter count)."""
+    from diffusers import DDIMScheduler
+
+    from edit3dgs.edit import ip2p
+    from edit3dgs.edit.mv_attention import install
+
     for m in (unet, vae, te):
         m.to(device, dtype).eval().requires_grad_(False)
     sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                           set_alpha_to_one=False, steps_offset=1)
     models = ip2p.IP2PModels(tok, te, vae, unet, sched, torch.device(device), dtype, install(unet), BENCH_MODEL)
     ip2p._MODELS[(BENCH_MODEL, str(torch.device(device)), str(dtype), False)] = models
-    n = sum(p.numel() for p in unet.parameters())
-    return models, n
+    return models, sum(p.numel() for p in unet.parameters())
 
 
 def _smoke_models(device, dtype):
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from edit3dgs.edit import ip2p
-    from edit3dgs.edit.mv_attention import install
     from tiny_models import tiny_clip_text_config, tiny_clip_tokenizer
 
     unet = UNet2DConditionModel(
@@ -84,13 +90,7 @@ def _smoke_models(device, dtype):
                         norm_num_groups=32, sample_size=32)
     tok = tiny_clip_tokenizer(Path(tempfile.mkdtemp()) / "tok")
     te = CLIPTextModel(tiny_clip_text_config(len(tok)))
-    for m in (unet, vae, te):
-        m.to(device, dtype).eval().requires_grad_(False)
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
-    models = ip2p.IP2PModels(tok, te, vae, unet, sched, torch.device(device), dtype, install(unet), BENCH_MODEL)
-    ip2p._MODELS[(BENCH_MODEL, str(torch.device(device)), str(dtype), False)] = models
-    return models, sum(p.numel() for p in unet.parameters())
+    return _register(tok, te, vae, unet, device, dtype)
 
 
 def rig_views(n: int, size: int):
