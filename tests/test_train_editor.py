@@ -108,7 +108,7 @@ def test_training_a_tiny_model_writes_a_folder_the_editor_loads(tmp_path):
     """A few steps of the tiny configuration: the folder loads through ``load_ip2p`` (the user-facing
     loader) and edits an image at its native size; manifest, loss log, curve and model card are there."""
     from edit3dgs.edit.ip2p import IP2PSettings, clear_cache, edit_images, load_ip2p
-    from edit3dgs.edit.train import TrainConfig, train_editor
+    from edit3dgs.edit.train import VAE_PROBE_EDITS, TrainConfig, train_editor
     from edit3dgs.errors import Edit3DGSError
 
     out = tmp_path / "model"
@@ -144,7 +144,11 @@ def test_training_a_tiny_model_writes_a_folder_the_editor_loads(tmp_path):
         train_editor(dataclasses.replace(cfg, lr=1e-3, steps=4), resume=True, log=lambda s: None)
     cfg.steps = 4
     train_editor(cfg, resume=True, log=lambda s: None)
-    assert json.loads((out / "training_manifest.json").read_text())["steps_done"] == 4
+    m2 = json.loads((out / "training_manifest.json").read_text())
+    assert m2["steps_done"] == 4
+    # The resumed run trains on the bank it began with, and the manifest counts it once.
+    assert m2["draws"] == m["draws"] and m2["instructions"]["phrasings"] == m["instructions"]["phrasings"]
+    assert set(m["state"]["vae_psnr_held_out_edits"]) == set(VAE_PROBE_EDITS)
     # The saved scheduler says what the UNet predicts; a model is continued only as what it is.
     sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
     assert sched["prediction_type"] == cfg.prediction == "v_prediction"
@@ -182,6 +186,22 @@ def test_builtin_model_loads_offline_on_cpu_keeps_the_head_and_makes_it_older(ti
     s = sample_scores(img, out, gt)
     assert s["psnr_outside_vs_original"] > 30, s                              # the head comes back ...
     assert s["psnr_inside_vs_gt"] > s["unedited_inside_vs_gt"] + 3, s          # ... older where it should be
+
+
+def test_vae_loss_weighs_the_pixels_an_edit_changed():
+    """The VAE learns edited colours, not only the colours it sees most: a pixel the exact edit
+    changed weighs ``1 + edit_weight``; unchanged pixels and the originals weigh 1."""
+    from edit3dgs.edit.train import vae_pixel_weights
+
+    orig = torch.full((2, 8, 6, 3), 0.5)
+    edited = orig.clone()
+    edited[1, 2:4, 1:3, 2] = 0.9                              # a blue patch on image 1
+    edited[1, 0, 0] = 0.51                                    # below the threshold: not an edit
+    w = vae_pixel_weights(torch.cat([orig[:1], orig[1:]]), torch.cat([orig[:1], edited[1:]]), 4.0)
+    assert w.shape == (2, 1, 8, 6)
+    assert (w[0] == 1).all()
+    assert (w[1, 0, 2:4, 1:3] == 5).all() and w[1].sum() == 8 * 6 + 4 * 4
+    assert (vae_pixel_weights(orig, edited, 0.0) == 1).all()
 
 
 def test_loss_weights_favour_the_edit_and_the_noisy_steps():

@@ -67,7 +67,7 @@ def register(sub) -> None:
     s.add_argument("--arch", default="small", choices=("small", "tiny"), help="model size (tiny: for tests)")
     s.add_argument("--random-identities", type=int, default=14, help="random heads besides the two built-in ones")
     s.add_argument("--groups", type=int, default=4, help="identity-timestep groups per batch (x8 views x4 edits)")
-    s.add_argument("--bank", type=int, default=160, help="batches rendered once for the UNet phase (0: render every step)")
+    s.add_argument("--bank", type=int, default=160, help="batches rendered once, for the VAE and the UNet phases (0: render every step)")
     s.add_argument("--checkpoint-every", type=int, default=500)
     s.add_argument("--no-samples", action="store_true", help="skip the sample-edits figure")
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")

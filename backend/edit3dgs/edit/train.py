@@ -41,6 +41,7 @@ step, data-sampler state).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import platform
@@ -100,7 +101,7 @@ class TrainConfig:
     vae_lr: float = 1e-3
     warmup: int = 200
     ema: float = 0.998
-    bank: int = 160                  # batches rendered and encoded once for the UNet phase (0: render every step)
+    bank: int = 160                  # batches rendered once for both phases (0: render every step)
     conditioning_dropout: float = 0.05
     prediction: str = "v_prediction"  # or "epsilon" (Instruct-Pix2Pix's); saved in the scheduler config
     init_vae: str | None = None      # a model folder whose trained VAE to reuse (skips the VAE phase)
@@ -181,11 +182,21 @@ def conditioning_dropout_masks(n: int, prob: float, generator: torch.Generator |
     return p < 2 * prob, (p >= prob) & (p < 3 * prob)
 
 
-def edit_mask(original: torch.Tensor, edited: torch.Tensor, latent_hw, threshold: float = 0.02) -> torch.Tensor:
+EDIT_THRESHOLD = 0.02   # a pixel the exact edit changes by more than this (any channel) is "edited"
+
+
+def edit_mask(original: torch.Tensor, edited: torch.Tensor, latent_hw, threshold: float = EDIT_THRESHOLD) -> torch.Tensor:
     """(B,1,h,w) float: 1 where any pixel of the latent pixel's image patch changes by more than
     ``threshold`` between ``original`` and ``edited`` (B,H,W,3)."""
     changed = ((edited - original).abs().amax(-1) > threshold).float()[:, None]
     return F.adaptive_max_pool2d(changed, tuple(int(v) for v in latent_hw))
+
+
+def vae_pixel_weights(original: torch.Tensor, target: torch.Tensor, edit_weight: float) -> torch.Tensor:
+    """(B,1,H,W) reconstruction-loss weights of the images ``target`` (B,H,W,3): ``1 + edit_weight``
+    on pixels that differ from ``original`` by more than ``EDIT_THRESHOLD``, 1 elsewhere."""
+    changed = ((target - original).abs().amax(-1) > EDIT_THRESHOLD).float()
+    return (1 + edit_weight * changed)[:, None]
 
 
 def weighted_loss(pred: torch.Tensor, target: torch.Tensor, alpha_bar: torch.Tensor, edit: torch.Tensor,
@@ -367,24 +378,61 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
     if state["phase"] == "vae" and cfg.init_vae:
         sf0 = float(vae.config.scaling_factor)
         state.update(phase="unet", step=0, scaling_factor=sf0, vae_from=_vae_origin(Path(cfg.init_vae)))
+        if cfg.init_model:
+            state["model_from"] = _model_origin(Path(cfg.init_model))
         state["vae_psnr_held_out"] = _vae_psnr(vae, identities, cfg, dev)
+        state["vae_psnr_held_out_edits"] = _vae_psnr_edits(vae, identities[0], cfg, dev)
         log(f"[train-editor] VAE from {cfg.init_vae}: scaling factor {sf0:.4f}, "
-            f"reconstruction PSNR on held-out-camera renders {state['vae_psnr_held_out']:.2f} dB")
+            f"reconstruction PSNR on held-out-camera renders {state['vae_psnr_held_out']:.2f} dB, "
+            f"inside the regions of held-out-camera edits {_fmt_psnrs(state['vae_psnr_held_out_edits'])}")
+    # The bank: ``cfg.bank`` data batches rendered once (rendering every step would leave the GPU
+    # waiting on the rasterizer for models this small); both phases draw from it.
+    bank = None
+    if cfg.bank > 0 and (state["phase"] == "vae" or state["step"] < cfg.steps):
+        t_bank = time.perf_counter()
+        now = data.rng.getstate()
+        if "bank_rng" in state:     # resumed: the same bank as the run began with
+            data.rng.setstate(state["bank_rng"])
+        else:
+            state["bank_rng"] = now
+        log_before = copy.deepcopy(data.log)
+        bank = render_bank(data, cfg, dev)
+        if resume:
+            data.rng.setstate(now)
+            data.log = log_before
+        state["seconds"]["bank"] = round(time.perf_counter() - t_bank, 1)
+        state["bank_pairs"] = len(bank["prompts"])
+        log(f"[train-editor] bank of {state['bank_pairs']} rendered pairs in {state['seconds']['bank']} s")
+
+    def vae_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (NCHW in [-1, 1]) for one VAE step, half originals, half edits, and each pixel's
+        loss weight: ``1 + edit_weight`` where the edit changed it (a recoloured lip is a few
+        hundred pixels of an image; unweighted, a VAE trained on these images returns the lips
+        and the hair in the colours it saw most)."""
+        n = cfg.groups * cfg.views
+        if bank is not None:
+            i, j = (torch.randint(0, len(bank["prompts"]), (n,), device=dev) for _ in range(2))
+            o, e, eo = bank["original"][i].float(), bank["edited"][j].float(), bank["original"][j].float()
+        else:
+            b = data.batch(cfg.groups, cfg.views, 1)
+            o, e = b["original"].to(dev), b["edited"].to(dev)
+            eo = o
+        return _to_nchw(torch.cat([o, e])), vae_pixel_weights(torch.cat([o, eo]), torch.cat([o, e]), cfg.edit_weight)
+
     if state["phase"] == "vae":
         t0 = time.perf_counter()
         vae.train()
         bar = tqdm(total=cfg.vae_steps, initial=state["step"], desc="vae", unit="step", dynamic_ncols=True)
         while state["step"] < cfg.vae_steps:
-            b = data.batch(cfg.groups, cfg.views, 1)
-            x = _to_nchw(torch.cat([b["original"], b["edited"]]).to(dev))
+            x, w = vae_batch()
             lr = _lr(state["step"], cfg.vae_steps, cfg.vae_lr, cfg.warmup)
             for g_ in opt_vae.param_groups:
                 g_["lr"] = lr
             with torch.autocast(**amp):
                 post = vae.encode(x).latent_dist
                 rec = vae.decode(post.sample()).sample
-            rec = rec.float()
-            loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.kl_weight * post.kl().mean()
+            err = rec.float() - x
+            loss = (w * (err.abs() + err ** 2)).mean() + cfg.kl_weight * post.kl().mean()
             opt_vae.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -398,12 +446,14 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
         vae.eval()
         # Latent scaling so the diffusion sees unit variance (Stable Diffusion's 0.18215 is this for its VAE).
         with torch.no_grad():
-            zs = [vae.encode(_to_nchw(data.batch(cfg.groups, cfg.views, 1)["edited"].to(dev))).latent_dist.mode() for _ in range(4)]
+            zs = [vae.encode(vae_batch()[0][cfg.groups * cfg.views:]).latent_dist.mode() for _ in range(4)]
         state.update(phase="unet", step=0, scaling_factor=float(1.0 / torch.cat(zs).float().std()))
         state["seconds"]["vae"] = round(time.perf_counter() - t0, 1)
         state["vae_psnr_held_out"] = _vae_psnr(vae, identities, cfg, dev)
+        state["vae_psnr_held_out_edits"] = _vae_psnr_edits(vae, identities[0], cfg, dev)
         log(f"[train-editor] VAE done: scaling factor {state['scaling_factor']:.4f}, "
-            f"reconstruction PSNR on held-out-camera renders {state['vae_psnr_held_out']:.2f} dB")
+            f"reconstruction PSNR on held-out-camera renders {state['vae_psnr_held_out']:.2f} dB, "
+            f"inside the regions of held-out-camera edits {_fmt_psnrs(state['vae_psnr_held_out_edits'])}")
         save_checkpoint()
     vae.requires_grad_(False).eval()
     vae.register_to_config(scaling_factor=state["scaling_factor"])
@@ -412,26 +462,26 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
     def encode_batch(b: dict):
         """A data batch -> (conditioning latents (unscaled), target latents (scaled), token ids, edit mask
         (B,1,h,w): latent pixels whose image patch the edit changes)."""
-        cond = vae.encode(_to_nchw(b["original"].to(dev))).latent_dist.mode()
-        target = vae.encode(_to_nchw(b["edited"].to(dev))).latent_dist.mode() * sf
-        ids = tok(b["prompts"], padding="max_length", max_length=arch.max_tokens, truncation=True,
+        o, e = b["original"].to(dev).float(), b["edited"].to(dev).float()
+        cond = vae.encode(_to_nchw(o)).latent_dist.mode()
+        target = vae.encode(_to_nchw(e)).latent_dist.mode() * sf
+        ids = tok(list(b["prompts"]), padding="max_length", max_length=arch.max_tokens, truncation=True,
                   return_tensors="pt").input_ids.to(dev)
-        return cond, target, ids, edit_mask(b["original"].to(dev), b["edited"].to(dev), target.shape[-2:])
+        return cond, target, ids, edit_mask(o, e, target.shape[-2:], EDIT_THRESHOLD)
 
-    # 3. The UNet and the text encoder, on a bank of encoded pairs (rendering every step would
-    # leave the GPU waiting on the rasterizer for a model this small).
-    bank = None
-    if cfg.bank > 0 and state["step"] < cfg.steps:
-        t_bank = time.perf_counter()
+    # 3. The UNet and the text encoder, on the bank encoded once by the frozen VAE.
+    ebank = None
+    if bank is not None and state["step"] < cfg.steps:
+        t_enc = time.perf_counter()
         conds, targets, toks, masks = [], [], [], []
+        chunk = cfg.groups * cfg.views * cfg.edits
         with torch.no_grad():
-            for _ in tqdm(range(cfg.bank), desc="bank", unit="batch", dynamic_ncols=True):
-                c, tg, ids, m = encode_batch(data.batch(cfg.groups, cfg.views, cfg.edits))
+            for s0 in range(0, len(bank["prompts"]), chunk):
+                c, tg, ids, m = encode_batch({k: v[s0:s0 + chunk] for k, v in bank.items()})
                 conds.append(c.half()), targets.append(tg.half()), toks.append(ids), masks.append(m.bool())
-        bank = (torch.cat(conds), torch.cat(targets), torch.cat(toks), torch.cat(masks))
-        state["seconds"]["bank"] = round(time.perf_counter() - t_bank, 1)
-        state["bank_pairs"] = int(bank[0].shape[0])
-        log(f"[train-editor] bank of {bank[0].shape[0]} encoded pairs in {state['seconds']['bank']} s")
+        ebank = (torch.cat(conds), torch.cat(targets), torch.cat(toks), torch.cat(masks))
+        del bank
+        state["seconds"]["bank_encode"] = round(time.perf_counter() - t_enc, 1)
     t0 = time.perf_counter()
     budget = None if cfg.minutes is None else cfg.minutes * 60
     pause = None if cfg.pause_minutes is None else cfg.pause_minutes * 60
@@ -447,9 +497,9 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
         if pause is not None and time.perf_counter() - t0 > pause:
             paused = True
             break
-        if bank is not None:
-            pick = torch.randint(0, bank[0].shape[0], (cfg.groups * cfg.views * cfg.edits,), device=dev)
-            cond, target, ids, emask = bank[0][pick].float(), bank[1][pick].float(), bank[2][pick], bank[3][pick]
+        if ebank is not None:
+            pick = torch.randint(0, ebank[0].shape[0], (cfg.groups * cfg.views * cfg.edits,), device=dev)
+            cond, target, ids, emask = ebank[0][pick].float(), ebank[1][pick].float(), ebank[2][pick], ebank[3][pick]
         else:
             with torch.no_grad():
                 cond, target, ids, emask = encode_batch(data.batch(cfg.groups, cfg.views, cfg.edits))
@@ -500,6 +550,48 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
     return out
 
 
+@torch.no_grad()
+def render_bank(data, cfg: TrainConfig, dev) -> dict:
+    """``cfg.bank`` data batches rendered once: ``original``/``edited`` (N,H,W,3) fp16 on ``dev``, ``prompts``."""
+    from tqdm import tqdm
+
+    orig, edited, prompts = [], [], []
+    for _ in tqdm(range(cfg.bank), desc="bank", unit="batch", dynamic_ncols=True):
+        b = data.batch(cfg.groups, cfg.views, cfg.edits)
+        orig.append(b["original"].to(dev, torch.float16)), edited.append(b["edited"].to(dev, torch.float16))
+        prompts += b["prompts"]
+    return {"original": torch.cat(orig), "edited": torch.cat(edited), "prompts": prompts}
+
+
+VAE_PROBE_EDITS = ("make the hair blue", "give her red lips", "green eyes", "make him look older")
+
+
+@torch.no_grad()
+def _vae_psnr_edits(vae, ident, cfg: TrainConfig, dev) -> dict:
+    """Reconstruction PSNR of the VAE inside the edited region of camera-8 renders of exact edits:
+    the ceiling of what any editor decoding through this VAE can reach there."""
+    from ..cameras import HELD_OUT_CAMERA, camera_rig
+    from ..editor_data import EditorDataset, ground_truth_gaussians
+    from ..metrics import finite, psnr
+
+    cam = [c.scaled(0.2) for c in camera_rig() if c.index == HELD_OUT_CAMERA]
+    ds = EditorDataset([ident], size=cfg.size)
+    verts = ident.bundle.pose(ident.params, [ident.params.num_timesteps // 3])[0]
+    orig = ds._render(ident.bundle, ident.bundle.gaussians, verts, cam)
+    out = {}
+    for p in VAE_PROBE_EDITS:
+        gt = ds._render(ident.bundle, ground_truth_gaussians(ident.bundle, ident.bundle.gaussians, p, ident.references), verts, cam)
+        inside = ((gt - orig).abs().amax(-1) > EDIT_THRESHOLD).float()
+        rec = vae.decode(vae.encode(_to_nchw(gt.to(dev))).latent_dist.mode()).sample
+        rec = ((rec.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+        out[p] = finite(round(float(psnr(rec, gt.to(dev), inside.to(dev))), 2))
+    return out
+
+
+def _fmt_psnrs(d: dict) -> str:
+    return ", ".join(f'"{k}" {v} dB' for k, v in d.items())
+
+
 def _vae_origin(folder: Path) -> dict:
     """Where a reused VAE was trained (from its folder's training manifest, when it has one)."""
     out = {"folder": str(folder)}
@@ -507,6 +599,20 @@ def _vae_origin(folder: Path) -> dict:
         m = json.loads((folder / "training_manifest.json").read_text())
         out.update(steps=m["config"]["vae_steps"], kl_weight=m["config"]["kl_weight"],
                    seconds=m["state"]["seconds"].get("vae"), hardware=m.get("hardware"))
+        # VAEs trained since the pixel weights record their ceiling on edits
+        out["edit_weight"] = m["config"]["edit_weight"] if "vae_psnr_held_out_edits" in m["state"] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return out
+
+
+def _model_origin(folder: Path) -> dict:
+    """The run a continued model (--init-model) comes from: its configuration, UNet steps and time."""
+    out = {"folder": str(folder)}
+    try:
+        m = json.loads((folder / "training_manifest.json").read_text())
+        out.update(config=m["config"], steps=int(m["steps_done"]), unet_seconds=m["state"]["seconds"].get("unet"),
+                   vae_seconds=m["state"]["seconds"].get("vae"), hardware=m.get("hardware"))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return out
@@ -558,7 +664,7 @@ def save_model(out: Path, tok, te, vae, unet, cfg: TrainConfig, state: dict, man
         "recommended": {"steps": 20, "guidance_text": 7.5, "guidance_image": 1.5},
         "knows": "the built-in head only (not real faces)"}, indent=1))
     (out / "training_manifest.json").write_text(json.dumps({
-        "config": asdict(cfg), "state": {k: v for k, v in state.items() if k != "step"},
+        "config": asdict(cfg), "state": {k: v for k, v in state.items() if k not in ("step", "bank_rng")},
         "steps_done": state["step"], "hardware": _hardware(dev), **manifest}, indent=1, default=str))
 
 
@@ -661,6 +767,13 @@ def reproduce_command(cfg: TrainConfig, out: str = "DIR") -> str:
 
 
 def _card_reproduce(cfg: TrainConfig, state: dict, hardware: str) -> str:
+    first = state.get("model_from") or {}
+    if cfg.init_model and first.get("config"):
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        fc = TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in first["config"].items() if k in known})
+        return (f"Two runs (the second continues the first one's model, VAE included; {hardware}):\n"
+                f"`{reproduce_command(fc, 'FIRST')}`, then\n"
+                f"`{reproduce_command(replace(cfg, init_vae=None, init_model='FIRST'))}`")
     src = state.get("vae_from") or {}
     if cfg.init_vae and src.get("steps") is not None and not cfg.init_model:
         first = TrainConfig(out="", vae_steps=int(src["steps"]), random_identities=cfg.random_identities, seed=cfg.seed)
@@ -701,11 +814,27 @@ def write_model_card(out: Path, cfg: TrainConfig, state: dict, manifest: dict) -
              for p in out.iterdir() if p.is_dir() and p.name != "checkpoints"}
     src = state.get("vae_from")
     if src:
-        vae_line = (f"{src.get('steps', '?')} steps (L1 + MSE + {src.get('kl_weight', cfg.kl_weight):g} KL) in an "
-                    f"earlier run of this command, reused with --init-vae")
+        weighted = (f", weighted 1 + {src['edit_weight']:g} on pixels an edit changed,"
+                    if src.get("edit_weight") is not None else "")
+        vae_line = (f"{src.get('steps', '?')} steps (L1 + MSE{weighted} + {src.get('kl_weight', cfg.kl_weight):g} KL) "
+                    f"in an earlier run of this command, reused")
         vae_seconds = src.get("seconds", "?")
     else:
-        vae_line, vae_seconds = f"{cfg.vae_steps} steps (L1 + MSE + {cfg.kl_weight:g} KL)", state["seconds"].get("vae", 0)
+        vae_line = (f"{cfg.vae_steps} steps (L1 + MSE, weighted 1 + {cfg.edit_weight:g} on pixels an edit changed, "
+                    f"+ {cfg.kl_weight:g} KL) on the bank's originals and edits")
+        vae_seconds = state["seconds"].get("vae", 0)
+    edits = state.get("vae_psnr_held_out_edits") or {}
+    vae_edits = (f"; inside the edited region of held-out-camera exact edits (the ceiling of any edit decoded "
+                 f"through it): {_fmt_psnrs(edits)}") if edits else ""
+    first = state.get("model_from") or {}
+    unet_seconds = state["seconds"].get("unet", 0)
+    if first.get("steps") is not None:
+        unet_line = (f"{first['steps'] + m['steps_done']} steps ({first['steps']} in an earlier run, continued here "
+                     f"for {m['steps_done']} with a fresh optimiser)")
+        unet_seconds = f"{first.get('unet_seconds')} + {unet_seconds}"
+    else:
+        unet_line = f"{m['steps_done']} steps"
+    snr = f"Min-SNR-gamma {cfg.snr_gamma:g}" if cfg.snr_gamma else "none (plain MSE, Min-SNR off)"
     status, reproduce = _card_status(out), _card_reproduce(cfg, state, m.get("hardware", ""))
     samples = ""
     if (out / "samples.txt").is_file():
@@ -748,14 +877,14 @@ and be measured against exact ground truth. `--model builtin` selects it.
 ## Training
 - VAE: {vae_line}, then frozen; latent scaling factor
   {state.get('scaling_factor', float('nan')):.4f}; reconstruction PSNR on held-out-camera renders
-  {state.get('vae_psnr_held_out', float('nan')):.2f} dB.
-- UNet + text encoder: {m['steps_done']} steps of the Instruct-Pix2Pix objective ({cfg.prediction}, MSE),
-  loss weights Min-SNR-gamma {cfg.snr_gamma} and edit-region weight {cfg.edit_weight},
+  {state.get('vae_psnr_held_out', float('nan')):.2f} dB{vae_edits}.
+- UNet + text encoder: {unet_line} of the Instruct-Pix2Pix objective ({cfg.prediction}, MSE),
+  loss weights: {snr}; edit-region weight {cfg.edit_weight},
   batch {cfg.groups * cfg.views * cfg.edits}, AdamW lr {cfg.lr:g} (warm-up, cosine), conditioning dropout
   {cfg.conditioning_dropout} (text {cfg.conditioning_dropout:g}, both {cfg.conditioning_dropout:g},
   image {cfg.conditioning_dropout:g}), EMA {cfg.ema} (the saved weights), seed {cfg.seed}.
 - Time: data set-up {state['seconds'].get('data', 0)} s, VAE {vae_seconds} s,
-  UNet {state['seconds'].get('unet', 0)} s on {m['hardware']}.
+  UNet {unet_seconds} s on {m['hardware']}.
 - Sizes: {', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in sorted(sizes.items()))} (fp16 safetensors).
 - Loss curve: `loss_curve.png` (log: `loss_log.csv`); sample edits on the held-out camera: `samples.png`.
 {samples}
