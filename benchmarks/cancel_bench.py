@@ -5,7 +5,9 @@
 
 It drives ``edit3dgs serve --device cpu`` as a subprocess, exactly as the Blender bridge does, with
 the built-in avatar as Blender imports it (``edit3dgs make-avatar``'s defaults) and the edit the panel
-starts by default (the region editor, the avatar's cameras, 8 timesteps, the CPU's render scale).
+starts by default (the region editor, the avatar's 15 cameras, the CPU's render scale) on 3 timesteps
+(8 by default: more of the same loops before the later stages begin; the save trials fit 1 iteration
+per timestep to reach the save sooner).
 For each stage it starts an edit job, waits for the job's first progress message of that stage, waits
 a further random 0-0.4 s (so the cancel lands anywhere in the stage's loop), sends ``cancel`` and times
 the reply that ends the job. Every trial also checks what the job left: the reply must be
@@ -85,7 +87,9 @@ class Serve:
 
 
 def job_settings(stage: str) -> dict:
-    s = {"prompt": "make the hair blue"}
+    # The panel's default edit but 3 timesteps instead of 8: the same loops (15 views a render step at the
+    # CPU's scale), fewer of them before the later stages begin.
+    s = {"prompt": "make the hair blue", "num_timesteps": 3}
     if stage == "save":
         s["iters_per_batch"] = 1  # reach the save quickly; the save itself is the same
     return s

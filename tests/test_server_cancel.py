@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_cli_errors import tiny_avatar  # noqa: F401  (fixture)
 from test_server import Serve
 
 CANCEL_BOUND_S = 10.0  # the test's bound; the promise (2 s) is the benchmark's to show
@@ -98,3 +99,106 @@ def test_cancel_at_each_stage_beside_busy_neighbours(busy_server, builtin_avatar
     assert tree_hash(builtin_avatar_dir) == before, f"cancel at {stage}: the input avatar {builtin_avatar_dir} changed"
     srv.send("ping", {})  # and the server carries on
     assert srv.until({"pong"}, timeout=60)[0] == "pong"
+
+
+def test_cancel_stops_inside_a_render_not_after_it(busy_server, builtin_avatar_dir, tmp_path):
+    """The cancel is answered in less than half the time one timestep's render takes (measured in the same
+    job, beside the same neighbours): the render checks between its chunks, not only between timesteps."""
+    srv = busy_server
+    jid = "cancel-inside-render"
+    settings = {"prompt": "make the hair blue", "num_timesteps": 3}  # the avatar's 15 cameras at the CPU's scale
+    srv.send("job", {"id": jid, "kind": "edit", "args": {"avatar": str(builtin_avatar_dir), "out_dir": str(tmp_path / "a"),
+                                                         "settings": settings}})
+    seen = {}
+    while True:
+        k, p = srv.recv(300)
+        if p.get("id") != jid:
+            continue
+        if k == "progress" and p["stage"] == "render" and p["done"] not in seen:
+            seen[p["done"]] = time.monotonic()
+            if p["done"] == 2:
+                srv.send("cancel", {"id": jid})
+            continue
+        if k != "progress":
+            break
+    assert k == "cancelled", f"expected the reply 'cancelled', found '{k}': {p}"
+    one = seen[2] - seen[1]  # one timestep: its 15 views and their region masks
+    took = time.monotonic() - seen[2]
+    assert one > 0.2, f"expected one timestep's render to take a measurable time, found {one:.3f} s"
+    assert took < one / 2, f"expected the cancel answered within half a timestep's render ({one / 2:.2f} s), found {took:.2f} s"
+    assert not (tmp_path / "a").exists() and os.listdir(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def quiet_server():
+    s = _serve()
+    yield s
+    _close(s)
+
+
+def _writing_jobs(avatar: Path, tmp: Path) -> list[tuple[str, str, dict, object]]:
+    """(label, job kind, args, where the output goes) for every job kind that writes and every output it has."""
+    cams, motion = tmp / "shot_cams.json", tmp / "shot_motion.npz"
+    base = {
+        "export_rig": {"avatar": str(avatar)},
+        "world_positions": {"avatar": str(avatar), "params": {}},
+        "edit": {"avatar": str(avatar), "settings": {"prompt": "make the hair blue", "overwrite": True}},
+        "region_masks": {"avatar": str(avatar), "camera": {"c2w": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 1]],
+                                                           "fx": 50, "fy": 50, "cx": 32, "cy": 32, "w": 64, "h": 64},
+                         "regions": ["hair"]},
+        "render_shot": {"avatar": str(avatar), "cameras": str(cams), "flame_params": str(motion)},
+    }
+    outputs = [("export_rig", "out"), ("world_positions", "out"), ("edit", "out_dir"), ("edit", "npz"),
+               ("region_masks", "out"), ("render_shot", "outputs"), ("render_shot", "work_dir")]
+    return [(f"{kind}.{key}", kind, base[kind], key) for kind, key in outputs]
+
+
+@pytest.mark.parametrize("case", ["equal", "inside", "parent", "dotdot", "symlink"])
+def test_no_job_writes_onto_into_or_over_its_input(quiet_server, tiny_avatar, tmp_path, case):  # noqa: F811
+    """Issue 17, item 1, for every job kind that writes and every output path it takes."""
+    srv = quiet_server
+    (tmp_path / "link").symlink_to(tiny_avatar, target_is_directory=True)
+    (tmp_path / "x").mkdir()
+    target = {"equal": tiny_avatar, "inside": tiny_avatar / "out", "parent": tmp_path,
+              "dotdot": tmp_path / "x" / ".." / tiny_avatar.name / "out", "symlink": tmp_path / "link" / "out"}[case]
+    before = tree_hash(tmp_path)
+    for label, kind, args, key in _writing_jobs(tiny_avatar, tmp_path):
+        if case == "parent" and key == "work_dir":
+            continue  # a shot writes only work_dir/frames: the avatar's parent as work_dir is no parent of the output
+        jid = f"{case}-{label}"
+        args = {**args, key: [str(target)] if key == "outputs" else str(target)}
+        if key == "npz":
+            args["out_dir"] = str(tmp_path / "elsewhere" / "v1")
+        if kind == "render_shot":
+            args.setdefault("outputs", [str(tmp_path / "elsewhere" / "f.png")])
+            args.setdefault("work_dir", str(tmp_path / "elsewhere" / "work"))
+        srv.send("job", {"id": jid, "kind": kind, "args": args})
+        k, p = srv.until({"done", "error", "cancelled"}, jid, timeout=120)
+        assert k == "error" and p["kind"] == "input", f"{label} -> {target}: expected a refusal, found '{k}': {p}"
+        assert "outside every input" in p["message"] and f"job argument '{key}'" in p["message"], \
+            f"{label} -> {target}: expected the one-line error naming the argument and the input, found {p['message']!r}"
+        assert "\n" not in p["message"]
+        assert tree_hash(tmp_path) == before, f"{label} -> {target}: the files under {tmp_path} changed"
+
+
+def test_overwrite_never_replaces_a_folder_this_project_did_not_write(quiet_server, builtin_avatar_dir, tmp_path):
+    """Issue 17, item 2: an edit with overwrite on, onto a folder of someone else's files, is refused before it
+    runs, and the folder is as it was."""
+    srv = quiet_server
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"irreplaceable")
+    before, avatar_before = tree_hash(tmp_path), tree_hash(builtin_avatar_dir)
+    srv.send("job", {"id": "ow", "kind": "edit", "args": {"avatar": str(builtin_avatar_dir), "out_dir": str(photos),
+                                                          "settings": {"prompt": "make the hair blue", "overwrite": True}}})
+    stages = []
+    while True:
+        k, p = srv.recv(300)
+        if p.get("id") == "ow" and k == "progress":
+            stages.append(p["stage"])
+        elif p.get("id") == "ow":
+            break
+    assert k == "error" and p["kind"] == "input" and "a folder this program wrote" in p["message"] \
+        and str(photos) in p["message"], f"expected the refusal naming {photos}, found '{k}': {p}"
+    assert stages == [], f"expected the refusal before any work, found progress of {sorted(set(stages))}"
+    assert tree_hash(tmp_path) == before and tree_hash(builtin_avatar_dir) == avatar_before
