@@ -16,12 +16,13 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from .avatar import GaussianAvatar, WorldGaussians
+from .cancel import check as check_cancel
 from .errors import Edit3DGSError
 from .flame import FLAME_N_FACES, FLAME_N_VERTS, FlameHead, canonical_region, load_flame_model
 from .flame_params import FlameParams
@@ -180,17 +181,23 @@ class AvatarBundle:
 
     # -- saving ---------------------------------------------------------------------
     def save(self, out: os.PathLike | str, gaussians: GaussianAvatar | None = None, extra_meta: dict | None = None,
-             extra_files: dict | None = None, overwrite: bool = False) -> Path:
+             extra_files: dict | None = None, overwrite: bool = False,
+             before_commit: Callable[[Path], None] | None = None) -> Path:
         """Write a new avatar folder (atomically; never over the input).
 
-        ``extra_files`` maps relative names to callables ``fn(path)`` that write them.
+        ``extra_files`` maps relative names to callables ``fn(path)`` that write them;
+        ``before_commit(tmp)`` runs on the complete temporary folder just before it is renamed
+        into place (the last moment a cancel or a failure leaves nothing at ``out``). A cancelled
+        job (``cancel.check``) stops between files, and nothing is left at ``out``.
         """
         out = Path(out)
         check_output(out, {"avatar": self.folder, "head model": self.head_path})
         g = self.gaussians if gaussians is None else gaussians
         with atomic_dir(out, overwrite=overwrite) as tmp:
             g.save_ply(tmp / "point_cloud.ply")
+            check_cancel()
             self.params.save(tmp / "flame_param.npz")
+            check_cancel()
             meta = dict(self.meta)
             meta.setdefault("format", "edit3dgs-avatar")
             meta.setdefault("version", 1)
@@ -210,6 +217,7 @@ class AvatarBundle:
             if seqs.is_dir():
                 root = self.folder.resolve()
                 for src in sorted(seqs.rglob("*")):
+                    check_cancel()
                     if src.is_file() and src.resolve().is_relative_to(root):  # never a file from outside the avatar
                         dst = tmp / src.relative_to(self.folder)
                         if not dst.exists():
@@ -220,8 +228,12 @@ class AvatarBundle:
             meta.update(extra_meta or {})
             (tmp / AVATAR_JSON).write_text(json.dumps(meta, indent=1))
             for name, fn in (extra_files or {}).items():
+                check_cancel()
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 fn(tmp / name)
+            if before_commit is not None:
+                before_commit(tmp)
+            check_cancel()  # the last check: after it the folder is renamed into place
         return out
 
 

@@ -129,6 +129,21 @@ def atomic_path(path: os.PathLike | str, overwrite: bool = True) -> Iterator[Pat
             tmp.unlink()
 
 
+def check_dir_output(path: os.PathLike | str, overwrite: bool = False) -> None:
+    """The refusals of ``atomic_dir``, without writing: a long job calls it before it starts, so
+    that an output it may not write is refused at once rather than after the work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise Edit3DGSError(path, "an output folder", "a file")
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise Edit3DGSError(path, "an empty or new output folder (or --overwrite)", "a folder with files in it")
+        if not is_project_folder(path):
+            raise Edit3DGSError(path, f"a folder this program wrote (with its '{MARKER}' marker) to overwrite",
+                                "a folder without it; nothing was changed (an output of an older version: "
+                                "remove it yourself)")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: os.PathLike | str, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; rename it to ``path`` on success.
@@ -142,15 +157,7 @@ def atomic_dir(path: os.PathLike | str, overwrite: bool = False) -> Iterator[Pat
     path = Path(path)
     if path.parent.exists() or path.exists():
         clean_stale(path)
-    if path.exists() and not path.is_dir():
-        raise Edit3DGSError(path, "an output folder", "a file")
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise Edit3DGSError(path, "an empty or new output folder (or --overwrite)", "a folder with files in it")
-        if not is_project_folder(path):
-            raise Edit3DGSError(path, f"a folder this program wrote (with its '{MARKER}' marker) to overwrite",
-                                "a folder without it; nothing was changed (an output of an older version: "
-                                "remove it yourself)")
+    check_dir_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path, "part")
     os.mkdir(tmp, 0o777 & ~_umask())

@@ -305,8 +305,11 @@ class EditSession:
         return out
 
     # -- the loop -------------------------------------------------------------------
-    def run(self, out_dir) -> Path:
+    def run(self, out_dir, before_commit: Callable[[Path], None] | None = None) -> Path:
+        """Edit and save the new avatar to ``out_dir``; ``before_commit(tmp)`` runs on the complete
+        temporary folder before it is renamed into place (see ``AvatarBundle.save``)."""
         from .edit import EditRequest, make_editor
+        from .fsutil import check_dir_output, check_output
 
         s = self.settings
         b = self.bundle
@@ -316,6 +319,9 @@ class EditSession:
         out_dir = Path(out_dir)
         if out_dir.resolve() == b.folder.resolve():
             raise Edit3DGSError(out_dir, "an output folder other than the input avatar", "the input folder itself")
+        # an output the save would refuse is refused now, not after the edit
+        check_output(out_dir, {"avatar": b.folder, "head model": b.head_path}, "output folder")
+        check_dir_output(out_dir, s.overwrite)
         t0 = time.perf_counter()
         editor = make_editor(s.editor, **s.editor_options)
         if hasattr(editor, "background"):
@@ -438,7 +444,8 @@ class EditSession:
             p.write_text(json.dumps(rec, indent=1))
 
         meta = {"edited_from": str(b.folder), "edit": {"instruction": s.prompt, "editor": record["editor"]}}
+        self.progress("save", 0, 1)
         saved = b.save(out_dir, gaussians=gaussians.to("cpu"), extra_meta=meta,
-                       extra_files={"edit.json": write_record}, overwrite=s.overwrite)
+                       extra_files={"edit.json": write_record}, overwrite=s.overwrite, before_commit=before_commit)
         self._timed("save", t0)
         return saved

@@ -9,13 +9,15 @@ named in the request; messages only carry paths.
 
 Requests
     ["job", {"id": str, "kind": str, "args": {...}}]   start a job (queued; one runs at a time)
-    ["cancel", {"id": str}]                             ask a job to stop (the worker polls it)
+    ["cancel", {"id": str}]                             ask a job to stop: answered ["cancelled"] within 2 s,
+                                                        and a cancelled job leaves nothing at its outputs
     ["ping", {}]                                        -> ["pong", {}]
     ["shutdown", {}]                                    cancel, finish, exit 0
 Replies
     ["ready", {"protocol": 1, "pid": int, "version": str}]      once, at start
     ["progress", {"id", "stage", "done", "total"}]
-    ["done", {"id", "result": {...}}]
+    ["done", {"id", "result": {...}}]                           (+ "cancel": why, when a cancel came after the
+                                                                 job's outputs were in place: they are complete)
     ["error", {"id", "message": str, "kind": "input"|"internal"}]
     ["error", {"id", "message", "kind": "unknown_id"}]          a cancel of an id neither queued nor running
     ["error", {"id", "message", "kind": "duplicate_id"}]        a job whose id is already queued or running
@@ -53,6 +55,7 @@ import time
 import traceback
 from pathlib import Path
 
+from . import cancel
 from .errors import CancelledError, Edit3DGSError
 
 PROTOCOL = 1
@@ -271,8 +274,12 @@ class Server:
                 raise Edit3DGSError(None, f"a job kind among {', '.join(JOB_KINDS)}", repr(kind)[:80])
             args = job.get("args") or {}
             _check_job_paths(args)
-            result = fn(jid, args)
-            self.ch.send("done", {"id": jid, "result": result})
+            with cancel.watching(self.should_stop(jid)):  # cancel points inside long loops (render, refit, save)
+                result = fn(jid, args)
+            reply = {"id": jid, "result": result}
+            if jid in self.cancelled:  # the result was in place before the cancel could stop the job
+                reply["cancel"] = "arrived after the result was written"
+            self.ch.send("done", reply)
         except CancelledError:
             self.ch.send("cancelled", {"id": jid})
         except Edit3DGSError as exc:
@@ -291,12 +298,12 @@ class Server:
         return lambda: jid in self.cancelled
 
     def progress(self, jid: str):
-        last = [0.0]
+        last = [0.0, None]
 
         def cb(stage: str, done: int, total: int) -> None:
             now = time.monotonic()
-            if now - last[0] > 0.05 or done >= total:  # at most ~20 messages a second
-                last[0] = now
+            if now - last[0] > 0.05 or done >= total or stage != last[1]:  # at most ~20 messages a second per stage
+                last[0], last[1] = now, stage
                 self.ch.send("progress", {"id": jid, "stage": str(stage), "done": int(done), "total": int(total)})
             if jid in self.cancelled:
                 raise CancelledError()
@@ -339,28 +346,45 @@ class Server:
 
         from .rig_export import world_positions
 
+        from .fsutil import atomic_path
+
         b = self.avatar(_need(args, "avatar"))
         pos = world_positions(b, args.get("params") or {})
-        np.save(_need(args, "out"), pos)
-        return {"npy": str(_need(args, "out"))}
+        out = _need(args, "out")
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:  # exactly 'out' (np.save of a path would add .npy)
+            np.save(fh, pos)
+        return {"npy": out}
 
     def job_edit(self, jid, args):
+        from contextlib import ExitStack
+        from dataclasses import replace
+
+        from .bundle import open_avatar
+        from .fsutil import atomic_path
         from .loop import EditSession, EditSettings
         from .rig_export import export_rig
 
         # Only what the artist chose comes in; EditSettings decides the rest (the CLI's defaults, the same code).
         settings = EditSettings.from_dict(_need(args, "settings", dict))
-        b = self.avatar(_need(args, "avatar"))
-        session = EditSession(b, settings, progress=self.progress(jid), should_stop=self.should_stop(jid))
         out_dir = Path(_need(args, "out_dir"))
-        version = Path(session.run(out_dir))
-        if jid in self.cancelled:
-            raise CancelledError()
-        self.progress(jid)("export", 0, 1)
-        from .bundle import open_avatar
+        npz = Path(args.get("npz") or (out_dir / "gaussians.npz"))
+        o, n = Path(os.path.abspath(out_dir)), Path(os.path.abspath(npz))
+        if n == o:
+            raise Edit3DGSError(f"job argument 'npz' {npz}", "a file path other than 'out_dir'", "the same path")
+        b = self.avatar(_need(args, "avatar"))
+        cancel.check()
+        session = EditSession(b, settings, progress=self.progress(jid), should_stop=self.should_stop(jid))
+        # Both outputs are written to temporaries and renamed after the job's last cancel check: a
+        # cancel before it leaves nothing at either path, one after it finds the job done.
+        with ExitStack() as stack:
+            npz_tmp = None if n.is_relative_to(o) else stack.enter_context(atomic_path(npz))
 
-        nb = open_avatar(version, device="cpu")
-        npz = export_rig(nb, Path(args.get("npz") or (out_dir / "gaussians.npz")), gaussians_only=True)
+            def export(tmp: Path) -> None:  # the rig of the complete avatar, as Blender loads it
+                self.progress(jid)("export", 0, 1)
+                nb = replace(open_avatar(tmp, device="cpu"), folder=out_dir)
+                export_rig(nb, tmp / n.relative_to(o) if npz_tmp is None else npz_tmp, gaussians_only=True)
+
+            version = Path(session.run(out_dir, before_commit=export))
         return {"avatar": str(version), "npz": str(npz)}
 
     def job_region_masks(self, jid, args):
@@ -391,7 +415,10 @@ class Server:
         K = torch.as_tensor(cam.K, dtype=torch.float32, device=dev)[None]
         with torch.no_grad():
             res = rasterize(g.means, g.quats, g.scales, g.opacities, colors, vm, K, cam.width, cam.height)
-        save_png(_need(args, "out"), res.rgb[0].cpu())
+        from .fsutil import atomic_path
+
+        with atomic_path(_need(args, "out")) as tmp:
+            save_png(tmp, res.rgb[0].cpu())
         return {"png": str(_need(args, "out")), "regions": regions}
 
     def job_render_shot(self, jid, args):

@@ -65,7 +65,7 @@ def save_png(path: os.PathLike | str, img, alpha=None) -> None:
     a = to_uint8(img)
     if alpha is not None:
         a = np.concatenate([a, to_uint8(alpha)], -1)
-    Image.fromarray(a).save(str(path))
+    Image.fromarray(a).save(str(path), format="PNG")  # PNG whatever the name (a temporary's ends in .part)
 
 
 def load_png(path: os.PathLike | str) -> np.ndarray:

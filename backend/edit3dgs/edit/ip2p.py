@@ -412,6 +412,8 @@ def edit_images(models: IP2PModels, images: torch.Tensor, instruction: str, sett
 
     def guided_eps(ids: list[int], t) -> torch.Tensor:
         """3-way classifier-free guidance for views ``ids`` (one UNet call, branch-major batch)."""
+        if should_stop():  # a step of many views is several UNet calls: seconds on a CPU
+            raise CancelledError()
         n = len(ids)
         ctx.batch = list(ids)
         x = sched.scale_model_input(latents[ids], t).to(dt)

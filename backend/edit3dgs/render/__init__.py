@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..cancel import check as check_cancel
 from .gsplat_raster import gsplat_available, rasterize_gsplat
 from .sh import C0, RGB2SH, SH2RGB, eval_sh, num_sh_bases, sh_to_rgb
 from .torch_raster import rasterize_torch
@@ -156,6 +157,7 @@ def rasterize(
     q, sc, op, co = quats.to(dtype), scales.to(dtype), opacities.to(dtype), colors.to(dtype)
     vm_all, K_all = viewmats.to(dtype), Ks.to(dtype)
     for c0 in range(0, C, per_pass):  # whole cameras per pass, at most MAX_PAIRS camera-Gaussian pairs
+        check_cancel()
         sl = slice(c0, c0 + per_pass)
         outs.append(fn(
             means, q, sc, op, co, vm_all[sl], K_all[sl], width, height,

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..cancel import check as check_cancel
 from .sh import sh_to_rgb
 
 ALPHA_MIN = 1.0 / 255.0
@@ -205,6 +206,7 @@ class _CompositeTiles(torch.autograd.Function):
         # grad_out (B,D,P). With h_i = w_i (g . f_i) and S_i = sum_{j>i} h_j:
         # dL/d alpha_i = T_{i-1} (g . f_i) - S_i / (1 - alpha_i), and
         # dL/d exponent_i = -alpha_i dL/d alpha_i = ratio_i S_i - h_i (unclamped only).
+        check_cancel()  # backward runs in the thread that called it: a refit's backward stops here too
         weights, ratio_u, weights_u, feat, mono = ctx.saved_tensors
         grad_feat = grad_coef = None
         if ctx.needs_input_grad[1]:
@@ -369,10 +371,10 @@ def rasterize_torch(
         coef_all = coef[index].split([b * l for b, l in shapes])
         feat_all = feat[gaussian_padded[index]].split([b * l for b, l in shapes])
         mono = _tile_monomials(tile_size, device, dtype)
-        outs = [
-            _CompositeTiles.apply(cf.view(b, l, 6), ft.view(b, l, D), mono)
-            for cf, ft, (b, l) in zip(coef_all, feat_all, shapes)
-        ]
+        outs = []
+        for cf, ft, (b, l) in zip(coef_all, feat_all, shapes):
+            check_cancel()  # a chunk is a fraction of a second; a whole render can take seconds on a busy CPU
+            outs.append(_CompositeTiles.apply(cf.view(b, l, 6), ft.view(b, l, D), mono))
         out_tiles = out_tiles.index_copy(0, bins.tile_ids[order], torch.cat(outs).transpose(1, 2))
     elif torch.is_grad_enabled():
         # Nothing visible: keep the images in the graph (zero gradients), as
