@@ -10,7 +10,7 @@ import pytest
 from edit3dgs.demo import BARS, DemoConfig, run_demo
 
 # The demo's own configuration, with fewer evaluation/animation frames to keep the test short.
-QUICK = dict(frames=12, eval_frames=6, orbit_frames=4, grid_frames=3)
+QUICK = dict(editor="region", frames=12, eval_frames=6, orbit_frames=4, grid_frames=3)
 
 
 def check_bars(m: dict) -> None:
@@ -37,12 +37,28 @@ def test_demo_bars(tmp_path, prompt):
     check_bars(run_demo(tmp_path / "demo", DemoConfig(prompt=prompt, **QUICK), log=lambda s: None))
 
 
-def test_demo_make_the_hair_blue(tmp_path, cli):
-    """`edit3dgs demo` as `make demo` runs it (default prompt): bars, files, report."""
+def test_demo_defaults_are_the_papers_method_with_the_builtin_model():
+    """`make demo` / `edit3dgs demo` with no options: the Instruct-Pix2Pix path with the shipped
+    model, multi-view batch editing and inpainting on, the ablation only when asked for."""
+    import argparse
+
+    from edit3dgs import demo_cli
+    from edit3dgs.ablation import MAIN, VARIANTS
+
+    ap = argparse.ArgumentParser()
+    demo_cli.register(ap.add_subparsers())
+    cfg = demo_cli.config_from_args(ap.parse_args(["demo"]))
+    assert (cfg.editor, cfg.model, cfg.ablation, cfg.prompt) == ("ip2p", "builtin", False, "make the hair blue")
+    assert VARIANTS[MAIN] == {"multiview": True, "inpaint": True}      # the paper's method
+    assert demo_cli.config_from_args(ap.parse_args(["demo", "--ablation", "--editor", "region"])).ablation
+
+
+def test_demo_region_editor_make_the_hair_blue(tmp_path, cli):
+    """`edit3dgs demo --editor region` (default prompt): bars, files, report."""
     from PIL import Image
 
     out = tmp_path / "demo"
-    code, stdout, err = cli("demo", "--out", out, "--prompt", "make the hair blue")
+    code, stdout, err = cli("demo", "--out", out, "--prompt", "make the hair blue", "--editor", "region")
     assert code == 0, err
     for stage in ("build avatar", "edit (render, edit, refit)", "evaluate", "figures", "total"):
         assert f"[demo] {stage}" in err

@@ -161,10 +161,11 @@ def test_training_a_tiny_model_writes_a_folder_the_editor_loads(tmp_path):
     assert json.loads((more / "training_manifest.json").read_text())["state"]["vae_from"]["steps"] == cfg.vae_steps
 
 
-def test_builtin_model_loads_offline_on_cpu_keeps_the_head_and_makes_it_older(tiny_identities):
+@pytest.mark.parametrize("prompt, gain", [("make the hair blue", 8.0), ("blue lips", 4.0)])
+def test_builtin_model_loads_offline_on_cpu_keeps_the_head_and_edits_colours(tiny_identities, prompt, gain):
     """``--model builtin``: the shipped weights load offline on CPU (fp32) at their native size, keep
-    the head outside the edit and move "make him look older" toward its exact ground truth (what the
-    model has learned; colour words it has not: its model card)."""
+    the head outside the edit and move a colour edit toward its exact ground truth inside the edited
+    region, on the held-out camera ("blue lips" is a held-out combination: never trained on)."""
     from edit3dgs.cameras import camera_rig
     from edit3dgs.edit.ip2p import IP2PSettings, edit_images, load_ip2p
     from edit3dgs.edit.train import sample_scores
@@ -178,14 +179,13 @@ def test_builtin_model_loads_offline_on_cpu_keeps_the_head_and_makes_it_older(ti
     cam = [c.scaled(0.2) for c in camera_rig() if c.index == HELD_OUT_CAMERA]
     verts = ident.bundle.pose(ident.params, [2])[0]
     img = ds._render(ident.bundle, ident.bundle.gaussians, verts, cam)
-    prompt = "make him look older"
     gt = ds._render(ident.bundle, ground_truth_gaussians(ident.bundle, ident.bundle.gaussians, prompt, ident.references),
                     verts, cam)
     out = edit_images(models, img, prompt, IP2PSettings(steps=20, seed=1, multiview=False, inpaint=False)).images
     assert out.shape == img.shape
     s = sample_scores(img, out, gt)
     assert s["psnr_outside_vs_original"] > 30, s                              # the head comes back ...
-    assert s["psnr_inside_vs_gt"] > s["unedited_inside_vs_gt"] + 3, s          # ... older where it should be
+    assert s["psnr_inside_vs_gt"] > s["unedited_inside_vs_gt"] + gain, s       # ... recoloured where it should be
 
 
 def test_vae_loss_weighs_the_pixels_an_edit_changed():
@@ -291,7 +291,7 @@ def test_ip2p_demo_runs_the_ablation_and_reports_it(tmp_path):
     from edit3dgs.demo import DemoConfig, run_demo
 
     model = build_tiny_ip2p(tmp_path / "ip2p")
-    cfg = DemoConfig(editor="ip2p", model=str(model), ip2p={"steps": 2, "resolution": 32}, ip2p_num_timesteps=2,
+    cfg = DemoConfig(editor="ip2p", ablation=True, model=str(model), ip2p={"steps": 2, "resolution": 32}, ip2p_num_timesteps=2,
                      frames=6, eval_frames=2, orbit_frames=2, grid_frames=2, device="cpu", iters_per_batch=2,
                      edit_scale=0.08, eval_scale=0.08)
     out = tmp_path / "demo"
