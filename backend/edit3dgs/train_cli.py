@@ -59,7 +59,7 @@ def register(sub) -> None:
     s.add_argument("--edits", type=int, default=4, help="instructions per group")
     s.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
     s.add_argument("--lr", type=float, default=6e-4, help="UNet + text-encoder learning rate")
-    s.add_argument("--snr-gamma", type=float, default=5.0, help="Min-SNR-gamma loss weighting (0: plain MSE)")
+    s.add_argument("--snr-gamma", type=float, default=0.0, help="Min-SNR-gamma loss weighting (default 0: plain MSE)")
     s.add_argument("--edit-weight", type=float, default=4.0,
                    help="extra loss weight on latent pixels the edit changes (0: none)")
     s.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda")
@@ -67,7 +67,7 @@ def register(sub) -> None:
     s.add_argument("--arch", default="small", choices=("small", "tiny"), help="model size (tiny: for tests)")
     s.add_argument("--random-identities", type=int, default=14, help="random heads besides the two built-in ones")
     s.add_argument("--groups", type=int, default=4, help="identity-timestep groups per batch (x8 views x4 edits)")
-    s.add_argument("--bank", type=int, default=160, help="batches rendered once, for the VAE and the UNet phases (0: render every step)")
+    s.add_argument("--bank", type=int, default=200, help="batches rendered once, for the VAE and the UNet phases (0: render every step)")
     s.add_argument("--checkpoint-every", type=int, default=500)
     s.add_argument("--no-samples", action="store_true", help="skip the sample-edits figure")
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
