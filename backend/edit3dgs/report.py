@@ -178,12 +178,21 @@ def ablation_section(m: dict) -> str:
     claims = "".join(f"<li><b>{label.get(c.get('verdict'), 'agrees' if c['agrees'] else 'does not agree')}</b>: "
                      f"{html.escape(c['claim'])}. "
                      f"Measured: {html.escape(c['finding'])}.</li>" for c in a.get("summary", {}).values())
-    return f"""<h2>The paper's ablation, against ground truth</h2>
-<p class="note">The same edit set edited four ways by the Instruct-Pix2Pix editor, each refit the same way. Colour spread:
+    if len(a["variants"]) == 1:
+        title, ways = "The paper's method, measured", ("Only the paper's method ran; <code>edit3dgs demo --ablation</code> "
+                                                       "(<code>make demo ABLATION=1</code>) adds the other three variants and "
+                                                       "the seed's claims beside them.")
+    else:
+        title, ways = "The paper's ablation, against ground truth", (
+            f"The same edit set edited {len(a['variants'])} ways by the Instruct-Pix2Pix editor, each refit the same way.")
+    claims_html = (f'<p class="note">The seed\'s claims beside the measurements:</p><ul class="note">{claims}</ul>'
+                   if claims else "")
+    return f"""<h2>{title}</h2>
+<p class="note">{ways} Colour spread:
 per timestep, the standard deviation across the views of the edited region's mean colour, relative to that mean
 (the ground truth's own spread, from shading, beside it). Expression PSNR: inside the eye and mouth masks.</p>
 <table>{head}{''.join(rows)}</table>
-<p class="note">The seed's claims beside the measurements:</p><ul class="note">{claims}</ul>"""
+{claims_html}"""
 
 
 def load_metrics(path: os.PathLike | str) -> dict:
