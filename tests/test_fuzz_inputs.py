@@ -869,12 +869,7 @@ def test_the_same_inputs_through_the_server_get_one_line_and_it_keeps_serving(tm
         assert s.until({"pong"}, timeout=30)[0] == "pong"
         assert s.p.poll() is None
     finally:
-        if s.p.poll() is None:
-            s.send("shutdown", {})
-            try:
-                s.p.wait(10)
-            except subprocess.TimeoutExpired:
-                s.p.kill()
+        s.close(10)
 
 
 def test_peak_memory_of_the_in_process_cases():

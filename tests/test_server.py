@@ -38,6 +38,16 @@ class Serve:
         raw, self.buf = self.buf.split(SEP, 1)
         return json.loads(raw)
 
+    def close(self, timeout=30):
+        """Shut the server down (killed if it does not end within ``timeout`` s)."""
+        if self.p.poll() is None:
+            self.send("shutdown", {})
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
     def until(self, kinds, jid=None, timeout=120):
         while True:
             k, p = self.recv(timeout)
@@ -50,12 +60,7 @@ def serve():
     s = Serve()
     assert s.recv()[0] == "ready"
     yield s
-    if s.p.poll() is None:
-        s.send("shutdown", {})
-        try:
-            s.p.wait(10)
-        except subprocess.TimeoutExpired:
-            s.p.kill()
+    s.close(10)
 
 
 def test_export_rig_and_world_positions(serve, builtin_avatar_dir, tmp_path):

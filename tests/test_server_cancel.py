@@ -35,13 +35,7 @@ def _serve() -> Serve:
 
 
 def _close(s: Serve) -> None:
-    if s.p.poll() is None:
-        s.send("shutdown", {})
-        try:
-            s.p.wait(30)
-        except subprocess.TimeoutExpired:
-            s.p.kill()
-            s.p.wait()
+    s.close(30)
 
 
 @pytest.fixture(scope="module")
