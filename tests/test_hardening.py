@@ -381,6 +381,14 @@ def test_render_passes_are_bounded_by_the_setting_and_give_the_same_images(monke
         assert len(seen) == -(-6 // max(1, limit // N))
         for x, y in ((res.rgb, full.rgb), (res.alpha, full.alpha), (res.depth, full.depth)):
             assert (x - y).abs().max() < 1e-4, (limit, float((x - y).abs().max()))
+    # the CPU rasterizer also caps cameras per pass (its first cancel point comes after a pass's
+    # projection and binning), with the same images
+    monkeypatch.setattr(render, "MAX_PAIRS", 10 ** 9)
+    monkeypatch.setattr(render, "TORCH_CAMERAS_PER_PASS", 4)
+    seen.clear()
+    res = render.rasterize(means, quats, scales, opac, sh, vm, K, w, h, sh_degree=3)
+    assert seen == [4 * N, 2 * N]
+    assert (res.rgb - full.rgb).abs().max() < 1e-4
     # gradients flow through the passes
     means.requires_grad_(True)
     monkeypatch.setattr(render, "MAX_PAIRS", 3 * N)
