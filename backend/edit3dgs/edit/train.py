@@ -190,18 +190,21 @@ def conditioning_dropout_masks(n: int, prob: float, generator: torch.Generator |
 EDIT_THRESHOLD = 0.02   # a pixel the exact edit changes by more than this (any channel) is "edited"
 
 
+def changed_pixels(original: torch.Tensor, edited: torch.Tensor, threshold: float = EDIT_THRESHOLD) -> torch.Tensor:
+    """(B,H,W) float: 1 where any channel of ``edited`` (B,H,W,3) differs from ``original`` by more than ``threshold``."""
+    return ((edited - original).abs().amax(-1) > threshold).float()
+
+
 def edit_mask(original: torch.Tensor, edited: torch.Tensor, latent_hw, threshold: float = EDIT_THRESHOLD) -> torch.Tensor:
     """(B,1,h,w) float: 1 where any pixel of the latent pixel's image patch changes by more than
     ``threshold`` between ``original`` and ``edited`` (B,H,W,3)."""
-    changed = ((edited - original).abs().amax(-1) > threshold).float()[:, None]
-    return F.adaptive_max_pool2d(changed, tuple(int(v) for v in latent_hw))
+    return F.adaptive_max_pool2d(changed_pixels(original, edited, threshold)[:, None], tuple(int(v) for v in latent_hw))
 
 
 def vae_pixel_weights(original: torch.Tensor, target: torch.Tensor, edit_weight: float) -> torch.Tensor:
     """(B,1,H,W) reconstruction-loss weights of the images ``target`` (B,H,W,3): ``1 + edit_weight``
     on pixels that differ from ``original`` by more than ``EDIT_THRESHOLD``, 1 elsewhere."""
-    changed = ((target - original).abs().amax(-1) > EDIT_THRESHOLD).float()
-    return (1 + edit_weight * changed)[:, None]
+    return (1 + edit_weight * changed_pixels(original, target))[:, None]
 
 
 def weighted_loss(pred: torch.Tensor, target: torch.Tensor, alpha_bar: torch.Tensor, edit: torch.Tensor,
@@ -321,9 +324,7 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
         vae = AutoencoderKL.from_pretrained(Path(cfg.init_vae) / "vae", torch_dtype=torch.float32).to(dev)
     if cfg.init_model:
         from diffusers import UNet2DConditionModel
-        from transformers import CLIPTextModel
-
-        from transformers import CLIPTokenizer
+        from transformers import CLIPTextModel, CLIPTokenizer
 
         src = Path(cfg.init_model)
         unet = UNet2DConditionModel.from_pretrained(src / "unet", torch_dtype=torch.float32).to(dev)
@@ -379,17 +380,21 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
 
     gen = torch.Generator().manual_seed(cfg.seed + 1)
 
+    def measure_vae(what: str) -> None:
+        """The VAE's reconstruction on held-out-camera renders and inside held-out edits, into the state and the log."""
+        state["vae_psnr_held_out"] = _vae_psnr(vae, identities, cfg, dev)
+        state["vae_psnr_held_out_edits"] = _vae_psnr_edits(vae, identities[0], cfg, dev)
+        log(f"[train-editor] {what}: scaling factor {state['scaling_factor']:.4f}, "
+            f"reconstruction PSNR on held-out-camera renders {state['vae_psnr_held_out']:.2f} dB, "
+            f"inside the regions of held-out-camera edits {_fmt_psnrs(state['vae_psnr_held_out_edits'])}")
+
     # 2. The VAE (or one trained before, --init-vae).
     if state["phase"] == "vae" and cfg.init_vae:
         sf0 = float(vae.config.scaling_factor)
         state.update(phase="unet", step=0, scaling_factor=sf0, vae_from=_vae_origin(Path(cfg.init_vae)))
         if cfg.init_model:
             state["model_from"] = _model_origin(Path(cfg.init_model))
-        state["vae_psnr_held_out"] = _vae_psnr(vae, identities, cfg, dev)
-        state["vae_psnr_held_out_edits"] = _vae_psnr_edits(vae, identities[0], cfg, dev)
-        log(f"[train-editor] VAE from {cfg.init_vae}: scaling factor {sf0:.4f}, "
-            f"reconstruction PSNR on held-out-camera renders {state['vae_psnr_held_out']:.2f} dB, "
-            f"inside the regions of held-out-camera edits {_fmt_psnrs(state['vae_psnr_held_out_edits'])}")
+        measure_vae(f"VAE from {cfg.init_vae}")
     # The bank: ``cfg.bank`` data batches rendered once (rendering every step would leave the GPU
     # waiting on the rasterizer for models this small); both phases draw from it.
     bank = None
@@ -400,7 +405,7 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
             data.rng.setstate(state["bank_rng"])
         else:
             state["bank_rng"] = now
-        log_before = copy.deepcopy(data.log)
+        log_before = copy.deepcopy(data.log) if resume else None
         bank = render_bank(data, cfg, dev)
         if resume:
             data.rng.setstate(now)
@@ -454,11 +459,7 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
             zs = [vae.encode(vae_batch()[0][cfg.groups * cfg.views:]).latent_dist.mode() for _ in range(4)]
         state.update(phase="unet", step=0, scaling_factor=float(1.0 / torch.cat(zs).float().std()))
         state["seconds"]["vae"] = round(time.perf_counter() - t0, 1)
-        state["vae_psnr_held_out"] = _vae_psnr(vae, identities, cfg, dev)
-        state["vae_psnr_held_out_edits"] = _vae_psnr_edits(vae, identities[0], cfg, dev)
-        log(f"[train-editor] VAE done: scaling factor {state['scaling_factor']:.4f}, "
-            f"reconstruction PSNR on held-out-camera renders {state['vae_psnr_held_out']:.2f} dB, "
-            f"inside the regions of held-out-camera edits {_fmt_psnrs(state['vae_psnr_held_out_edits'])}")
+        measure_vae("VAE done")
         save_checkpoint()
     vae.requires_grad_(False).eval()
     vae.register_to_config(scaling_factor=state["scaling_factor"])
@@ -575,22 +576,38 @@ VAE_PROBE_EDITS = ("make the hair blue", "give her red lips", "green eyes", "mak
 def _vae_psnr_edits(vae, ident, cfg: TrainConfig, dev) -> dict:
     """Reconstruction PSNR of the VAE inside the edited region of camera-8 renders of exact edits:
     the ceiling of what any editor decoding through this VAE can reach there."""
-    from ..cameras import HELD_OUT_CAMERA, camera_rig
-    from ..editor_data import EditorDataset, ground_truth_gaussians
     from ..metrics import finite, psnr
 
-    cam = [c.scaled(0.2) for c in camera_rig() if c.index == HELD_OUT_CAMERA]
-    ds = EditorDataset([ident], size=cfg.size)
-    verts = ident.bundle.pose(ident.params, [ident.params.num_timesteps // 3])[0]
-    orig = ds._render(ident.bundle, ident.bundle.gaussians, verts, cam)
+    view = HeldOutView(ident, cfg.size)
     out = {}
     for p in VAE_PROBE_EDITS:
-        gt = ds._render(ident.bundle, ground_truth_gaussians(ident.bundle, ident.bundle.gaussians, p, ident.references), verts, cam)
-        inside = ((gt - orig).abs().amax(-1) > EDIT_THRESHOLD).float()
+        orig, gt = view.original, view.edited(p)
+        inside = changed_pixels(orig, gt)
         rec = vae.decode(vae.encode(_to_nchw(gt.to(dev))).latent_dist.mode()).sample
         rec = ((rec.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
         out[p] = finite(round(float(psnr(rec, gt.to(dev), inside.to(dev))), 2))
     return out
+
+
+class HeldOutView:
+    """One identity on camera 8 (never trained on) at a fixed training-sequence timestep: its render
+    and the renders of its exact edits (what the samples and the VAE's ceiling are measured on)."""
+
+    def __init__(self, ident, size):
+        from ..cameras import HELD_OUT_CAMERA, camera_rig
+        from ..editor_data import EditorDataset
+
+        self.ident = ident
+        self.cam = [c.scaled(0.2) for c in camera_rig() if c.index == HELD_OUT_CAMERA]
+        self.ds = EditorDataset([ident], size=size)
+        self.verts = ident.bundle.pose(ident.params, [ident.params.num_timesteps // 3])[0]
+        self.original = self.ds._render(ident.bundle, ident.bundle.gaussians, self.verts, self.cam)
+
+    def edited(self, prompt: str) -> torch.Tensor:
+        from ..editor_data import ground_truth_gaussians
+
+        b = self.ident.bundle
+        return self.ds._render(b, ground_truth_gaussians(b, b.gaussians, prompt, self.ident.references), self.verts, self.cam)
 
 
 def _fmt_psnrs(d: dict) -> str:
@@ -682,23 +699,19 @@ def _hardware(dev) -> str:
 def write_samples(out: Path, ident, cfg: TrainConfig, dev, prompts=None) -> Path:
     """Edits of held-out-camera renders by the saved model (per view, the real editing path):
     rows original / edited / ground truth, one column per prompt."""
-    from ..cameras import HELD_OUT_CAMERA, camera_rig
-    from ..editor_data import EditorDataset, ground_truth_gaussians
     from ..report import grid, label_rows, save_image
     from .ip2p import IP2PSettings, clear_cache, edit_images, load_ip2p
 
     prompts = prompts or ["make the hair blue", "give her red lips", "green eyes", "make him look older",
                           "make the hair pink", "blue lips"]
-    cam = [c.scaled(0.2) for c in camera_rig() if c.index == HELD_OUT_CAMERA]
-    ds = EditorDataset([ident], size=cfg.size)
-    verts = ident.bundle.pose(ident.params, [ident.params.num_timesteps // 3])[0]
-    orig = ds._render(ident.bundle, ident.bundle.gaussians, verts, cam)
+    view = HeldOutView(ident, cfg.size)
+    orig = view.original
     clear_cache()
     models = load_ip2p(str(out), device=dev)
     cols = [[], [], []]
     scores = {}
     for i, p in enumerate(prompts):
-        gt = ds._render(ident.bundle, ground_truth_gaussians(ident.bundle, ident.bundle.gaussians, p, ident.references), verts, cam)
+        gt = view.edited(p)
         e = edit_images(models, orig, p, IP2PSettings(seed=i, multiview=False, inpaint=False)).images.to(gt.device)
         for row, img in zip(cols, (orig, e, gt)):
             row.append(img[0].float().cpu().numpy())
@@ -718,12 +731,12 @@ def write_samples(out: Path, ident, cfg: TrainConfig, dev, prompts=None) -> Path
     return path
 
 
-def sample_scores(orig: torch.Tensor, edited: torch.Tensor, gt: torch.Tensor, threshold: float = 0.02) -> dict:
+def sample_scores(orig: torch.Tensor, edited: torch.Tensor, gt: torch.Tensor, threshold: float = EDIT_THRESHOLD) -> dict:
     """PSNRs of one edit against its exact ground truth: whole image, inside the region the exact edit
     changes (and the unedited image there, the baseline), and outside it against the original."""
     from ..metrics import finite, psnr
 
-    inside = ((gt - orig).abs().amax(-1) > threshold).float()
+    inside = changed_pixels(orig, gt, threshold)
     r = lambda x: finite(round(float(x), 2))  # noqa: E731 - NaN (no region) / inf are not JSON numbers
     return {"psnr_vs_gt": r(psnr(edited, gt)), "psnr_inside_vs_gt": r(psnr(edited, gt, inside)),
             "unedited_inside_vs_gt": r(psnr(orig, gt, inside)), "psnr_outside_vs_original": r(psnr(edited, orig, 1 - inside))}
