@@ -70,7 +70,7 @@ def _register(tok, te, vae, unet, device, dtype):
         m.to(device, dtype).eval().requires_grad_(False)
     sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                           set_alpha_to_one=False, steps_offset=1)
-    models = ip2p.IP2PModels(tok, te, vae, unet, sched, torch.device(device), dtype, install(unet), BENCH_MODEL)
+    models = ip2p.tune(ip2p.IP2PModels(tok, te, vae, unet, sched, torch.device(device), dtype, install(unet), BENCH_MODEL))
     ip2p._MODELS[(BENCH_MODEL, str(torch.device(device)), str(dtype), False)] = models
     return models, sum(p.numel() for p in unet.parameters())
 
@@ -93,14 +93,14 @@ def _smoke_models(device, dtype):
     return _register(tok, te, vae, unet, device, dtype)
 
 
-def rig_views(n: int, size: int):
+def rig_views(n: int, size: int, height: int | None = None):
     from edit3dgs.cameras import camera_rig
     from edit3dgs.edit.mv_attention import View
 
     import numpy as np
 
     az = list(np.linspace(-75, 75, n))
-    cams = camera_rig(size, size, azimuths=az, elevations=[5.0] * n)
+    cams = camera_rig(size, height or size, azimuths=az, elevations=[5.0] * n)
     return [View(c, 0) for c in cams]
 
 
@@ -140,15 +140,15 @@ def bench_views(models, views: int, steps: int, size: int, batch: int) -> dict:
     return res
 
 
-def profile_multiview(models, views: int, size: int, batch: int, out_dir: Path, steps: int = 4) -> dict:
+def profile_multiview(models, views: int, size: int, batch: int, out_dir: Path, steps: int = 4, height: int | None = None) -> dict:
     """torch.profiler over a short multi-view edit (and a per-view one); tables written to ``out_dir``."""
     from torch.profiler import ProfilerActivity, profile
 
     from edit3dgs.edit.ip2p import IP2PSettings, edit_images
 
     dev = models.device
-    imgs = torch.rand(views, size, size, 3, device=dev)
-    vs = rig_views(views, size)
+    imgs = torch.rand(views, height or size, size, 3, device=dev)
+    vs = rig_views(views, size, height)
     out_dir.mkdir(parents=True, exist_ok=True)
     res = {}
     for name, mv in (("multiview", True), ("per_view", False)):
@@ -166,6 +166,60 @@ def profile_multiview(models, views: int, size: int, batch: int, out_dir: Path, 
             ka.table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=70))
         top = sorted(ka, key=lambda e: getattr(e, "self_device_time_total", 0) or 0, reverse=True)[:6]
         res[name] = [(e.key[:40], round((getattr(e, "self_device_time_total", 0) or 0) / 1e3, 1)) for e in top]
+    return res
+
+
+def unet_tflop(models, h: int, w: int) -> float:
+    """TFLOP of one UNet pass (one sample, one guidance branch) at latent size (h, w) (FLOP counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dev, dt = models.device, models.dtype
+    x = torch.zeros(1, 8, h, w, device=dev, dtype=dt)
+    e = torch.zeros(1, models.tokenizer.model_max_length, models.text_encoder.config.hidden_size, device=dev, dtype=dt)
+    models.mv.mode = "off"
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        models.unet(x, torch.tensor([500], device=dev), encoder_hidden_states=e)
+    return fc.get_total_flops() / 1e12
+
+
+# Speed variants: what each changes from the shipped settings (issue 16's measurements).
+VARIANTS = {
+    "shipped": {},
+    "before": {"batch_size": 8, "channels_last": False, "cudnn_benchmark": False, "sdpa_order": ()},
+    "batch8": {"batch_size": 8},
+    "batch24": {"batch_size": 24},
+    "no_channels_last": {"channels_last": False},
+    "no_cudnn_benchmark": {"cudnn_benchmark": False},
+    "sdpa_default": {"sdpa_order": ()},
+    "sdpa_flash": {"sdpa_order": ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")},
+}
+
+
+def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[int, int], batch: int) -> dict:
+    """Multi-view edits of ``views`` images of size ``hw`` under each variant, in one process."""
+    from edit3dgs.edit import ip2p
+    from edit3dgs.edit.ip2p import IP2PSettings, edit_images
+
+    dev = models.device
+    imgs = torch.rand(views, *hw, 3, device=dev)
+    vs = rig_views(views, hw[1], hw[0])
+    lh, lw = (x // models.vae_scale_factor for x in ip2p.diffusion_size(*hw, min(hw), models.size_multiple))
+    tflop = unet_tflop(models, lh, lw)
+    keep = (ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER)
+    res = {"latent": [lh, lw], "unet_tflop_per_pass": round(tflop, 3), "passes": views * steps * 3}
+    for name in names:
+        v = VARIANTS[name]
+        ip2p.CUDA_CHANNELS_LAST = v.get("channels_last", keep[0])
+        ip2p.CUDA_CUDNN_BENCHMARK = v.get("cudnn_benchmark", keep[1])
+        ip2p.CUDA_SDPA_ORDER = v.get("sdpa_order", keep[2])
+        ip2p.tune(models)
+        st = IP2PSettings(steps=steps, batch_size=v.get("batch_size", batch), multiview=True, inpaint=False, resolution=min(hw))
+        edit_images(models, imgs, "warm up", IP2PSettings(**{**st.__dict__, "steps": 2}), views=vs)
+        _, dt, peak = timed(lambda: edit_images(models, imgs, "make him look older", st, views=vs), dev)
+        res[name] = {"seconds": round(dt, 3), "tflop_per_s": round(tflop * res["passes"] / dt, 1), "peak_gib": round(peak, 2)}
+        print(name, json.dumps(res[name]), flush=True)
+    ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER = keep
+    ip2p.tune(models)
     return res
 
 
@@ -207,6 +261,10 @@ def main() -> int:
     ap.add_argument("--skip-views", action="store_true")
     ap.add_argument("--profile", type=Path, default=None, help="also profile a short edit; tables written to this folder")
     ap.add_argument("--smoke", action="store_true", help="a small architecture: checks that the script runs (CPU)")
+    ap.add_argument("--variants", default=None,
+                    help=f"comma-separated speed variants of a multi-view edit at --height x --width: {', '.join(VARIANTS)}")
+    ap.add_argument("--height", type=int, default=768, help="image height for --variants (the episode's 802 rounds to 768)")
+    ap.add_argument("--width", type=int, default=512)
     a = ap.parse_args()
     dev = torch.device(a.device)
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
@@ -219,9 +277,11 @@ def main() -> int:
     if not a.skip_views:
         report["edit_16_views"] = bench_views(models, a.views, a.steps, a.size, a.batch)
         print(json.dumps(report["edit_16_views"]), flush=True)
+    if a.variants:
+        report["variants"] = bench_variants(models, a.variants.split(","), a.views, a.steps, (a.height, a.width), a.batch)
     if a.profile is not None:
         try:
-            report["profile_top_ms"] = profile_multiview(models, a.views, a.size, a.batch, a.profile)
+            report["profile_top_ms"] = profile_multiview(models, a.views, a.width, a.batch, a.profile, height=a.height)
         except Exception as exc:  # the timings above and the episode below still count
             report["profile_top_ms"] = f"profiling failed: {exc!r}"
         print(json.dumps(report["profile_top_ms"]), flush=True)

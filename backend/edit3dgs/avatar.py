@@ -100,8 +100,48 @@ class PosedFrames:
 
 
 def posed_frames(verts: torch.Tensor, faces: torch.Tensor) -> PosedFrames:
+    """Face frames of posed meshes ``verts`` (..., V, 3) (leading dimensions: timesteps)."""
     center, R, k = face_frames(verts, faces)
     return PosedFrames(center, R, k, roma.rotmat_to_unitquat(R))
+
+
+def quat_left_matrix(q: torch.Tensor) -> torch.Tensor:
+    """(..., 4) w-first quaternions -> (..., 4, 4) matrices L with ``L(q) @ p = q (x) p`` (Hamilton product)."""
+    w, x, y, z = q.unbind(-1)
+    return torch.stack([w, -x, -y, -z, x, w, -z, y, y, z, w, -x, z, -y, x, w], -1).unflatten(-1, (4, 4))
+
+
+@dataclass
+class BoundFrames:
+    """Face frames gathered for each Gaussian through its binding, ready to place the Gaussians
+    again and again (a refit places them every iteration, a render every timestep):
+    ``M = k R`` (..., N, 3, 3), ``center`` (..., N, 3), ``k`` (..., N, 1) and ``L`` (..., N, 4, 4),
+    the left-multiplication matrix of quat(R). Placing is then two small matrix products and an
+    exp: a handful of kernels forward and backward instead of gathers and quaternion algebra."""
+
+    M: torch.Tensor
+    center: torch.Tensor
+    k: torch.Tensor
+    L: torch.Tensor
+
+
+def bind_frames(frames: PosedFrames, binding: torch.Tensor) -> BoundFrames:
+    """Gather ``frames`` (per face, optionally with leading timestep dimensions) for Gaussians
+    bound to faces ``binding`` (N,)."""
+    k = frames.k[..., binding, None]
+    M = frames.R[..., binding, :, :] * k[..., None]
+    L = quat_left_matrix(quat_xyzw_to_wxyz(frames.q_xyzw[..., binding, :]))
+    return BoundFrames(M, frames.center[..., binding, :], k, L)
+
+
+def _affine(A: torch.Tensor, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    """``A @ x (+ c)`` for (..., N, d, d) matrices and (N, d) vectors: one batched product."""
+    if A.ndim == 3:
+        if c is None:
+            return torch.bmm(A, x[..., None])[..., 0]
+        return torch.baddbmm(c[..., None], A, x[..., None])[..., 0]
+    y = torch.matmul(A, x[..., None])[..., 0]
+    return y if c is None else y + c
 
 
 @dataclass
@@ -154,13 +194,18 @@ class GaussianAvatar:
         return self.to_world_from_frames(posed_frames(verts, faces))
 
     def to_world_from_frames(self, frames: "PosedFrames") -> WorldGaussians:
-        """Place the Gaussians with precomputed face frames (cheap: a refit reuses them every iteration)."""
-        b = self.binding
-        kb = frames.k[b]
-        means = kb[:, None] * (frames.R[b] @ self.xyz[..., None])[..., 0] + frames.center[b]
-        scales = torch.exp(self.scaling) * kb[:, None]
-        q_local = quat_wxyz_to_xyzw(torch.nn.functional.normalize(self.rotation, dim=-1))
-        quats = quat_xyzw_to_wxyz(roma.quat_product(frames.q_xyzw[b], q_local))
+        """Place the Gaussians with precomputed face frames."""
+        return self.place(bind_frames(frames, self.binding))
+
+    def place(self, bound: BoundFrames, unit_quats: bool = True) -> WorldGaussians:
+        """The binding transform (module docstring) with frames gathered by ``bind_frames``; with
+        leading timestep dimensions in ``bound``, means/quats/scales get them too. ``unit_quats=False``
+        leaves the local rotation's norm in the world quaternion (the rasterizer normalises; a
+        refit saves the normalisation's kernels)."""
+        rot = torch.nn.functional.normalize(self.rotation, dim=-1) if unit_quats else self.rotation
+        means = _affine(bound.M, self.xyz, bound.center)
+        quats = _affine(bound.L, rot)
+        scales = torch.exp(self.scaling) * bound.k
         sh = torch.cat([self.features_dc, self.features_rest], 1)
         return WorldGaussians(means, quats, scales, torch.sigmoid(self.opacity[:, 0]), sh, self.sh_degree)
 

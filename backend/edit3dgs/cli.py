@@ -192,7 +192,7 @@ def cmd_render(a) -> int:
         per_chunk = max(1, min(16, render_mod.MAX_PAIRS // max(1, b.gaussians.num_gaussians)))
         for start in range(0, len(ts), per_chunk):
             chunk = ts[start:start + per_chunk]
-            for t, g in zip(chunk, poser.place_sequence(poser.pose(params.select(chunk)))):
+            for t, g in zip(chunk, poser.pose_and_place(params.select(chunk))):
                 for group, (vm, K, w, h) in stacks:
                     res = rasterize(g.means, g.quats, g.scales, g.opacities, g.sh, vm, K, w, h,
                                     sh_degree=g.sh_degree, background=bg)

@@ -44,7 +44,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .avatar import GaussianAvatar, posed_frames
+from .avatar import GaussianAvatar, WorldGaussians, bind_frames, posed_frames
 from .cameras import Camera, stack
 from .errors import CancelledError
 
@@ -374,9 +374,27 @@ def refit(gaussians: GaussianAvatar, faces: torch.Tensor, batches: Sequence[Targ
     rng = random.Random(cfg.seed)
     bg = torch.tensor(cfg.background, dtype=torch.float32, device=dev)
     stacked = [stack(b.cameras, dev) for b in batches]
-    # FLAME parameters are fixed during a refit: each batch's face frames are computed once.
+    # FLAME parameters are fixed during a refit: each batch's face frames are computed once, gathered
+    # for the trainable Gaussians once per binding (densification changes it), and the frozen
+    # Gaussians are placed once per batch; an iteration places only the trainable ones.
     with torch.no_grad():
         frames = [posed_frames(b.verts.to(dev), faces) for b in batches]
+    placed: dict[int, tuple] = {}
+
+    def world(bi: int) -> WorldGaussians:
+        if bi not in placed or placed[bi][0] is not state.binding:
+            frozen = None
+            if state.frozen is not None and state.frozen.num_gaussians:
+                with torch.no_grad():
+                    frozen = state.frozen.place(bind_frames(frames[bi], state.frozen.binding), unit_quats=False)
+            placed[bi] = (state.binding, bind_frames(frames[bi], state.binding), frozen)
+        _, bound, frozen = placed[bi]
+        w = state.trainable_avatar().place(bound, unit_quats=False)
+        if frozen is None:
+            return w
+        return WorldGaussians(*(torch.cat([a, b]) for a, b in zip(
+            (frozen.means, frozen.quats, frozen.scales, frozen.opacities, frozen.sh),
+            (w.means, w.quats, w.scales, w.opacities, w.sh))), w.sh_degree)
     order: list[int] = []
     losses = []
     for it in range(iters):
@@ -394,7 +412,7 @@ def refit(gaussians: GaussianAvatar, faces: torch.Tensor, batches: Sequence[Targ
             vm, K, target = vm[sel], K[sel], target[sel]
         if state.num_trainable == 0:
             break
-        wg = state.full().to_world_from_frames(frames[bi])
+        wg = world(bi)
         out = rasterize(wg.means, wg.quats, wg.scales, wg.opacities, wg.sh, vm, K, w, h,
                         sh_degree=wg.sh_degree, background=bg)
         loss = photometric_loss(out.rgb, target, cfg.lambda_ssim)

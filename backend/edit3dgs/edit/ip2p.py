@@ -95,6 +95,47 @@ class IP2PModels:
 
 _MODELS: dict[tuple, IP2PModels] = {}
 
+# CUDA speed settings (issue 16; measured in benchmarks/ip2p_bench.py --variants): the UNet's and
+# VAE's convolutions in channels-last layout, cuDNN's autotuner, and scaled-dot-product attention
+# tried in this order (cuDNN's fused attention first where it takes the shapes).
+CUDA_CHANNELS_LAST = True
+CUDA_CUDNN_BENCHMARK = True
+CUDA_SDPA_ORDER = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+
+
+def tune(models: "IP2PModels") -> "IP2PModels":
+    """Apply the CUDA memory-layout setting to loaded models (no effect on a CPU)."""
+    if models.device.type == "cuda" and not models.offload:
+        fmt = torch.channels_last if CUDA_CHANNELS_LAST else torch.contiguous_format
+        models.unet.to(memory_format=fmt)
+        models.vae.to(memory_format=fmt)
+    return models
+
+
+@contextmanager
+def speed_settings(device: torch.device):
+    """cuDNN autotuning and the attention kernels' order for the duration of an edit on CUDA."""
+    if device.type != "cuda":
+        yield
+        return
+    from contextlib import ExitStack
+
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = CUDA_CUDNN_BENCHMARK
+    try:
+        with ExitStack() as stack:
+            if CUDA_SDPA_ORDER:
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                order = [getattr(SDPBackend, n) for n in CUDA_SDPA_ORDER if hasattr(SDPBackend, n)]
+                try:
+                    stack.enter_context(sdpa_kernel(order, set_priority=True))
+                except TypeError:       # PyTorch < 2.6: no priorities, keep its own order
+                    pass
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     from ..views import pick_device
@@ -194,7 +235,7 @@ def load_ip2p(model: str = DEFAULT_MODEL, device: str | torch.device = "auto", d
                 native = int(json.loads((local / MODEL_JSON).read_text())["resolution"])
             except (ValueError, KeyError, TypeError) as exc:
                 raise Edit3DGSError(local / MODEL_JSON, "JSON with an integer 'resolution'", str(exc)) from None
-        _MODELS[key] = IP2PModels(tokenizer, text_encoder, vae, unet, scheduler, dev, dt, ctx, src, offload, native)
+        _MODELS[key] = tune(IP2PModels(tokenizer, text_encoder, vae, unet, scheduler, dev, dt, ctx, src, offload, native))
     m = _MODELS[key]
     m.mv.slice_size = 1 if attention_slicing else None
     if vae_tiling:
@@ -356,11 +397,21 @@ def _resize(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
 
 
-@torch.no_grad()
 def edit_images(models: IP2PModels, images: torch.Tensor, instruction: str, settings: IP2PSettings | None = None, *,
                 views: Sequence[View] | None = None, masks: torch.Tensor | None = None,
                 init_images: torch.Tensor | None = None, strength: float = 1.0,
                 progress: Progress = no_progress, should_stop=lambda: False) -> EditOutput:
+    """Edit ``images`` (B,H,W,3) in [0,1] by ``instruction`` (see ``_edit_images``), with the CUDA
+    speed settings (``speed_settings``)."""
+    with torch.no_grad(), speed_settings(models.device):
+        return _edit_images(models, images, instruction, settings, views=views, masks=masks, init_images=init_images,
+                            strength=strength, progress=progress, should_stop=should_stop)
+
+
+def _edit_images(models: IP2PModels, images: torch.Tensor, instruction: str, settings: IP2PSettings | None = None, *,
+                 views: Sequence[View] | None = None, masks: torch.Tensor | None = None,
+                 init_images: torch.Tensor | None = None, strength: float = 1.0,
+                 progress: Progress = no_progress, should_stop=lambda: False) -> EditOutput:
     """Edit ``images`` (B,H,W,3) in [0,1] by ``instruction``.
 
     views: cameras/timesteps (and FLAME binding data) of the images; needed for multi-view

@@ -1,0 +1,91 @@
+"""One posing path for rendering: FLAME parameters -> posed meshes -> world Gaussians.
+
+``WorldPoser`` poses a chunk of timesteps with one LBS call and places the
+Gaussians of all of them with one batched binding transform
+(``GaussianAvatar.place``). Both are launch-bound on a GPU: a timestep's
+posing is ~60 small kernels, which cost about as much as gsplat's
+rasterization of 16 views. So on CUDA ``pose_and_place`` captures the whole
+chunk (posing + placing) once per input shape as a CUDA graph and replays it:
+a replay launches everything at once, whatever the number of kernels.
+Results are the eager path's (``tests/test_render_gpu.py`` checks it on CUDA).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .avatar import GaussianAvatar, WorldGaussians, bind_frames, posed_frames
+from .bundle import AvatarBundle
+from .flame_params import FlameParams
+
+
+class WorldPoser:
+    """FLAME posing + binding transform for rendering sequences (no gradients).
+
+    ``graphs``: replay CUDA graphs in ``pose_and_place`` (default: on CUDA devices). The world
+    Gaussians a graph replay returns live in the graph's buffers: they are valid until the next
+    ``pose_and_place`` call with the same number of timesteps (render them before asking again).
+    """
+
+    def __init__(self, bundle: AvatarBundle, gaussians: GaussianAvatar | None = None, graphs: bool | None = None):
+        self.gaussians = bundle.gaussians if gaussians is None else gaussians
+        self.device = self.gaussians.device
+        self.head = bundle.head.to(self.device)
+        self.faces = self.head.faces
+        self.graphs = (self.device.type == "cuda") if graphs is None else bool(graphs)
+        self._graphs: dict = {}
+
+    @torch.no_grad()
+    def pose(self, params: FlameParams) -> torch.Tensor:
+        """Posed vertices (T,V,3) for every timestep of ``params`` in one LBS call."""
+        return self.head(params.to_torch(self.device))
+
+    @torch.no_grad()
+    def place_sequence(self, verts: torch.Tensor) -> list[WorldGaussians]:
+        """World Gaussians for every posed mesh of ``verts`` (T,V,3), in one batched pass
+        (a fixed number of kernels, however many timesteps)."""
+        g = self.gaussians
+        w = g.place(bind_frames(posed_frames(verts, self.faces), g.binding))
+        return [WorldGaussians(w.means[t], w.quats[t], w.scales[t], w.opacities, w.sh, w.sh_degree)
+                for t in range(verts.shape[0])]
+
+    def _eager(self, p: dict) -> list[WorldGaussians]:
+        with torch.no_grad():
+            return self.place_sequence(self.head(p))
+
+    def pose_and_place(self, params: FlameParams) -> list[WorldGaussians]:
+        """World Gaussians for every timestep of ``params`` (a CUDA graph replay on CUDA)."""
+        p = {k: v for k, v in params.to_torch(self.device).items() if v is not None}
+        if not self.graphs:
+            return self._eager(p)
+        key = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(p.items()))
+        entry = self._graphs.get(key)
+        if entry is None:
+            try:
+                entry = self._graphs[key] = self._capture(p)
+            except RuntimeError:    # an op that cannot be captured: stay eager for this poser
+                self.graphs = False
+                torch.cuda.synchronize(self.device)
+                return self._eager(p)
+        static, graph, out = entry
+        for k, v in p.items():
+            static[k].copy_(v)
+        graph.replay()
+        return out
+
+    def _capture(self, p: dict):
+        static = {k: v.clone() for k, v in p.items()}
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):       # warm-up outside the capture (cuBLAS handles, allocator)
+            for _ in range(2):
+                self._eager(static)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._eager(static)
+        return static, graph, out
+
+    def __call__(self, params: FlameParams) -> WorldGaussians:
+        """World Gaussians for a single-timestep ``params``."""
+        return self.pose_and_place(params)[0]
