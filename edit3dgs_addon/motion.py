@@ -4,9 +4,10 @@ A motion is a dict of float64 arrays, T timesteps (formats.md §1):
 ``expr (T,E)``, ``rotation (T,3)``, ``neck_pose (T,3)``, ``jaw_pose (T,3)``,
 ``eyes_pose (T,6)`` (left then right), ``translation (T,3)``; rotations are
 axis-angle in radians. Files: a ``flame_param.npz`` sequence, or a
-GaussianAvatars dataset folder (``transforms_<split>.json`` naming per-frame
-files, or ``flame_param/*.npz``), each per-frame file holding the same keys
-with a leading dimension of 1.
+GaussianAvatars/VHAP dataset folder (its ``transforms_{train,val,test}.json``
+name per-frame files; frames are addressed by ``timestep_index`` across the
+splits, as the backend does), or a folder of ``flame_param/*.npz``; each
+per-frame file holds the same keys with a leading dimension of 1.
 
 On the rig (edit3dgs_addon/scene/rig.py) every bone has an identity rest
 orientation in FLAME's axes (the root empty does the y-up -> z-up turn), so a
@@ -22,6 +23,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -76,32 +78,81 @@ def validate(d: dict, path, n_expr: int) -> dict:
     return out
 
 
-def _per_frame_files(folder: Path, split: str) -> list[Path]:
-    tf = folder / f"transforms_{split}.json"
-    if tf.is_file():
-        try:
-            frames = json.loads(tf.read_text()).get("frames", [])
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-            raise _err(tf, "a transforms JSON with a 'frames' list", f"{type(exc).__name__}: {exc}") from None
-        by_t: dict[int, Path] = {}
-        for fr in frames:
-            if isinstance(fr, dict) and fr.get("flame_param_path"):
-                by_t.setdefault(int(fr.get("timestep_index", len(by_t))), folder / fr["flame_param_path"])
+SPLITS = ("train", "val", "test")
+
+
+def _split_frames(tf: Path) -> list[dict]:
+    try:
+        data = json.loads(tf.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _err(tf, "a transforms JSON with a 'frames' list", f"{type(exc).__name__}: {exc}") from None
+    frames = data.get("frames") if isinstance(data, dict) else None
+    if not isinstance(frames, list):
+        raise _err(tf, "a transforms JSON with a 'frames' list", f"{type(frames if isinstance(data, dict) else data).__name__}")
+    for i, fr in enumerate(frames):
+        if not isinstance(fr, dict):
+            raise _err(tf, f"frames as JSON objects (frames[{i}])", type(fr).__name__)
+    return frames
+
+
+def _per_frame_files(folder: Path, split: str = "all") -> tuple[list[Path], str]:
+    """The per-frame FLAME files of a dataset folder in motion order, and where they came from.
+
+    With transforms files (VHAP's export, GaussianAvatars' data), frames are addressed by
+    ``timestep_index`` as the backend does (backend/edit3dgs/dataset.py): ``split="all"`` reads
+    every split (``transforms_{train,val,test}.json`` that exist, else ``transforms.json``) and
+    row t is the frame whose ``timestep_index`` is t, whichever split holds it (0..N-1, none
+    missing); one split gives its own timesteps in order (consecutive). A timestep whose frames
+    name different FLAME files is refused. Without transforms files: ``flame_param/*.npz`` by name."""
+    names = [f"transforms_{s}.json" for s in (SPLITS if split == "all" else (split,))]
+    tfs = [folder / n for n in names if (folder / n).is_file()]
+    if split == "all" and not tfs and (folder / "transforms.json").is_file():
+        tfs = [folder / "transforms.json"]
+    if split != "all" and not tfs:
+        raise _err(folder / names[0], f"the {split} split of a dataset folder", "no such file")
+    if tfs:
+        by_t: dict[int, tuple[Path, Path]] = {}  # timestep_index -> (FLAME file, the transforms file naming it)
+        for tf in tfs:
+            for i, fr in enumerate(_split_frames(tf)):
+                rel = fr.get("flame_param_path")
+                if rel is None or rel == "":
+                    continue
+                if not isinstance(rel, str):
+                    raise _err(tf, f"flame_param_path as a path relative to the dataset folder (frames[{i}])", repr(rel)[:60])
+                t = fr.get("timestep_index", 0)
+                if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+                    raise _err(tf, f"timestep_index as a whole number of at least 0 (frames[{i}])", repr(t)[:60])
+                old = by_t.setdefault(t, (folder / rel, tf))
+                if old[0] != folder / rel:
+                    raise _err(tf, f"one flame_param_path per timestep_index (timestep_index {t})",
+                               f"{rel} here and {old[0].relative_to(folder)} in {old[1].name}")
         if not by_t:
-            raise _err(tf, "frames with flame_param_path", "none")
-        return [by_t[t] for t in sorted(by_t)]
+            raise _err(tfs[0] if len(tfs) == 1 else folder, "frames with flame_param_path",
+                       f"none in {', '.join(tf.name for tf in tfs)}")
+        ts = sorted(by_t)
+        first = 0 if split == "all" else ts[0]
+        missing = sorted(set(range(first, ts[-1] + 1)) - set(ts))
+        if missing:
+            where = tfs[0] if len(tfs) == 1 else folder
+            raise _err(where, f"timestep_index values {first}..N-1 with none missing"
+                              f"{' across the splits (as VHAP numbers them)' if len(tfs) > 1 else ''}",
+                       f"no frame with timestep_index {missing[0]} (indices {ts[0]}..{ts[-1]}, {len(ts)} of them)")
+        note = (f"{len(ts)} frames by timestep_index {ts[0]}..{ts[-1]} from {', '.join(tf.name for tf in tfs)}")
+        return [by_t[t][0] for t in ts], note
     sub = folder / "flame_param"
     files = sorted((sub if sub.is_dir() else folder).glob("*.npz"))
     if not files:
         raise _err(folder, "a flame_param.npz or a dataset folder with flame_param/*.npz", "no .npz files")
-    return files
+    return files, f"{len(files)} frames from {files[0].parent.name}/*.npz in name order"
 
 
-def load_motion(path: os.PathLike | str, n_expr: int = 100, split: str = "train") -> dict:
-    """A motion from a sequence npz or a dataset folder; raises MotionError (nothing half-read)."""
+def load_motion(path: os.PathLike | str, n_expr: int = 100, split: str = "all",
+                report: Callable[[str], None] | None = None) -> dict:
+    """A motion from a sequence npz or a dataset folder (``split``: see ``_per_frame_files``);
+    raises MotionError (nothing half-read). ``report(text)`` is told which frames were read."""
     path = Path(path)
     if path.is_dir():
-        files = _per_frame_files(path, split)
+        files, note = _per_frame_files(path, split)
         parts = []
         for f in files:
             if not f.is_file():
@@ -116,6 +167,8 @@ def load_motion(path: os.PathLike | str, n_expr: int = 100, split: str = "train"
         out = {k: np.concatenate([p[k] for p in parts]) for k in MOTION_KEYS}
         if "shape" in parts[0]:
             out["shape"] = parts[0]["shape"]
+        if report is not None:
+            report(note)
         return out
     if not path.is_file():
         raise _err(path, "a flame_param.npz or a dataset folder", "no such file or folder")

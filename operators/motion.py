@@ -44,7 +44,11 @@ Another person's motion on this avatar is cross-identity reenactment: the avatar
     source_fps: FloatProperty(name="Source FPS", default=0.0, min=0.0,
                               description="Frame rate of the motion; 0: the avatar's (its avatar.json), else the "
                                           "scene's; resampled to the scene's frame rate")
-    split: EnumProperty(name="Split", description="Which split of a dataset folder to read", items=[(s, s, f"transforms_{s}.json of a dataset folder") for s in ("train", "val", "test")])
+    split: EnumProperty(name="Split", description="Which frames of a dataset folder to read",
+                        items=[("all", "All", "Every split (transforms_{train,val,test}.json), frame t = timestep_index t, "
+                                              "as the backend reads a dataset")]
+                        + [(s, s, f"Only transforms_{s}.json, its timesteps in order") for s in ("train", "val", "test")],
+                        default="all")
     set_range: BoolProperty(name="Set Scene Range", default=True, description="Make the scene's frame range the motion's")
 
     @classmethod
@@ -67,7 +71,8 @@ Another person's motion on this avatar is cross-identity reenactment: the avatar
         n_expr = scene_motion.n_expr_keys(head)
         scene = context.scene
         try:
-            motion = mo.load_motion(path, n_expr=n_expr, split=self.split)
+            read = []
+            motion = mo.load_motion(path, n_expr=n_expr, split=self.split, report=read.append)
             fps = scene_fps(scene)
             # the motion's rate: the one given, else the avatar's sequence's (a flame_param.npz has none)
             src = self.source_fps if self.source_fps > 0 else float(root.get("edit3dgs_fps", 0.0))
@@ -91,7 +96,8 @@ Another person's motion on this avatar is cross-identity reenactment: the avatar
         except mo.MotionError:
             pass
         rate = f", resampled {src:g} -> {fps:g} fps" if src > 0 and abs(src - fps) > 1e-6 else ""
-        msg = f"Motion: {T} frames keyed from frame {start} ({n_curves} F-curves{rate}){cross}"
+        src_note = f"; {read[0]}" if read else ""
+        msg = f"Motion: {T} frames keyed from frame {start} ({n_curves} F-curves{rate}){src_note}{cross}"
         note(context, msg, "IMPORTED")
         self.report({"INFO"}, msg)
         return {"FINISHED"}

@@ -258,6 +258,64 @@ def test_gaussianavatars_cameras_json_is_a_camera_file(ga_avatar, cli, tmp_path)
     assert [c.index for c in read_camera_file(tmp_path / "cap" / "transforms_val.json").cameras] == [1]
 
 
+def test_edit_renders_its_views_with_the_camera_model_render_uses(ga_avatar, cli, tmp_path):
+    """``edit`` and the server's edit job read a camera file as ``render`` does: a GaussianAvatars
+    avatar's edit views are where GaussianAvatars renders it (its camera model by default),
+    ``--camera-model file`` on request; which convention and model is said and recorded."""
+    import shutil
+
+    from edit3dgs.bundle import open_avatar
+    from edit3dgs.loop import EditSession, EditSettings
+
+    folder, head, ds, frames = ga_avatar
+    # the head model travels with the avatar (avatar.json; no `kind`, so a GaussianAvatars avatar),
+    # every vertex "scalp" so the region editor has a hair region
+    shutil.copy(head, folder / "head_model.pkl")
+    write_pickle(folder / "head_masks.pkl", {"scalp": np.arange(40)})
+    (folder / "avatar.json").write_text(json.dumps({"head_model": "head_model.pkl", "head_masks": "head_masks.pkl"}))
+    cams_file = ds / "transforms_val.json"
+    b = open_avatar(folder)
+    g = b.world(b.pose(timesteps=[1])[0])
+    refs = []
+    for fr in frames[:2]:
+        w2c, K = gaussianavatars_camera(fr)
+        refs.append(rasterize(g.means, g.quats, g.scales, g.opacities, g.sh, torch.tensor(w2c[None], dtype=torch.float32),
+                              torch.tensor(K[None], dtype=torch.float32), fr["w"], fr["h"], sh_degree=g.sh_degree,
+                              background=torch.ones(3)).rgb[0])
+    for model, want in (("auto", "gaussianavatars"), ("file", "file")):
+        s = EditSession(b, EditSettings(prompt="make the hair blue", camera_file=str(cams_file), timesteps=[1], scale=1.0,
+                                        camera_model=model, device="cpu"))
+        cams, _, _ = s.edit_set()
+        rgb = s.render_set(b.gaussians, cams, [1], [])[0]
+        assert s.camera_read.model == want and "cy convention vhap" in s.camera_read.describe()[0]
+        for i in range(2):
+            assert refs[i].min() < 0.9, "the avatar is not in view"
+            assert (psnr(rgb[i].numpy(), refs[i].numpy()) >= 40) == (want == "gaussianavatars"), (model, i)
+    # the command says it and edit.json records it
+    code, _, err = cli("edit", "--avatar", folder, "--prompt", "make the hair blue", "--cameras", cams_file,
+                       "--timesteps", "1", "--scale", "0.5", "--iters-per-batch", "1", "--device", "cpu", "--out", tmp_path / "ed")
+    assert code == 0, err
+    assert "cy convention vhap" in err and "camera model: gaussianavatars (a GaussianAvatars avatar" in err
+    rec = json.loads((tmp_path / "ed" / "edit.json").read_text())
+    assert rec["cameras"]["model"] == "gaussianavatars" and rec["cameras"]["convention"] == "vhap"
+    # the server's edit job: the same choice, said in its result
+    from test_server import Serve
+
+    srv = Serve()
+    try:
+        assert srv.recv()[0] == "ready"
+        srv.send("job", {"id": "e", "kind": "edit", "args": {
+            "avatar": str(folder), "out_dir": str(tmp_path / "srv"),
+            "settings": {"prompt": "make the hair blue", "camera_file": str(cams_file), "timesteps": [1], "scale": 0.5,
+                         "iters_per_batch": 1, "camera_model": "file"}}})
+        k, p = srv.until({"done", "error"}, "e")
+    finally:
+        srv.close()
+    assert k == "done", p
+    assert any("camera model: file (asked for)" in line for line in p["result"]["cameras"])
+    assert json.loads((tmp_path / "srv" / "edit.json").read_text())["cameras"]["model"] == "file"
+
+
 # -- frames by timestep_index across splits -----------------------------------------------------
 
 def write_split_dataset(root, n_train=4, n_test=2):

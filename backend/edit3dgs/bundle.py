@@ -116,6 +116,28 @@ def find_flame_params(folder: Path, ply: Path) -> Path:
 
 
 @dataclass
+class AvatarCameras:
+    """A camera file's cameras as an avatar is rendered with them (``AvatarBundle.read_cameras``):
+    the file as read (its ``cy`` convention and why), and the camera model applied (and why)."""
+
+    cameras: list
+    file: object  # cameras.CameraFile
+    model: str
+    model_why: str
+
+    def describe(self) -> list[str]:
+        """Two lines for the user: the file and its convention, the camera model."""
+        how = (" — centred principal point, focal length from camera_angle_x, square pixels"
+               if self.model == "gaussianavatars" else " — fl_x, fl_y, cx, cy as in the file")
+        return [self.file.describe(), f"camera model: {self.model} ({self.model_why}){how}"]
+
+    def record(self) -> dict:
+        """What edit.json records of them."""
+        return {"file": str(self.file.path), "convention": self.file.convention, "convention_why": self.file.why,
+                "model": self.model, "model_why": self.model_why}
+
+
+@dataclass
 class AvatarBundle:
     """One avatar ready to pose and render.
 
@@ -178,6 +200,31 @@ class AvatarBundle:
         for i in reversed(range(len(names))):
             lab[self.gaussian_mask([names[i]])] = i + 1
         return lab
+
+    # -- cameras ----------------------------------------------------------------------
+    def default_camera_model(self) -> tuple[str, str]:
+        """The camera model that puts this avatar where it was trained, and why: GaussianAvatars'
+        own for GaussianAvatars avatars (and edits of them), the file's intrinsics for Edit3DGS's
+        built-in avatars (made with them); ``camera_model`` in avatar.json overrides both."""
+        rec = self.meta.get("camera_model")
+        if rec in ("file", "gaussianavatars"):
+            return rec, f"recorded in {self.folder / AVATAR_JSON}"
+        if self.meta.get("kind") == "builtin":
+            return "file", "a built-in avatar, made with the files' intrinsics"
+        return "gaussianavatars", "a GaussianAvatars avatar, trained with GaussianAvatars' camera model"
+
+    def read_cameras(self, path: os.PathLike | str, convention: str = "auto", model: str = "auto") -> "AvatarCameras":
+        """The cameras of a camera file for rendering this avatar: ``cy`` read in ``convention``
+        (``auto``: from the file's evidence, never guessed), intrinsics by ``model`` (``auto``:
+        ``default_camera_model``). Every command that renders an avatar with a camera file
+        (render, capture, edit, the server's edit job) goes through here."""
+        from .cameras import apply_camera_model, read_camera_file
+
+        cf = read_camera_file(path, convention)
+        why = "asked for"
+        if model == "auto":
+            model, why = self.default_camera_model()
+        return AvatarCameras(apply_camera_model(cf.cameras, model), cf, model, why)
 
     # -- saving ---------------------------------------------------------------------
     def save(self, out: os.PathLike | str, gaussians: GaussianAvatar | None = None, extra_meta: dict | None = None,

@@ -115,30 +115,16 @@ def _motion(a, b):
 
 
 def auto_camera_model(b) -> tuple[str, str]:
-    """The camera model that puts the avatar where it was trained: GaussianAvatars' own for
-    GaussianAvatars avatars (and edits of them), the file's intrinsics for Edit3DGS's built-in
-    avatars (made with them); ``camera_model`` in avatar.json overrides both."""
-    rec = b.meta.get("camera_model")
-    if rec in ("file", "gaussianavatars"):
-        return rec, f"recorded in {b.folder / 'avatar.json'}"
-    if b.meta.get("kind") == "builtin":
-        return "file", "a built-in avatar, made with the files' intrinsics"
-    return "gaussianavatars", "a GaussianAvatars avatar, trained with GaussianAvatars' camera model"
+    """The camera model that puts the avatar where it was trained (``AvatarBundle.default_camera_model``)."""
+    return b.default_camera_model()
 
 
 def _cameras(a, b, path, scale: float = 1.0):
     """The cameras of ``path`` in the convention and camera model the options ask for, said on stderr."""
-    from .cameras import apply_camera_model, read_camera_file
-
-    cf = read_camera_file(path, getattr(a, "camera_convention", "auto"))
-    _say(cf.describe())
-    model = getattr(a, "camera_model", "auto")
-    why = "--camera-model"
-    if model == "auto":
-        model, why = auto_camera_model(b)
-    _say(f"camera model: {model} ({why})" + (" — centred principal point, focal length from camera_angle_x, square pixels"
-                                              if model == "gaussianavatars" else " — fl_x, fl_y, cx, cy as in the file"))
-    cams = apply_camera_model(cf.cameras, model)
+    ac = b.read_cameras(path, getattr(a, "camera_convention", "auto"), getattr(a, "camera_model", "auto"))
+    for line in ac.describe():
+        _say(line)
+    cams = ac.cameras
     if scale != 1.0:
         cams = [c.resized(scale) for c in cams]
     return cams

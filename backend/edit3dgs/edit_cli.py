@@ -58,7 +58,7 @@ def add_edit_args(s: argparse.ArgumentParser) -> None:
     """The flags of ``edit3dgs edit``; their defaults are EditSettings' (loop.py), shown in the help.
 
     Flags not given stay None, so only what the user chose reaches ``EditSettings.from_dict``."""
-    from .cli import _add_avatar_args
+    from .cli import _add_avatar_args, _add_camera_args
     from .loop import DEVICE_DEFAULTS, EditSettings
 
     D = EditSettings(prompt="")
@@ -70,6 +70,8 @@ def add_edit_args(s: argparse.ArgumentParser) -> None:
                         f"(default: {D.editor})")
     s.add_argument("--cameras", help="edit cameras: a cameras JSON (transforms layout) or indices '0,1,2' "
                                      "(default: the avatar's training cameras)")
+    _add_camera_args(s)  # as render reads a camera file; left out, the setting's default (auto) decides
+    s.set_defaults(camera_convention=None, camera_model=None)
     s.add_argument("--timesteps", help="edit timesteps, e.g. '0,10,20' or '0-90:10' (default: a spread)")
     s.add_argument("--num-timesteps", type=int, help=f"how many timesteps the default spread has (default: {D.num_timesteps})")
     s.add_argument("--regions", help="local edit: only Gaussians bound to these regions change, e.g. 'hair' or 'lips,eyes'")
@@ -128,10 +130,6 @@ def settings_dict_from_args(a) -> dict:
 
     check_edit_ranges(a)
     cam_file, cam_ids = _parse_cameras(a.cameras)
-    if cam_file is not None:  # which cy convention the file is read in (cameras.py), said before the long run
-        from .cameras import read_camera_file
-
-        print(read_camera_file(cam_file).describe(), file=sys.stderr)
     lrs = None
     if a.lrs:
         if a.lrs.strip().startswith("{"):
@@ -158,6 +156,7 @@ def settings_dict_from_args(a) -> dict:
             opts = {"model": a.model}
     regions = [r.strip() for r in a.regions.split(",") if r.strip()] if a.regions else None
     d = dict(prompt=a.prompt, editor=a.editor, editor_options=opts, cameras=cam_ids, camera_file=cam_file,
+             camera_convention=a.camera_convention, camera_model=a.camera_model,
              timesteps=_parse_int_list(a.timesteps, "--timesteps"), regions=regions, rounds=a.rounds,
              reedit_each_round=a.reedit_each_round, iters_per_batch=a.iters_per_batch, lr=a.lr, lrs=lrs,
              scale=a.scale, densify=a.densify, seed=a.seed, device=a.device, num_timesteps=a.num_timesteps,
@@ -207,7 +206,8 @@ def cmd_edit(a) -> int:
     settings.overwrite = a.overwrite
     bar = TqdmProgress()
     try:
-        session = EditSession(bundle, settings, progress=bar)
+        # which cy convention and camera model the edit cameras are read in, said before the long run
+        session = EditSession(bundle, settings, progress=bar, report=lambda line: print(line, file=sys.stderr))
         saved = session.run(out)
     finally:
         bar.close()

@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .bundle import AvatarBundle
-from .cameras import Camera, load_cameras
+from .bundle import AvatarBundle, AvatarCameras
+from .cameras import Camera
 from .errors import CancelledError, Edit3DGSError
 from .fit import BindingDensify, RefitConfig, TargetBatch, refit
 from .metrics import finite, psnr, ssim
@@ -42,6 +42,9 @@ class EditSettings:
 
     cameras: camera indices of the edit set (None: the avatar's training cameras);
     camera_file: a cameras JSON to take them from (None: the avatar's cameras.json);
+    camera_convention: the file's ``cy`` (auto: from the file's evidence, never guessed; vhap; nerfstudio);
+    camera_model: auto (the one the avatar was trained with: ``AvatarBundle.default_camera_model``),
+    file (the file's intrinsics) or gaussianavatars (GaussianAvatars' camera model), as ``render``;
     timesteps: None -> ``num_timesteps`` spread over the avatar's sequence;
     regions: None -> all Gaussians are refit; else only those bound to these regions (local edit);
     scale: render resolution factor; views_per_iter: cameras per refit iteration (None: all of the timestep's);
@@ -79,6 +82,8 @@ class EditSettings:
     seed: int = 0
     device: str = "auto"
     camera_file: str | None = None
+    camera_convention: str = "auto"
+    camera_model: str = "auto"
     num_timesteps: int = DEFAULT_NUM_TIMESTEPS
     views_per_iter: int | str | None = None
     overwrite: bool = False
@@ -146,6 +151,10 @@ class EditSettings:
             bad("regions", "a list of region names", self.regions)
         if self.sh_rest not in ("auto", "hold", "regularise", "free"):
             bad("sh_rest", "auto, hold, regularise or free", self.sh_rest)
+        if self.camera_convention not in ("auto", "vhap", "nerfstudio"):
+            bad("camera_convention", "auto, vhap or nerfstudio", self.camera_convention)
+        if self.camera_model not in ("auto", "file", "gaussianavatars"):
+            bad("camera_model", "auto, file or gaussianavatars", self.camera_model)
 
     def resolved(self, device) -> "EditSettings":
         """These settings on ``device`` (a torch.device or its name): "auto" values get the
@@ -178,14 +187,16 @@ def default_timesteps(T: int, n: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, T - 1, n)})
 
 
-def edit_cameras(bundle: AvatarBundle, settings: EditSettings) -> tuple[list[Camera], Path | None]:
-    """The edit set's cameras (before scaling) and the file they came from."""
+def edit_cameras(bundle: AvatarBundle, settings: EditSettings) -> tuple[list[Camera], Path | None, AvatarCameras]:
+    """The edit set's cameras (before scaling), the file they came from and how it was read: the
+    settings' ``cy`` convention and camera model, as ``render`` reads them (``AvatarBundle.read_cameras``)."""
     path = Path(settings.camera_file) if settings.camera_file else None
     if path is None and bundle.meta.get("cameras"):
         path = bundle.folder / bundle.meta["cameras"]
     if path is None or not path.is_file():
         raise Edit3DGSError(path or bundle.folder, "cameras for the edit set (--cameras JSON, or cameras.json in the avatar folder)", "none")
-    cams = load_cameras(path)
+    read = bundle.read_cameras(path, settings.camera_convention, settings.camera_model)
+    cams = read.cameras
     if settings.cameras is not None:
         want = [int(i) for i in settings.cameras]
         have = {c.index for c in cams}
@@ -200,17 +211,22 @@ def edit_cameras(bundle: AvatarBundle, settings: EditSettings) -> tuple[list[Cam
             cams = [c for c in cams if c.index in set(train)]
         elif held is not None:
             cams = [c for c in cams if c.index != held]
-    return cams, path
+    return cams, path, read
 
 
 class EditSession:
     """One edit of one avatar. ``progress(stage, done, total)``; ``should_stop()`` polled at
-    every refit iteration and between renders and edits (raises ``CancelledError``)."""
+    every refit iteration and between renders and edits (raises ``CancelledError``);
+    ``report(line)`` is told how the camera file was read (convention, camera model) before
+    anything is rendered."""
 
     def __init__(self, bundle: AvatarBundle, settings: EditSettings,
                  progress: Callable[[str, int, int], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None):
+                 should_stop: Callable[[], bool] | None = None,
+                 report: Callable[[str], None] | None = None):
         self.progress = progress or (lambda stage, done, total: None)
+        self.report = report or (lambda line: None)
+        self.camera_read: AvatarCameras | None = None
         self.should_stop = should_stop or (lambda: False)
         from .views import pick_device
 
@@ -232,7 +248,7 @@ class EditSession:
 
     def edit_set(self) -> tuple[list[Camera], list[int], Path | None]:
         s = self.settings
-        cams, path = edit_cameras(self.bundle, s)
+        cams, path, self.camera_read = edit_cameras(self.bundle, s)
         T = self.bundle.params.num_timesteps
         ts = list(s.timesteps) if s.timesteps is not None else default_timesteps(T, s.num_timesteps)
         bad = [t for t in ts if not 0 <= int(t) < T]
@@ -335,6 +351,8 @@ class EditSession:
             for r in s.regions:
                 b.region_faces([r])  # validates the names
         cams, ts, cam_path = self.edit_set()
+        for line in self.camera_read.describe():
+            self.report(line)
         self._timed("setup", t0)
 
         gaussians = b.gaussians
@@ -427,6 +445,7 @@ class EditSession:
             "instruction": s.prompt, "editor": getattr(editor, "name", s.editor), "settings": asdict(s),
             "seeds": seeds, "edit_set": {"cameras": [c.index for c in cams], "timesteps": ts,
                                          "resolution": [cams[0].width, cams[0].height]},
+            "cameras": self.camera_read.record(),
             "regions_rendered": regions, "input": str(b.folder),
             "metrics": self.metrics, "densify": densify_log,
         }

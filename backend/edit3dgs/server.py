@@ -34,7 +34,8 @@ Job kinds (``args``)
     export_rig      avatar, out [, gaussians_only]        -> {"npz"}
     world_positions avatar, params {expr, rotation, ...}, out -> {"npy"}
     edit            avatar, out_dir, settings {EditSettings fields the artist set; EditSettings.from_dict},
-                    [regions] -> {"avatar", "npz"}
+                    [regions] -> {"avatar", "npz", "cameras": [how the camera file was read: its cy
+                    convention, the camera model; also on stderr]}
     region_masks    avatar, camera {c2w, fx, fy, cx, cy, w, h}, regions, out [, timestep] -> {"png"}
     render_shot     avatar, cameras (transforms JSON, one camera per frame), flame_params (npz, one
                     timestep per frame), work_dir, outputs (one PNG path per frame) -> {"files", "device"}
@@ -373,7 +374,13 @@ class Server:
             raise Edit3DGSError(f"job argument 'npz' {npz}", "a file path other than 'out_dir'", "the same path")
         b = self.avatar(_need(args, "avatar"))
         cancel.check()
-        session = EditSession(b, settings, progress=self.progress(jid), should_stop=self.should_stop(jid))
+        said: list[str] = []  # the camera file's convention and camera model, as `edit3dgs edit` says them
+
+        def report(line: str) -> None:
+            said.append(line)
+            print(f"edit3dgs serve: job {jid}: {line}", file=sys.stderr)
+
+        session = EditSession(b, settings, progress=self.progress(jid), should_stop=self.should_stop(jid), report=report)
         # Both outputs are written to temporaries and renamed after the job's last cancel check: a
         # cancel before it leaves nothing at either path, one after it finds the job done.
         with ExitStack() as stack:
@@ -385,7 +392,7 @@ class Server:
                 export_rig(nb, tmp / n.relative_to(o) if npz_tmp is None else npz_tmp, gaussians_only=True)
 
             version = Path(session.run(out_dir, before_commit=export))
-        return {"avatar": str(version), "npz": str(npz)}
+        return {"avatar": str(version), "npz": str(npz), "cameras": said}
 
     def job_region_masks(self, jid, args):
         import torch

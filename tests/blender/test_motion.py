@@ -149,6 +149,78 @@ def test_dataset_folder_and_fps(scene, ext, avatar_dir, tmp_path):
         assert np.abs(got[k] - seq[k][:T]).max() < 1e-5, k
 
 
+def write_vhap_dataset(root, seq, n_train=4, n_test=2):
+    """A dataset folder as VHAP exports it (formats.md §2): train = timesteps 0..n_train-1 x cameras
+    0, 1; val = the same timesteps x camera 2; test = the later timesteps x every camera. Frames
+    listed newest first and per-frame files named by a scrambled original index (so neither file
+    order nor name order is timestep order); ``shape`` unbatched, the rest with a leading 1.
+    Frame t holds frame t of ``seq``."""
+    import json
+
+    (root / "flame_param").mkdir(parents=True)
+    T = n_train + n_test
+    orig = [7, 3, 9, 1, 5, 0, 8, 2][:T]
+    for t in range(T):
+        np.savez(root / "flame_param" / f"{orig[t]:05d}.npz", **{k: seq[k][t:t + 1] for k in KEYS}, shape=seq["shape"])
+
+    def frames(ts, cams):
+        return [{"timestep_index": t, "timestep_index_original": orig[t], "timestep_id": f"frame_{orig[t]:05d}",
+                 "camera_index": c, "camera_id": f"22{c:04d}", "file_path": f"images/{t:05d}_{c:02d}.png",
+                 "flame_param_path": f"flame_param/{orig[t]:05d}.npz"} for t in reversed(ts) for c in cams]
+
+    splits = {"train": frames(range(n_train), [0, 1]), "val": frames(range(n_train), [2]),
+              "test": frames(range(n_train, T), [0, 1, 2])}
+    for name, fr in splits.items():
+        (root / f"transforms_{name}.json").write_text(json.dumps({"frames": fr, "timestep_indices": sorted({f["timestep_index"] for f in fr}),
+                                                                  "camera_indices": sorted({f["camera_index"] for f in fr})}))
+    return splits
+
+
+def test_dataset_frames_by_timestep_index_across_splits(scene, ext, avatar_dir, tmp_path):
+    """A VHAP/GaussianAvatars dataset folder: frame t of the motion is the frame whose timestep_index
+    is t, whichever split holds it (as the backend's --flame-params DATASET reads it); a timestep
+    with two FLAME files, or one missing, is refused before anything is keyed."""
+    import json
+
+    objs = import_avatar(avatar_dir)
+    seq = lively(held_out(avatar_dir), seed=2)
+    scene.render.fps, scene.render.fps_base = 25, 1.0
+
+    def refused(folder, want):
+        with pytest.raises(RuntimeError, match="Motion not imported"):
+            bpy.ops.edit3dgs.import_motion(filepath=str(folder), frame_start=1)
+        assert want in scene.edit3dgs.report, scene.edit3dgs.report
+        for idb in (objs["armature"], objs["head"].data.shape_keys):
+            assert idb.animation_data is None or idb.animation_data.action is None
+
+    bad = tmp_path / "gap"
+    splits = write_vhap_dataset(bad, seq)
+    (bad / "transforms_val.json").write_text(json.dumps({"frames": [f for f in splits["val"] if f["timestep_index"] != 2]}))
+    (bad / "transforms_train.json").write_text(json.dumps({"frames": [f for f in splits["train"] if f["timestep_index"] != 2]}))
+    refused(bad, "no frame with timestep_index 2")
+    bad = tmp_path / "twice"
+    splits = write_vhap_dataset(bad, seq)
+    splits["val"][0]["flame_param_path"] = "flame_param/00000.npz"  # timestep 3's val frame names timestep 5's file
+    (bad / "transforms_val.json").write_text(json.dumps({"frames": splits["val"]}))
+    refused(bad, "one flame_param_path per timestep_index (timestep_index 3)")
+
+    ds = tmp_path / "subject"
+    write_vhap_dataset(ds, seq)
+    assert bpy.ops.edit3dgs.import_motion(filepath=str(ds), frame_start=1) == {"FINISHED"}
+    assert (scene.frame_start, scene.frame_end) == (1, 6)
+    assert "6 frames by timestep_index 0..5 from transforms_train.json, transforms_val.json, transforms_test.json" \
+        in scene.edit3dgs.report
+    got = rig_motion(objs, np.arange(1, 7))
+    for k in KEYS:
+        assert np.abs(got[k] - seq[k][:6]).max() < 1e-5, k
+    # one split: its own timesteps in order (the test split holds the later ones)
+    assert bpy.ops.edit3dgs.import_motion(filepath=str(ds), frame_start=1, split="test") == {"FINISHED"}
+    assert (scene.frame_start, scene.frame_end) == (1, 2) and "timestep_index 4..5 from transforms_test.json" in scene.edit3dgs.report
+    got = rig_motion(objs, np.arange(1, 3))
+    for k in KEYS:
+        assert np.abs(got[k] - seq[k][4:6]).max() < 1e-5, k
+
+
 @pytest.mark.parametrize("case", ["missing", "shape", "nan", "garbage"])
 def test_bad_motion_reports_and_keys_nothing(scene, ext, avatar_dir, tmp_path, case):
     objs = import_avatar(avatar_dir)
