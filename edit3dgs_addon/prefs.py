@@ -29,7 +29,8 @@ class Edit3DGSPreferences(bpy.types.AddonPreferences):
     sam_model: StringProperty(name="SAM 2", default="",
                                description="SAM 2 model id or folder (text masks; empty: the backend's default)")
     cache_dir: StringProperty(name="Cache Folder", subtype="DIR_PATH", default="",
-                              description="Job folders and edited avatars (empty: the extension's user folder)")
+                              description="Work files of imports, mask previews and shots; a cache (empty: the "
+                                          "extension's user folder). Edited avatars go to each scene's Versions Folder")
     hang_timeout: FloatProperty(name="Hang Timeout (s)", default=600.0, min=5.0,
                                 description="End the backend when a job says nothing for this long")
 

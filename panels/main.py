@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bpy
 
+from .. import versions
 from ..operators.common import preview_object
 
 
@@ -188,6 +189,12 @@ class EDIT3DGS_PT_history(_Panel, bpy.types.Panel):
         row.operator("edit3dgs.revert_edit", text="Revert", icon="LOOP_BACK")
         row.operator("edit3dgs.compare_version", text="Compare", icon="SPLIT_HORIZONTAL",
                      depress=h.compare_with >= 0)
+        s = context.scene.edit3dgs
+        col = self.layout.column(align=True)
+        col.prop(s, "versions_dir")
+        if versions.versions_root(context.scene) is None:
+            col.label(text="Not saved yet: Run asks where versions go", icon="INFO")
+        col.operator("edit3dgs.save_version_as", icon="FILE_TICK")
 
 
 class EDIT3DGS_PT_motion(_Panel, bpy.types.Panel):
