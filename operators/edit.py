@@ -12,6 +12,7 @@ from bpy.props import BoolProperty, IntProperty, StringProperty
 from .. import runtime, versions
 from ..bridge import BridgeError
 from ..jobargs import edit_settings, parse_names
+from ..overall import Overall
 from ..rigfile import RigFileError, load
 from ..scene import preview as preview_mod
 from ..scene.cameras import camera_for_backend
@@ -60,6 +61,12 @@ def _edit_finished(scene_name: str, obj_name: str, prompt: str, editor: str, job
     s = scene.edit3dgs
     s.running = False
     runtime.state.edit_job = None
+    ov, runtime.state.edit_overall = runtime.state.edit_overall, None
+    if ov is not None and job.state == "done":
+        ov.update(job.stage or "save", job.done, job.total)
+        shares = ov.measured_shares()
+        if shares:  # the next edit with this editor estimates from this one
+            runtime.state.stage_shares[editor] = shares
     prev = bpy.data.objects.get(obj_name)
     if job.state == "done" and prev is not None:
         h = prev.edit3dgs
@@ -142,6 +149,9 @@ class EDIT3DGS_OT_run_edit(bpy.types.Operator):
         except BridgeError as exc:
             return self._fail(context, str(exc))
         runtime.state.edit_job = job
+        editor = settings.get("editor", "region")
+        runtime.state.edit_overall = Overall(int(settings.get("rounds", 1) or 1), editor,
+                                             runtime.state.stage_shares.get(editor))
         s.running, s.status, s.progress, s.stage = True, "RUNNING", 0.0, "starting"
         s.report = f"Editing: {settings['prompt']}"
         return {"FINISHED"}

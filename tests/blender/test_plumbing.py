@@ -243,6 +243,37 @@ def test_progress_text_has_the_stage_and_a_time_estimate():
     assert job.progress_text(now=110.0) == "refit 1/40, about 6 min left"
 
 
+def test_one_overall_bar_across_stages_and_rounds():
+    from edit3dgs_addon.overall import Overall
+
+    ov = Overall(rounds=2, editor="region", now=0.0)
+    assert ov.fraction == 0.0 and ov.text() == "starting"
+    seen, t = [], 0.0
+    for r in range(2):
+        for stage, total in (("render", 4), ("edit", 8), (f"refit {r + 1}/2", 50)):
+            for d in range(1, total + 1):
+                t += 0.1
+                ov.update(stage, d, total, now=t)
+                seen.append(ov.fraction)
+    ov.update("save", 0, 1, now=t + 0.1)
+    seen.append(ov.fraction)
+    assert all(b >= a for a, b in zip(seen, seen[1:])), "the bar went back"
+    assert abs(seen[61] - 0.475) < 1e-9 and 0.9 < seen[-1] < 1.0  # half of all rounds after round 1; save at the end
+    assert ov.round == 1
+    # the stage, its count, where the whole job is, and the time left for the whole job
+    ov2 = Overall(rounds=1, editor="region", now=0.0)
+    ov2.update("render", 4, 4, now=1.0)
+    ov2.update("edit", 8, 8, now=1.5)
+    ov2.update("refit", 1, 60, now=2.0)
+    ov2.update("refit", 30, 60, now=10.0)
+    f = ov2.fraction
+    assert abs(f - (0.95 * (0.15 + 0.05) / 0.95 + 0.75 * 0.5)) < 1e-6, f
+    assert ov2.text(now=10.0) == f"refit 30/60 · {round(100 * f)} %, about {round(10.0 / f * (1 - f))} s left"
+    # the next edit's shares are this one's measured times
+    shares = ov2.measured_shares(now=20.0)
+    assert abs(sum(shares.values()) - 1) < 1e-9 and shares["refit"] > shares["render"] > shares["edit"]
+
+
 def test_cpu_threads_preference_reaches_the_backend(ext):
     """Preferences > CPU Threads: the backend (re)starts with that many threads (EDIT3DGS_THREADS);
     0 means Auto (the backend measures the cores other programs leave free before each job)."""
