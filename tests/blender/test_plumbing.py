@@ -109,20 +109,50 @@ def test_edit_settings_mapping():
 
 
 def test_installer_steps(tmp_path):
-    cmds = installer.setup_commands("/usr/bin/python3", tmp_path / "venv", tmp_path / "backend", gpu=False)
+    def pip_calls(cmds):
+        return [argv for _, argv in cmds if argv[1:4] == ["-m", "pip", "install"]]
+
+    def torch_call(cmds):
+        return next(argv for argv in pip_calls(cmds) if installer.TORCH in argv)
+
+    cmds = installer.setup_commands("/usr/bin/python3", tmp_path / "venv", tmp_path / "backend", gpu=False,
+                                    system="Linux")
     labels = [c[0] for c in cmds]
     assert labels.index("install torch (CPU)") < labels.index("install backend")
-    assert any("torch==2.13.0" in c[1] for c in cmds)
-    assert not any("torch==2.13.0" in c[1] for c in installer.setup_commands("py", tmp_path, tmp_path, gpu=True))
+    # the right PyTorch build with the index it needs
+    assert torch_call(cmds)[-2:] == ["--index-url", installer.TORCH_CPU_INDEX]
+    for system in ("Linux", "Windows"):
+        gpu = installer.setup_commands("py", tmp_path, tmp_path, gpu=True, system=system)
+        assert torch_call(gpu)[-2:] == ["--index-url", installer.TORCH_CUDA_INDEX], system
+    assert torch_call(installer.setup_commands("py", tmp_path, tmp_path, gpu=False, system="Windows"))[-1] == \
+        installer.TORCH_CPU_INDEX
+    assert "--index-url" not in torch_call(installer.setup_commands("py", tmp_path, tmp_path, gpu=False, system="Darwin"))
+    # the diffusion extras only when asked for (the Instruct-Pix2Pix editor)
+    assert pip_calls(cmds)[-1][-1] == str(tmp_path / "backend")
+    ip2p = installer.setup_commands("py", tmp_path, tmp_path / "backend", extras="diffusion", gpu=False)
+    assert pip_calls(ip2p)[-1][-1] == f"{tmp_path / 'backend'}[diffusion]"
+    # a wheels folder: every install from it, nothing from an index
+    offline = installer.setup_commands("py", tmp_path, tmp_path / "backend", gpu=True, wheels=tmp_path / "wheels",
+                                       system="Linux")
+    for argv in pip_calls(offline):
+        assert "--no-index" in argv and argv[argv.index("--find-links") + 1] == str(tmp_path / "wheels"), argv
+        assert "--index-url" not in argv and "--upgrade" not in argv, argv
     ok = installer.StepRunner([("a", [sys.executable, "-c", "print('hi')"]), ("b", [sys.executable, "-c", "pass"])],
                               tmp_path / "setup.log")
     while ok.poll()[0] == "running":
         time.sleep(0.02)
-    assert ok.state == "done" and "hi" in (tmp_path / "setup.log").read_text()
-    bad = installer.StepRunner([("boom", [sys.executable, "-c", "raise SystemExit(3)"])], tmp_path / "setup2.log")
+    assert ok.state == "done" and ok.factor == 1.0 and "hi" in (tmp_path / "setup.log").read_text()
+    bad = installer.StepRunner([("a", [sys.executable, "-c", "pass"]), ("boom", [sys.executable, "-c", "raise SystemExit(3)"])],
+                               tmp_path / "setup2.log")
     while bad.poll()[0] == "running":
         time.sleep(0.02)
     assert bad.state == "failed" and "boom failed (exit status 3)" in bad.error
+    assert bad.factor == 0.5, "a failed setup is not a full bar"
+    slow = installer.StepRunner([("sleep", [sys.executable, "-c", "import time; time.sleep(60)"])], tmp_path / "s3.log")
+    t0 = time.monotonic()
+    slow.cancel()
+    assert time.monotonic() - t0 < 2.5 and slow.state == "cancelled" and slow.proc.poll() is not None
+    assert slow.factor < 1.0
 
 
 def test_stage_backend_copies_source(tmp_path):
