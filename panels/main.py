@@ -6,6 +6,7 @@ import bpy
 
 from .. import versions
 from ..operators.common import preview_object
+from ..operators.presets import PRESET_SUBDIR
 
 
 class _Panel:
@@ -100,12 +101,25 @@ class EDIT3DGS_PT_rig(_Panel, bpy.types.Panel):
                 col.prop(kb, "value", text=names[i] if i < len(names) else kb.name, slider=True)
 
 
+class EDIT3DGS_MT_editor_presets(bpy.types.Menu):
+    """Saved editor settings (operators/presets.py saves them)"""
+
+    bl_label = "Editor Presets"
+    preset_subdir = PRESET_SUBDIR
+    preset_operator = "script.execute_preset"
+    draw = bpy.types.Menu.draw_preset
+
+
 class EDIT3DGS_PT_editor(_Panel, bpy.types.Panel):
     bl_label = "Editor"
     bl_parent_id = "EDIT3DGS_PT_main"
 
     def draw(self, context):
         s = context.scene.edit3dgs
+        row = self.layout.row(align=True)
+        row.menu("EDIT3DGS_MT_editor_presets", text=EDIT3DGS_MT_editor_presets.bl_label)
+        row.operator("edit3dgs.add_editor_preset", text="", icon="ADD")
+        row.operator("edit3dgs.add_editor_preset", text="", icon="REMOVE").remove_active = True
         col = self.layout.column()
         col.prop(s, "editor")
         if s.editor == "ip2p":
@@ -243,5 +257,5 @@ class EDIT3DGS_PT_shot(_Panel, bpy.types.Panel):
 
 
 # Sub-panels show in this order: the history right under Run.
-CLASSES = (EDIT3DGS_UL_versions, EDIT3DGS_PT_main, EDIT3DGS_PT_history, EDIT3DGS_PT_editor, EDIT3DGS_PT_views,
+CLASSES = (EDIT3DGS_UL_versions, EDIT3DGS_MT_editor_presets, EDIT3DGS_PT_main, EDIT3DGS_PT_history, EDIT3DGS_PT_editor, EDIT3DGS_PT_views,
            EDIT3DGS_PT_masks, EDIT3DGS_PT_rig, EDIT3DGS_PT_motion, EDIT3DGS_PT_shot)
