@@ -91,7 +91,7 @@ class EDIT3DGS_OT_run_edit(bpy.types.Operator):
     bl_label = "Run Edit"
 
     prompt: StringProperty(name="Prompt", default="", description="Overrides the panel's prompt when set")
-    directory: StringProperty(name="Versions Folder", subtype="DIR_PATH", default="",
+    directory: StringProperty(name="Versions Folder", subtype="DIR_PATH", default="", options={"SKIP_SAVE"},
                               description="Where the edited avatar is saved (asked for while the .blend is not saved)")
 
     @classmethod
@@ -300,7 +300,7 @@ class EDIT3DGS_OT_save_version_as(bpy.types.Operator):
 
     directory: StringProperty(name="Folder", subtype="DIR_PATH", default="",
                               description="The folder that receives the copy")
-    folder_name: StringProperty(name="Name", default="",
+    folder_name: StringProperty(name="Name", default="", options={"SKIP_SAVE"},
                                 description="Name of the new folder (default: the version's own folder name)")
     filter_folder: BoolProperty(default=True, options={"HIDDEN"})
 

@@ -44,6 +44,14 @@ def test_unsaved_blend_needs_a_versions_folder(scene, ext, avatar_dir):
     bpy.ops.edit3dgs.cancel_edit()
     pump(ext, lambda: not scene.edit3dgs.running, timeout=60)
     assert scene.edit3dgs.versions_dir == str(Path(avatar_dir).parent / "chosen")
+    # the next unsaved file asks again (the folder chosen for one file is not remembered for another)
+    assert bpy.ops.edit3dgs.run_edit.get_rna_type().properties["directory"].is_skip_save
+    bpy.ops.wm.read_homefile(use_empty=True)
+    import_avatar(avatar_dir)
+    configure_edit(prompt="make the hair blue")
+    bpy.context.scene.edit3dgs.property_unset("versions_dir")
+    with pytest.raises(RuntimeError, match="save the .blend file first"):
+        bpy.ops.edit3dgs.run_edit()
 
 
 def test_versions_beside_the_blend_survive_uninstall_and_reinstall(scene, ext, avatar_dir, zip_path, tmp_path):
