@@ -68,3 +68,43 @@ def test_cycles_render_of_the_preview_matches_the_backends_render(scene, ext, av
     assert (np.abs(got - want) <= TOLERANCE).all(), (want, got)
     # the edit shows in the preview as much as in the backend's render (no edit invisible in the preview)
     assert np.linalg.norm(moved_got - moved_want) <= 0.2 * np.linalg.norm(moved_want), (moved_want, moved_got)
+
+
+SHINY = """
+import sys, torch
+from edit3dgs.bundle import open_avatar
+from edit3dgs.render.sh import C1
+b = open_avatar(sys.argv[1])
+g = b.gaussians.clone()
+with torch.no_grad():
+    g.features_rest.zero_()
+    g.features_rest[:, 1, :] = torch.tensor([0.3, -0.3, 0.0]) / C1  # band 1, z: redder seen along +z, greener along -z
+b.save(sys.argv[2], gaussians=g)
+"""
+
+
+def test_view_dependent_colour_follows_the_camera(scene, ext, avatar_dir, backend_py, tmp_path):
+    """An avatar whose colour depends strongly on the view: the preview, coloured from each camera, renders (Cycles)
+    like the backend's render from that camera, though the two views differ a lot."""
+    import subprocess
+
+    shiny = tmp_path / "shiny"
+    res = subprocess.run([backend_py, "-c", SHINY, str(avatar_dir), str(shiny)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    objs = import_avatar(shiny)
+    scene.render.resolution_percentage = 25
+    scene.frame_start = scene.frame_end = scene.frame_current
+    views = {}
+    for name in ("cam00", "cam12"):
+        scene.camera = next(o for o in objs["all"] if o.name.endswith(name))
+        assert bpy.ops.edit3dgs.bake_view_colors() == {"FINISHED"}, scene.edit3dgs.report
+        theirs = backend_shot(ext, scene, tmp_path / f"shot_{name}")
+        ours = cycles_render(scene, tmp_path / f"cycles_{name}.png")
+        head = (theirs[..., 3] > 0.9) & (ours[..., 3] > 0.9)
+        assert head.sum() > 500
+        views[name] = region_mean(theirs, head), region_mean(ours, head)
+        print(f"{name}: backend {np.round(views[name][0], 3)}, Cycles preview {np.round(views[name][1], 3)}")
+    for name, (want, got) in views.items():
+        assert (np.abs(got - want) <= TOLERANCE).all(), (name, want, got)
+    # the two views really differ (so a view-independent preview could not match both)
+    assert np.abs(views["cam00"][0] - views["cam12"][0]).max() > 2 * TOLERANCE, views
