@@ -135,3 +135,65 @@ def test_no_network_without_online_access(scene, fake):
     fake["prefs"].wheels_dir = str(fake["wheels"] / "missing")
     with pytest.raises(RuntimeError, match="does not exist"):
         bpy.ops.edit3dgs.setup_backend()
+
+
+def _wheel(folder, name, version, files: dict, requires=()) -> None:
+    """A pure-Python wheel written by hand (what `pip wheel` would make), so no network and no build tools."""
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    files = {**files, f"{info}/METADATA": meta,
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: edit3dgs-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{p},,\n" for p in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as z:
+        for p, text in files.items():
+            z.writestr(p, text)
+        z.writestr(f"{info}/RECORD", record)
+
+
+IN_TREE_BUILD = '''
+import os, sys, zipfile
+sys.path.insert(0, os.path.dirname(__file__))
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    from wheelmaker import make
+    return make(wheel_directory)
+'''
+
+
+def test_real_pip_installs_from_a_wheels_folder_with_no_index(tmp_path):
+    """The commands Set Up Backend runs, with the real venv and pip, from a folder of wheels: torch and the
+    backend's dependencies come from the folder, the backend is built from its source, nothing from an index."""
+    import inspect
+
+    from edit3dgs_addon import installer
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "torch", installer.TORCH.split("==")[1], {"torch/__init__.py": "FAKE = True\n"})
+    _wheel(wheels, "tinydep", "1.0", {"tinydep/__init__.py": ""})
+    backend = tmp_path / "backend"
+    backend.mkdir()
+    (backend / "pyproject.toml").write_text('[build-system]\nrequires = []\nbuild-backend = "inbuild"\n'
+                                            'backend-path = ["."]\n')
+    (backend / "inbuild.py").write_text(IN_TREE_BUILD)
+    (backend / "wheelmaker.py").write_text(
+        "import pathlib, zipfile\n" + inspect.getsource(_wheel).replace("_wheel", "wheel") +
+        "def make(d):\n    wheel(pathlib.Path(d), 'edit3dgs', '0.1.0', {'edit3dgs/__init__.py': '', "
+        "'edit3dgs/cli.py': 'print(\"usage: edit3dgs\")\\n'}, requires=('torch>=2.1', 'tinydep'))\n"
+        "    return 'edit3dgs-0.1.0-py3-none-any.whl'\n")
+    venv = tmp_path / "venv"
+    cmds = installer.setup_commands(sys.executable, venv, backend, wheels=wheels, gpu=False, system="Linux")
+    runner = installer.StepRunner(cmds, tmp_path / "setup.log")
+    end = time.monotonic() + 240
+    while runner.poll()[0] == "running" and time.monotonic() < end:
+        time.sleep(0.1)
+    log = (tmp_path / "setup.log").read_text()
+    assert runner.state == "done", runner.error + "\n" + log[-3000:]
+    py = str(installer.venv_python(venv))
+    import subprocess
+
+    check = subprocess.run([py, "-c", "import torch, tinydep, edit3dgs; print(torch.FAKE)"], capture_output=True,
+                           text=True)
+    assert check.returncode == 0 and check.stdout.strip() == "True", check.stderr
