@@ -84,6 +84,15 @@ def test_failed_setup_from_a_wheels_folder_shows_failed(scene, fake, monkeypatch
     assert text.startswith("Setup failed at step 2/4: install torch") and "exit status 1" in text, text
     assert icon == "ERROR"
     assert fake["prefs"].backend_python == fake["before"], "a failed setup changed the backend in use"
+    # the preferences show it failed, not a full bar, with Set Up Backend ready again
+    from test_panel_draw import Layout
+
+    log = []
+    prefs = fake["prefs"]
+    proxy = type("P", (), {"layout": Layout(log), "__getattr__": lambda self, name: getattr(prefs, name)})()
+    type(prefs).draw(proxy, bpy.context)
+    assert not any(k == "progress" for k, _ in log), log
+    assert ("label", text) in log and ("operator", "edit3dgs.setup_backend") in log
     installs = pip_installs(fake["log"])
     assert installs, "pip never ran"
     for argv in installs:
