@@ -73,7 +73,14 @@ def bake_view_colors(obj, rig: RigFile, scene, depsgraph=None) -> str:
         return ""
     depsgraph = depsgraph or bpy.context.evaluated_depsgraph_get()
     depsgraph.update()
-    means = evaluated_pointcloud_positions(obj, depsgraph)
+    try:
+        means = evaluated_pointcloud_positions(obj, depsgraph)
+    except LookupError:  # the artist removed or changed the Follow Rig modifier: the view-independent colours
+        obj.data["edit3dgs_colour_view"] = ""
+        return ""
+    if len(means) != len(rest):
+        obj.data["edit3dgs_colour_view"] = ""
+        return ""
     eye = obj.matrix_world.inverted() @ cam.evaluated_get(depsgraph).matrix_world.translation
     rgb = view_colors(rig["gs_color"], rest, means, np.array(eye, np.float32))
     rgba = np.concatenate([srgb_to_linear(rgb), rig["gs_opacity"][:, None]], 1).astype(np.float32)
