@@ -13,8 +13,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-TORCH_CPU = "torch==2.13.0"  # CPU machines: the CPU build first, never the multi-GB CUDA stack
+TORCH = "torch==2.13.0"
+TORCH_CPU = TORCH  # CPU machines: the CPU build first, never the multi-GB CUDA stack
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"  # Windows' PyPI torch is CPU-only; Linux's pulls CUDA too
+
+
+def torch_choice(system: str | None = None, gpu: bool | None = None) -> tuple[str, str | None]:
+    """(label, index URL) of the PyTorch build for this machine: CUDA on Windows/Linux with an NVIDIA GPU,
+    the CPU build elsewhere, PyPI's own on macOS (Apple GPUs through MPS)."""
+    system = platform.system() if system is None else system
+    gpu = has_nvidia() if gpu is None else gpu
+    if system == "Darwin":
+        return "install torch (macOS)", None
+    if gpu:
+        return "install torch (CUDA)", TORCH_CUDA_INDEX
+    return "install torch (CPU)", TORCH_CPU_INDEX
 
 
 def venv_python(venv: Path) -> Path:
@@ -35,17 +49,27 @@ def stage_backend(source: Path, dest: Path) -> Path:
     return dest / "backend"
 
 
-def setup_commands(base_python: str, venv: Path, backend_dir: Path, extras: str = "diffusion",
-                   gpu: bool | None = None) -> list[tuple[str, list[str]]]:
-    """[(label, argv)] to create the venv and install the backend into it."""
+def setup_commands(base_python: str, venv: Path, backend_dir: Path, extras: str = "",
+                   gpu: bool | None = None, wheels: str | Path | None = None,
+                   system: str | None = None) -> list[tuple[str, list[str]]]:
+    """[(label, argv)] to create the venv and install the backend into it.
+
+    ``wheels``: a folder of wheels to install from with no network (pip ``--no-index --find-links``; it must
+    hold torch, the backend's dependencies and setuptools); else the package index and PyTorch's index for
+    this machine's build. ``extras``: "diffusion" for the Instruct-Pix2Pix editor (diffusers, transformers)."""
     py = str(venv_python(venv))
-    gpu = has_nvidia() if gpu is None else gpu
-    cmds = [("create venv", [base_python, "-m", "venv", str(venv)]),
-            ("upgrade pip", [py, "-m", "pip", "install", "--upgrade", "pip"])]
-    if not gpu and platform.system() != "Darwin":
-        cmds.append(("install torch (CPU)", [py, "-m", "pip", "install", TORCH_CPU, "--index-url", TORCH_CPU_INDEX]))
+    pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
+    cmds = [("create venv", [base_python, "-m", "venv", str(venv)])]
+    label, index = torch_choice(system, gpu)
+    if wheels:
+        source = ["--no-index", "--find-links", str(wheels)]
+        cmds.append((label.replace("install torch", "install torch from the wheels folder"), pip + source + [TORCH]))
+    else:
+        source = []
+        cmds.append(("upgrade pip", pip + ["--upgrade", "pip"]))
+        cmds.append((label, pip + [TORCH] + (["--index-url", index] if index else [])))
     target = f"{backend_dir}[{extras}]" if extras else str(backend_dir)
-    cmds.append(("install backend", [py, "-m", "pip", "install", target]))
+    cmds.append(("install backend" + (" with Instruct-Pix2Pix" if extras else ""), pip + source + [target]))
     cmds.append(("check backend", [py, "-m", "edit3dgs.cli", "--help"]))
     return cmds
 
@@ -70,7 +94,10 @@ class StepRunner:
 
     @property
     def factor(self) -> float:
-        return max(0, self.index) / max(1, len(self.commands)) if self.state == "running" else 1.0
+        """How far it got: a full bar only when every step succeeded (a failure stays where it stopped)."""
+        if self.state == "done":
+            return 1.0
+        return max(0, self.index) / max(1, len(self.commands))
 
     def _next(self) -> None:
         self.index += 1
@@ -89,9 +116,11 @@ class StepRunner:
         except OSError as exc:
             self._fail(f"{label}: {exc}")
 
-    def _fail(self, msg: str) -> None:
-        self.state, self.error = "failed", f"{msg} (log: {self.log_path})"
-        self._log.close()
+    def _fail(self, msg: str, state: str = "failed") -> None:
+        self.state, self.error = state, f"{msg} (log: {self.log_path})"
+        if not self._log.closed:
+            self._log.write(f"\n--- {state}: {msg}\n".encode())
+            self._log.close()
 
     def poll(self):
         if self.state == "running" and self.proc is not None:
@@ -103,11 +132,19 @@ class StepRunner:
                     self._next()
         return self.state, self.index, self.label
 
-    def cancel(self) -> None:
+    def cancel(self, timeout: float = 2.0) -> None:
+        """Stop now: the running step is ended (terminate, then kill) and nothing after it runs."""
+        if self.state != "running":
+            return
+        label = self.label
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.state == "running":
-            self._fail("cancelled")
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        self._fail(f"cancelled during '{label}'", "cancelled")
 
 
 def base_python() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import runtime
 
@@ -16,6 +16,14 @@ class Edit3DGSPreferences(bpy.types.AddonPreferences):
     backend_python: StringProperty(
         name="Backend Python", subtype="FILE_PATH",
         description="Interpreter with edit3dgs installed (EDIT3DGS_BACKEND_PYTHON overrides it)")
+    wheels_dir: StringProperty(
+        name="Wheels Folder", subtype="DIR_PATH", default="",
+        description="Set Up Backend installs from this folder of wheels with no network (torch, the backend's "
+                    "packages and setuptools; e.g. made with 'pip download'). Empty: the package index (online)")
+    setup_ip2p: BoolProperty(
+        name="Instruct-Pix2Pix Support", default=False,
+        description="Set Up Backend also installs the diffusion packages the Instruct-Pix2Pix editor needs "
+                    "(always when a scene's editor is Instruct-Pix2Pix)")
     device: EnumProperty(name="Device", description="Where the backend renders, edits and refits",
                          items=[("auto", "Auto", "CUDA, then MPS, then CPU"), ("cuda", "CUDA", "An NVIDIA GPU"),
                                 ("mps", "Apple (MPS)", "An Apple GPU"), ("cpu", "CPU", "The processor (slow)")])
@@ -29,7 +37,8 @@ class Edit3DGSPreferences(bpy.types.AddonPreferences):
     sam_model: StringProperty(name="SAM 2", default="",
                                description="SAM 2 model id or folder (text masks; empty: the backend's default)")
     cache_dir: StringProperty(name="Cache Folder", subtype="DIR_PATH", default="",
-                              description="Job folders and edited avatars (empty: the extension's user folder)")
+                              description="Work files of imports, mask previews and shots; a cache (empty: the "
+                                          "extension's user folder). Edited avatars go to each scene's Versions Folder")
     hang_timeout: FloatProperty(name="Hang Timeout (s)", default=600.0, min=5.0,
                                 description="End the backend when a job says nothing for this long")
 
@@ -42,13 +51,21 @@ class Edit3DGSPreferences(bpy.types.AddonPreferences):
         row.prop(self, "backend_python")
         if env:
             col.label(text=f"EDIT3DGS_BACKEND_PYTHON overrides it: {env}", icon="INFO")
+        col.prop(self, "wheels_dir")
+        col.prop(self, "setup_ip2p")
         row = col.row(align=True)
-        row.operator("edit3dgs.setup_backend", icon="CONSOLE")
-        row.operator("edit3dgs.open_log", text="Setup log", icon="TEXT").which = "setup"
+        if runtime.state.setup is not None:
+            row.operator("edit3dgs.cancel_setup", icon="CANCEL")
+        else:
+            row.operator("edit3dgs.setup_backend", icon="CONSOLE")
+        row.operator("edit3dgs.open_log", text="Setup Log", icon="TEXT").which = "setup"
         setup = runtime.state.setup or runtime.state.last_setup
         if setup is not None:
-            col.progress(factor=setup.factor, text=f"{setup.state}: {setup.label}" if setup.state == "running"
-                         else (setup.error or "backend installed"))
+            text, icon = setup_status(setup)
+            if setup.state == "running":
+                col.progress(factor=setup.factor, text=text)
+            else:
+                col.label(text=text, icon=icon, translate=False)
         col.prop(self, "device")
         col.prop(self, "cpu_threads")
         box = col.box()
@@ -58,6 +75,18 @@ class Edit3DGSPreferences(bpy.types.AddonPreferences):
         box.prop(self, "sam_model")
         col.prop(self, "cache_dir")
         col.prop(self, "hang_timeout")
+
+
+def setup_status(runner) -> tuple[str, str]:
+    """(text, icon) of a backend setup: running with its step, done, failed or cancelled with the reason."""
+    n = len(runner.commands)
+    if runner.state == "running":
+        return f"Step {runner.index + 1}/{n}: {runner.label}", "NONE"
+    if runner.state == "done":
+        return "Backend installed", "CHECKMARK"
+    if runner.state == "cancelled":
+        return f"Setup cancelled at step {runner.index + 1}/{n} ({runner.label}); nothing changed", "CANCEL"
+    return f"Setup failed at step {runner.index + 1}/{n}: {runner.error}", "ERROR"
 
 
 def get(context=None) -> Edit3DGSPreferences:

@@ -95,6 +95,10 @@ class Edit3DGSSettings(bpy.types.PropertyGroup):
                                  description="How much of the original is put back inside the masks")
     local_regions: EnumProperty(name="Edit Only", items=REGION_ITEMS, options={"ENUM_FLAG"}, default=set(),
                                 description="Regions to refit (Shift-click for several; none: the whole head)")
+    versions_dir: StringProperty(name="Versions Folder", subtype="DIR_PATH", default="//edit3dgs_versions/",
+                                 description="Where each edit saves its avatar and rig file ('//': beside the saved "
+                                             ".blend file; asked for when the file is not saved yet). Never the "
+                                             "extension's own folder, which Blender deletes on uninstall")
     # job state (written by the timer on the main thread)
     status: StringProperty(name="Status", default="", description="State of the last action (its report's icon)")
     stage: StringProperty(name="Stage", default="", description="What the running edit is doing")

@@ -22,6 +22,8 @@ DRAIN_INTERVAL = 0.1
 class _State:
     backend: Backend | None = None
     edit_job: Job | None = None
+    edit_overall = None  # overall.Overall of the running edit: one bar across its stages
+    stage_shares: dict = {}  # editor -> each stage's share of the last edit's time (the next estimate)
     setup = None  # installer.StepRunner while "Set Up Backend" runs
     last_setup = None
     setup_target: str = ""
@@ -98,7 +100,12 @@ def drain():
             scene = bpy.context.scene
             s = getattr(scene, "edit3dgs", None)
             if s is not None and not job.finished:
-                s.stage, s.progress = job.progress_text(), job.factor
+                ov = state.edit_overall
+                if ov is not None and job.stage:
+                    ov.update(job.stage, job.done, job.total)
+                    s.stage, s.progress = ov.text(), ov.fraction
+                else:
+                    s.stage, s.progress = job.progress_text(), job.factor
     if state.setup is not None:
         st, _, _ = state.setup.poll()
         if st == "running":
@@ -144,6 +151,7 @@ def shutdown():
         state.setup.cancel()
         state.setup = None
     state.edit_job = None
+    state.edit_overall = None
 
 
 __all__ = ["state", "backend", "submit", "drain", "BridgeError", "shutdown"]

@@ -2,9 +2,10 @@
 
 import bpy
 
-from . import edit, import_avatar, motion, setup, shot
+from . import edit, import_avatar, motion, presets, setup, shot
 
-CLASSES = import_avatar.CLASSES + edit.CLASSES + setup.CLASSES + motion.CLASSES + shot.CLASSES
+CLASSES = (import_avatar.CLASSES + edit.CLASSES + presets.CLASSES + setup.CLASSES + motion.CLASSES
+           + shot.CLASSES)
 
 
 def menu_import(self, context):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from functools import partial
+from pathlib import Path
 
 import bpy
-from bpy.props import IntProperty, StringProperty
+from bpy.props import BoolProperty, IntProperty, StringProperty
 
-from .. import runtime
+from .. import runtime, versions
 from ..bridge import BridgeError
 from ..jobargs import edit_settings, parse_names
+from ..overall import Overall
 from ..rigfile import RigFileError, load
 from ..scene import preview as preview_mod
 from ..scene.cameras import camera_for_backend
@@ -59,6 +61,12 @@ def _edit_finished(scene_name: str, obj_name: str, prompt: str, editor: str, job
     s = scene.edit3dgs
     s.running = False
     runtime.state.edit_job = None
+    ov, runtime.state.edit_overall = runtime.state.edit_overall, None
+    if ov is not None and job.state == "done":
+        ov.update(job.stage or "save", job.done, job.total)
+        shares = ov.measured_shares()
+        if shares:  # the next edit with this editor estimates from this one
+            runtime.state.stage_shares[editor] = shares
     prev = bpy.data.objects.get(obj_name)
     if job.state == "done" and prev is not None:
         h = prev.edit3dgs
@@ -83,6 +91,8 @@ class EDIT3DGS_OT_run_edit(bpy.types.Operator):
     bl_label = "Run Edit"
 
     prompt: StringProperty(name="Prompt", default="", description="Overrides the panel's prompt when set")
+    directory: StringProperty(name="Versions Folder", subtype="DIR_PATH", default="", options={"SKIP_SAVE"},
+                              description="Where the edited avatar is saved (asked for while the .blend is not saved)")
 
     @classmethod
     def poll(cls, context):
@@ -96,10 +106,20 @@ class EDIT3DGS_OT_run_edit(bpy.types.Operator):
             return deny(cls, "Write what to change in the prompt")
         return True
 
+    def invoke(self, context, event):
+        if versions.versions_root(context.scene) is None and not self.directory:
+            # An unsaved .blend has no folder to put versions beside: ask where they go.
+            self.report({"INFO"}, "The .blend file is not saved yet: choose where the edited avatars go")
+            context.window_manager.fileselect_add(self)
+            return {"RUNNING_MODAL"}
+        return self.execute(context)
+
     def execute(self, context):
         s = context.scene.edit3dgs
         if self.prompt:
             s.prompt = self.prompt
+        if self.directory:
+            s.versions_dir = self.directory
         prev = preview_object(context)
         if prev is None:
             return self._fail(context, "no Gaussian avatar in the scene: import one first")
@@ -112,16 +132,26 @@ class EDIT3DGS_OT_run_edit(bpy.types.Operator):
         base = h.versions[h.applied] if 0 <= h.applied < len(h.versions) else None
         if base is None or not os.path.isdir(base.folder):
             return self._fail(context, f"the avatar folder {base.folder if base else '?'} is missing")
+        root = versions.versions_root(context.scene)
+        if root is None:
+            return self._fail(context, "save the .blend file first, or choose a Versions Folder in the History "
+                                       "panel (edited avatars are saved there)")
         settings = job_settings(context, prev)
-        jd = runtime.job_folder("edit", base.folder)
-        args = {"avatar": base.folder, "out_dir": str(jd / "avatar"), "npz": str(jd / "gaussians.npz"),
-                "settings": settings}
+        try:
+            out = versions.new_version_folder(root, prev.name.removesuffix("_gaussians"), len(h.versions),
+                                              settings["prompt"])
+        except versions.VersionsError as exc:
+            return self._fail(context, str(exc))
+        args = {"avatar": base.folder, "out_dir": str(out), "npz": str(out / versions.RIG_NAME), "settings": settings}
         try:
             job = runtime.submit("edit", args, on_finish=partial(_edit_finished, context.scene.name, prev.name,
                                                                   settings["prompt"], settings.get("editor", "region")))
         except BridgeError as exc:
             return self._fail(context, str(exc))
         runtime.state.edit_job = job
+        editor = settings.get("editor", "region")
+        runtime.state.edit_overall = Overall(int(settings.get("rounds", 1) or 1), editor,
+                                             runtime.state.stage_shares.get(editor))
         s.running, s.status, s.progress, s.stage = True, "RUNNING", 0.0, "starting"
         s.report = f"Editing: {settings['prompt']}"
         return {"FINISHED"}
@@ -157,11 +187,41 @@ class EDIT3DGS_OT_cancel_edit(bpy.types.Operator):
 def _apply(context, prev, index: int):
     h = prev.edit3dgs
     v = h.versions[index]
-    rig = load(v.npz, need_rig=False)
+    rig = load(bpy.path.abspath(v.npz), need_rig=False)
     preview_mod.write_attributes(prev.data, rig)
     h.applied = index
     prev.update_tag()
+    preview_mod.bake_view_colors(prev, rig, context.scene)  # as the backend renders it from the scene camera
     return v
+
+
+def _applied_note(context, v) -> None:
+    has_folder, _ = versions.files_state(v)
+    if has_folder:
+        note(context, f"Applied {v.name}", "DONE")
+    else:
+        note(context, f"Applied {v.name} to the preview only: its avatar folder {v.folder} is gone (moved or "
+                      f"deleted), so it cannot be edited further or rendered as a shot", "WARNING")
+
+
+def _rebuilt(scene_name: str, obj_name: str, index: int, job) -> None:
+    """A version's rig file came back from its avatar folder: apply it (on the main thread)."""
+    scene, prev = bpy.data.scenes.get(scene_name), bpy.data.objects.get(obj_name)
+    if scene is None or prev is None or index >= len(prev.edit3dgs.versions):
+        return
+    ctx = type("Ctx", (), {"scene": scene})()
+    v = prev.edit3dgs.versions[index]
+    if job.state != "done":
+        note(ctx, f"Cannot apply {v.name}: rebuilding its preview from {v.folder} failed ({job.error}). "
+                  f"The preview is unchanged", "FAILED")
+        return
+    v.npz = job.result["npz"]
+    try:
+        _apply(ctx, prev, index)
+    except (RigFileError, OSError) as exc:
+        note(ctx, f"Cannot apply {v.name}: {exc}", "FAILED")
+        return
+    note(ctx, f"Applied {v.name} (its preview was rebuilt from {v.folder})", "DONE")
 
 
 class EDIT3DGS_OT_apply_edit(bpy.types.Operator):
@@ -172,6 +232,8 @@ class EDIT3DGS_OT_apply_edit(bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     index: IntProperty(name="Version", default=-1, description="-1: the one selected in the history")
+    timeout: bpy.props.FloatProperty(name="Timeout (s)", default=300.0, min=1.0, options={"HIDDEN"},
+                                     description="How long a script waits for a version's preview to be rebuilt")
 
     @classmethod
     def poll(cls, context):
@@ -181,6 +243,9 @@ class EDIT3DGS_OT_apply_edit(bpy.types.Operator):
         h = prev.edit3dgs
         if not 0 <= h.version_index < len(h.versions):
             return deny(cls, "Select a version in the history")
+        v = h.versions[h.version_index]
+        if versions.files_state(v) == (False, False):
+            return deny(cls, f"The files of '{v.name}' are gone (moved or deleted)")
         return True
 
     def execute(self, context):
@@ -191,11 +256,87 @@ class EDIT3DGS_OT_apply_edit(bpy.types.Operator):
         i = h.version_index if self.index < 0 else self.index
         if not 0 <= i < len(h.versions):
             return fail(self, context, f"No version {i} (the history has {len(h.versions)})")
+        v = h.versions[i]
+        has_folder, has_npz = versions.files_state(v)
+        if not has_folder and not has_npz:
+            return fail(self, context, f"Cannot apply: {versions.gone_message(v)}")
+        if has_npz:
+            try:
+                _apply(context, prev, i)
+            except (RigFileError, OSError) as exc:
+                if not has_folder:
+                    return fail(self, context, f"Cannot apply: {exc}")
+            else:
+                _applied_note(context, v)
+                return {"FINISHED"}
+        return self._rebuild(context, prev, i)
+
+    def _rebuild(self, context, prev, i):
+        """The rig file is gone or damaged (e.g. the cache went with an uninstall): the backend rebuilds it."""
+        v = prev.edit3dgs.versions[i]
+        out = runtime.job_folder("rig", v.folder) / "rig.npz"
         try:
-            v = _apply(context, prev, i)
-        except (RigFileError, OSError) as exc:
-            return fail(self, context, f"Cannot apply: {exc}")
-        note(context, f"Applied {v.name}", "DONE")
+            job = runtime.submit("export_rig", {"avatar": bpy.path.abspath(v.folder), "out": str(out)},
+                                 on_finish=partial(_rebuilt, context.scene.name, prev.name, i))
+        except BridgeError as exc:
+            return fail(self, context, f"Cannot apply {v.name}: its preview must be rebuilt from {v.folder} "
+                                       f"and the backend cannot start ({exc})")
+        note(context, f"Rebuilding the preview of {v.name} from {v.folder}…", "RUNNING")
+        if context.window is None or bpy.app.background:  # scripts: no event loop to come back to
+            runtime.backend().wait(job, self.timeout)
+            if not job.finished:
+                runtime.backend().cancel(job)
+                return fail(self, context, f"Cannot apply {v.name}: rebuilding its preview took over "
+                                           f"{self.timeout:g} s")
+            return {"FINISHED"} if context.scene.edit3dgs.status == "DONE" else {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class EDIT3DGS_OT_save_version_as(bpy.types.Operator):
+    """Copy the selected version (avatar folder and rig file) to a folder you choose; the history then uses the copy"""
+
+    bl_idname = "edit3dgs.save_version_as"
+    bl_label = "Save Version As…"
+
+    directory: StringProperty(name="Folder", subtype="DIR_PATH", default="",
+                              description="The folder that receives the copy")
+    folder_name: StringProperty(name="Name", default="", options={"SKIP_SAVE"},
+                                description="Name of the new folder (default: the version's own folder name)")
+    filter_folder: BoolProperty(default=True, options={"HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        prev, why = has_versions(context, "save")
+        if prev is None:
+            return deny(cls, why)
+        h = prev.edit3dgs
+        if not 0 <= h.version_index < len(h.versions):
+            return deny(cls, "Select a version in the history")
+        if not versions.files_state(h.versions[h.version_index])[0]:
+            return deny(cls, "This version's avatar folder is gone (moved or deleted): nothing to copy")
+        return True
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        prev = preview_object(context)
+        if prev is None or not 0 <= prev.edit3dgs.version_index < len(prev.edit3dgs.versions):
+            return fail(self, context, "Select a version in the history to save")
+        v = prev.edit3dgs.versions[prev.edit3dgs.version_index]
+        if not self.directory:
+            return fail(self, context, "Choose a folder to save the version in")
+        name = self.folder_name.strip() or Path(bpy.path.abspath(v.folder).rstrip("/\\")).name
+        dest = Path(os.path.abspath(bpy.path.abspath(self.directory))) / name
+        try:
+            folder, npz = versions.save_copy(v, dest)
+        except versions.VersionsError as exc:
+            return fail(self, context, f"Version not saved: {exc}")
+        v.folder = str(folder)
+        v.npz = str(npz) if npz is not None else ""
+        note(context, f"Saved {v.name} to {folder}; the history now uses this copy", "DONE")
+        self.report({"INFO"}, f"Saved {v.name} to {folder}")
         return {"FINISHED"}
 
 
@@ -213,6 +354,8 @@ class EDIT3DGS_OT_revert_edit(bpy.types.Operator):
             return deny(cls, why)
         if prev.edit3dgs.applied == 0:
             return deny(cls, "The preview already shows the original")
+        if versions.files_state(prev.edit3dgs.versions[0]) == (False, False):
+            return deny(cls, f"The original's avatar folder {prev.edit3dgs.versions[0].folder} is gone (moved or deleted)")
         return True
 
     def execute(self, context):
@@ -250,17 +393,57 @@ class EDIT3DGS_OT_compare_version(bpy.types.Operator):
             prev.edit3dgs.compare_with = -1
             return {"FINISHED"}
         v = prev.edit3dgs.versions[prev.edit3dgs.version_index]
+        try:
+            rig = load(bpy.path.abspath(v.npz), need_rig=False)
+        except (RigFileError, OSError) as exc:
+            return fail(self, context, f"Cannot compare with {v.name}: {exc} (Apply it once to rebuild its preview)")
         me = prev.data.copy()
         me.name = name
-        preview_mod.write_attributes(me, load(v.npz, need_rig=False))
+        preview_mod.write_attributes(me, rig)
         obj = prev.copy()
         obj.data, obj.name = me, name
         obj["edit3dgs_role"] = "compare"
         for c in prev.users_collection:
             c.objects.link(obj)
+        preview_mod.bake_view_colors(obj, rig, context.scene)  # before the offset: seen as the applied one is
         obj.location.x += self.offset
         prev.edit3dgs.compare_with = prev.edit3dgs.version_index
         note(context, f"Comparing {v.name} (right) with the applied version", "DONE")
+        return {"FINISHED"}
+
+
+class EDIT3DGS_OT_bake_view_colors(bpy.types.Operator):
+    """Colour the preview as the backend renders it from the scene camera at this frame (the Gaussians' colour
+    depends on the view); Apply and Import do this for you"""
+
+    bl_idname = "edit3dgs.bake_view_colors"
+    bl_label = "Colours from Camera"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        prev, why = has_versions(context, "colour")
+        if prev is None:
+            return deny(cls, why)
+        cam = context.scene.camera
+        if cam is None or cam.type != "CAMERA":
+            return deny(cls, "Set the scene's active camera")
+        return True
+
+    def execute(self, context):
+        prev = preview_object(context)
+        h = prev.edit3dgs
+        v = h.versions[h.applied]
+        try:
+            rig = load(bpy.path.abspath(v.npz), need_rig=False)
+        except (RigFileError, OSError) as exc:
+            return fail(self, context, f"Cannot colour the preview: {exc} (Apply the version to rebuild it)")
+        preview_mod.write_attributes(prev.data, rig)
+        cam = preview_mod.bake_view_colors(prev, rig, context.scene)
+        if not cam:
+            note(context, f"{v.name} has no view-dependent colour: the preview shows its colours as they are", "DONE")
+        else:
+            note(context, f"Preview coloured as seen from '{cam}' at frame {context.scene.frame_current}", "DONE")
         return {"FINISHED"}
 
 
@@ -323,5 +506,6 @@ class EDIT3DGS_OT_preview_masks(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (EDIT3DGS_OT_run_edit, EDIT3DGS_OT_cancel_edit, EDIT3DGS_OT_apply_edit, EDIT3DGS_OT_revert_edit,
+CLASSES = (EDIT3DGS_OT_run_edit, EDIT3DGS_OT_cancel_edit, EDIT3DGS_OT_apply_edit, EDIT3DGS_OT_save_version_as,
+           EDIT3DGS_OT_revert_edit, EDIT3DGS_OT_bake_view_colors,
            EDIT3DGS_OT_compare_version, EDIT3DGS_OT_preview_masks)

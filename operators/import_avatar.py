@@ -12,6 +12,7 @@ from .. import runtime
 from ..bridge import BridgeError
 from ..rigfile import RigFileError, load
 from ..scene.avatar import build_avatar, set_up_scene
+from ..scene.preview import bake_view_colors
 from .common import deny, fail, note
 
 
@@ -27,8 +28,9 @@ class EDIT3DGS_OT_import_avatar(bpy.types.Operator):
     filter_folder: BoolProperty(default=True, options={"HIDDEN"})
     name: StringProperty(name="Name", default="", description="Name of the new objects (default: the folder's)")
     set_scene: BoolProperty(name="Set Up Scene", default=True,
-                            description="Make the avatar's first key view the active camera and take the scene's "
-                                        "resolution and frame rate from the avatar's cameras and sequence")
+                            description="Make the avatar's first key view the active camera, take the scene's "
+                                        "resolution and frame rate from the avatar's cameras and sequence, and use "
+                                        "the Standard view transform (the Gaussians' colours are display colours)")
     timeout: FloatProperty(name="Timeout (s)", default=300.0, min=1.0, options={"HIDDEN"},
                            description="How long a script waits for the backend to read the avatar")
 
@@ -103,6 +105,7 @@ class EDIT3DGS_OT_import_avatar(bpy.types.Operator):
             changed = set_up_scene(context.scene, objs["cameras"], rig.meta.get("fps"))
             if changed:
                 msg += "; scene: " + ", ".join(changed)
+        bake_view_colors(prev, rig, context.scene)  # as the backend renders it from the scene camera
         note(context, msg, "IMPORTED")
         self.report({"INFO"}, msg)
         return {"FINISHED"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import bpy
@@ -11,8 +12,21 @@ from .. import installer, runtime
 from .common import deny
 
 
+def _wheels_dir(context) -> str:
+    p = runtime.prefs()
+    return bpy.path.abspath(p.wheels_dir).rstrip("/\\") if p is not None and p.wheels_dir.strip() else ""
+
+
+def _with_ip2p(context) -> bool:
+    p = runtime.prefs()
+    scene = getattr(context, "scene", None)
+    chosen = scene is not None and getattr(scene, "edit3dgs", None) is not None and scene.edit3dgs.editor == "ip2p"
+    return bool(p is not None and p.setup_ip2p) or chosen
+
+
 class EDIT3DGS_OT_setup_backend(bpy.types.Operator):
-    """Create a Python environment in the extension's user folder and install the bundled backend (torch, …)"""
+    """Create a Python environment in the extension's user folder and install the bundled backend and the PyTorch
+    build for this machine, from the package index or from a folder of wheels"""
 
     bl_idname = "edit3dgs.setup_backend"
     bl_label = "Set Up Backend"
@@ -21,14 +35,21 @@ class EDIT3DGS_OT_setup_backend(bpy.types.Operator):
     def poll(cls, context):
         if runtime.state.setup is not None:
             return deny(cls, "The backend setup is already running")
-        if not bpy.app.online_access:
+        wheels = _wheels_dir(context)
+        if wheels and not os.path.isdir(wheels):
+            return deny(cls, f"The Wheels Folder {wheels} does not exist")
+        if not wheels and not bpy.app.online_access:
             return deny(cls, "Setting up downloads PyTorch and the backend's packages: allow Online Access "
-                             "in Preferences > System")
+                             "in Preferences > System, or choose a Wheels Folder")
         return True
 
     def execute(self, context):
         if runtime.state.setup is not None:
             self.report({"WARNING"}, "The backend setup is already running")
+            return {"CANCELLED"}
+        wheels = _wheels_dir(context)
+        if not wheels and not bpy.app.online_access:  # checked again: never go online without permission
+            self.report({"ERROR"}, "Online Access is off: allow it in Preferences > System, or choose a Wheels Folder")
             return {"CANCELLED"}
         root = Path(__file__).resolve().parent.parent
         source = root / "backend"
@@ -38,11 +59,36 @@ class EDIT3DGS_OT_setup_backend(bpy.types.Operator):
         user = runtime.user_dir()
         venv = user / "venv"
         staged = installer.stage_backend(source, user / "backend_src")
-        cmds = installer.setup_commands(installer.base_python(), venv, staged)
+        extras = "diffusion" if _with_ip2p(context) else ""
+        cmds = installer.setup_commands(installer.base_python(), venv, staged, extras=extras, wheels=wheels or None)
         runtime.state.setup = installer.StepRunner(cmds, user / "logs" / "setup.log")
         runtime.state.setup_target = str(installer.venv_python(venv))
         runtime.ensure_timer()
-        self.report({"INFO"}, f"Setting up the backend in {venv} (log: {user / 'logs' / 'setup.log'})")
+        where = f"from the wheels in {wheels}" if wheels else "from the package index"
+        self.report({"INFO"}, f"Setting up the backend in {venv} {where}"
+                              f"{' with Instruct-Pix2Pix' if extras else ''} (log: {user / 'logs' / 'setup.log'})")
+        return {"FINISHED"}
+
+
+class EDIT3DGS_OT_cancel_setup(bpy.types.Operator):
+    """Stop setting up the backend (the step that runs is ended; the backend in use stays as it was)"""
+
+    bl_idname = "edit3dgs.cancel_setup"
+    bl_label = "Cancel Setup"
+
+    @classmethod
+    def poll(cls, context):
+        if runtime.state.setup is None:
+            return deny(cls, "The backend setup is not running")
+        return True
+
+    def execute(self, context):
+        runner = runtime.state.setup
+        if runner is None:
+            return {"CANCELLED"}
+        runner.cancel()
+        runtime.drain()  # hand the result to the preferences now
+        self.report({"INFO"}, "Backend setup cancelled")
         return {"FINISHED"}
 
 
@@ -81,4 +127,4 @@ class EDIT3DGS_OT_open_log(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (EDIT3DGS_OT_setup_backend, EDIT3DGS_OT_open_log)
+CLASSES = (EDIT3DGS_OT_setup_backend, EDIT3DGS_OT_cancel_setup, EDIT3DGS_OT_open_log)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import bpy
 
+from .. import versions
 from ..operators.common import preview_object
+from ..operators.presets import PRESET_SUBDIR
 
 
 class _Panel:
@@ -99,12 +101,25 @@ class EDIT3DGS_PT_rig(_Panel, bpy.types.Panel):
                 col.prop(kb, "value", text=names[i] if i < len(names) else kb.name, slider=True)
 
 
+class EDIT3DGS_MT_editor_presets(bpy.types.Menu):
+    """Saved editor settings (operators/presets.py saves them)"""
+
+    bl_label = "Editor Presets"
+    preset_subdir = PRESET_SUBDIR
+    preset_operator = "script.execute_preset"
+    draw = bpy.types.Menu.draw_preset
+
+
 class EDIT3DGS_PT_editor(_Panel, bpy.types.Panel):
     bl_label = "Editor"
     bl_parent_id = "EDIT3DGS_PT_main"
 
     def draw(self, context):
         s = context.scene.edit3dgs
+        row = self.layout.row(align=True)
+        row.menu("EDIT3DGS_MT_editor_presets", text=EDIT3DGS_MT_editor_presets.bl_label)
+        row.operator("edit3dgs.add_editor_preset", text="", icon="ADD")
+        row.operator("edit3dgs.add_editor_preset", text="", icon="REMOVE").remove_active = True
         col = self.layout.column()
         col.prop(s, "editor")
         if s.editor == "ip2p":
@@ -188,6 +203,13 @@ class EDIT3DGS_PT_history(_Panel, bpy.types.Panel):
         row.operator("edit3dgs.revert_edit", text="Revert", icon="LOOP_BACK")
         row.operator("edit3dgs.compare_version", text="Compare", icon="SPLIT_HORIZONTAL",
                      depress=h.compare_with >= 0)
+        s = context.scene.edit3dgs
+        col = self.layout.column(align=True)
+        col.prop(s, "versions_dir")
+        if versions.versions_root(context.scene) is None:
+            col.label(text="Not saved yet: Run asks where versions go", icon="INFO")
+        col.operator("edit3dgs.save_version_as", icon="FILE_TICK")
+        col.operator("edit3dgs.bake_view_colors", icon="CAMERA_DATA")
 
 
 class EDIT3DGS_PT_motion(_Panel, bpy.types.Panel):
@@ -235,5 +257,5 @@ class EDIT3DGS_PT_shot(_Panel, bpy.types.Panel):
 
 
 # Sub-panels show in this order: the history right under Run.
-CLASSES = (EDIT3DGS_UL_versions, EDIT3DGS_PT_main, EDIT3DGS_PT_history, EDIT3DGS_PT_editor, EDIT3DGS_PT_views,
+CLASSES = (EDIT3DGS_UL_versions, EDIT3DGS_MT_editor_presets, EDIT3DGS_PT_main, EDIT3DGS_PT_history, EDIT3DGS_PT_editor, EDIT3DGS_PT_views,
            EDIT3DGS_PT_masks, EDIT3DGS_PT_rig, EDIT3DGS_PT_motion, EDIT3DGS_PT_shot)

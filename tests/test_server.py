@@ -79,6 +79,9 @@ def test_export_rig_and_world_positions(serve, builtin_avatar_dir, tmp_path):
     # colour is the SH DC term
     rgb = np.clip(b.gaussians.features_dc[:, 0].numpy() * 0.28209479177387814 + 0.5, 0, 1)
     assert np.abs(d["gs_color"] - rgb).max() < 1e-6
+    # and the higher SH bands, so Blender's preview shows the colour a camera sees (half floats)
+    rest = b.gaussians.features_rest.numpy()
+    assert d["gs_sh_rest"].shape == rest.shape and np.abs(d["gs_sh_rest"] - rest).max() < 2e-3 * (1 + np.abs(rest).max())
     # rest vertices are the neutral posed head (translation 0, no expression)
     from edit3dgs.rig_export import world_positions
 

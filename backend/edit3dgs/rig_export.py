@@ -15,7 +15,7 @@ Rig keys (V head vertices, F faces, E expressions, J=5 joints):
 - ``parents (J,)``, ``weights (V,J)`` skinning weights, ``joint_names``, ``expr_names``.
 
 Gaussian keys (N Gaussians):
-- ``gs_color (N,3)`` RGB from the SH DC term; ``gs_opacity (N,)`` sigmoid'ed;
+- ``gs_color (N,3)`` RGB from the SH DC term; ``gs_sh_rest (N,K-1,3)`` float16, the higher SH bands; ``gs_opacity (N,)`` sigmoid'ed;
 - ``gs_scale (N,)`` largest world scale at rest; ``gs_scale_rel (N,)`` largest
   ``exp(scaling)`` (world scale = k * this, k the face scaling);
 - ``gs_binding (N,)`` int32; ``gs_xyz (N,3)``, ``gs_scaling (N,3)``, ``gs_rotation (N,4)`` local;
@@ -101,8 +101,12 @@ def gaussian_arrays(bundle: AvatarBundle, gaussians=None) -> dict:
         names = [r for r in LABEL_REGIONS if len(bundle.head.regions.get(r, ())) > 0]
         for i in reversed(range(len(names))):
             labels[bundle.gaussian_mask([names[i]]).cpu()] = i
+        rest = g.features_rest.detach().numpy()
         return {
             "gs_color": color.numpy().astype(np.float32),
+            # the view-dependent bands (N,K-1,3), so Blender's preview can show what a camera sees (half floats:
+            # a few MB per 100k Gaussians)
+            "gs_sh_rest": rest.astype(np.float16),
             "gs_opacity": torch.sigmoid(g.opacity[:, 0]).numpy().astype(np.float32),
             "gs_scale": scale.numpy().astype(np.float32),
             "gs_scale_rel": rel.numpy().astype(np.float32),

@@ -58,7 +58,7 @@ def first_key_view(cams):
 
 def set_up_scene(scene, cams, fps: float | None) -> list[str]:
     """The scene as the avatar was captured: its first key view as the active camera, that camera's
-    resolution and pixel aspect, and the sequence's frame rate. Returns what changed, in words."""
+    resolution and pixel aspect, the Standard view transform, and the sequence's frame rate. Returns what changed, in words."""
     done = []
     cam = first_key_view(cams)
     if cam is not None:
@@ -69,6 +69,12 @@ def set_up_scene(scene, cams, fps: float | None) -> list[str]:
         ax, ay = cam.get("edit3dgs_pixel_aspect", (1.0, 1.0))
         r.pixel_aspect_x, r.pixel_aspect_y = float(ax), float(ay)
         done.append(f"camera {cam.name}, {int(w)}x{int(h)}")
+    vs = scene.view_settings
+    if vs.view_transform != "Standard" or vs.look != "None":
+        # The Gaussians' colours are display colours: the Standard view shows them as the backend renders them
+        # (Filmic/AgX would tone-map them).
+        vs.view_transform, vs.look = "Standard", "None"
+        done.append("Standard view transform")
     if fps:
         whole = max(1, round(fps))
         scene.render.fps, scene.render.fps_base = whole, whole / float(fps)  # 29.97: 30 / 1.001

@@ -16,6 +16,7 @@ import bpy
 import numpy as np
 
 from ..rigfile import RigFile
+from ..shcolor import srgb_to_linear, view_colors
 
 NODE_GROUP = "Edit3DGS Gaussian preview"
 MATERIAL = "Edit3DGS Gaussians"
@@ -36,8 +37,8 @@ ATTRIBUTES = {
 
 def _array_for(rig: RigFile, key: str) -> np.ndarray:
     a = rig[key]
-    if key == "gs_color":  # RGBA, opacity as alpha
-        a = np.concatenate([a, rig["gs_opacity"][:, None]], 1)
+    if key == "gs_color":  # scene-linear RGBA (the Gaussians' colours are sRGB values), opacity as alpha
+        a = np.concatenate([srgb_to_linear(a), rig["gs_opacity"][:, None]], 1)
     return np.ascontiguousarray(a, dtype=np.int32 if a.dtype.kind in "iu" else np.float32).ravel()
 
 
@@ -59,6 +60,34 @@ def write_attributes(me: bpy.types.Mesh, rig: RigFile) -> None:
     me.color_attributes.active_color = me.color_attributes["gs_color"]
     me["edit3dgs_regions"] = [str(r) for r in rig["region_names"]]
     me.update()
+
+
+def bake_view_colors(obj, rig: RigFile, scene, depsgraph=None) -> str:
+    """Colour the preview as the backend renders it from the scene's camera at the current frame: the
+    Gaussians' view-dependent colour (SH bands) toward that camera. Returns the camera's name ('' when the
+    rig file has no bands or the scene no camera: the colours stay the view-independent ones)."""
+    cam = scene.camera
+    rest = rig.data.get("gs_sh_rest")
+    if cam is None or rest is None or not rest.shape[1] or len(rest) != len(obj.data.vertices):
+        obj.data["edit3dgs_colour_view"] = ""
+        return ""
+    depsgraph = depsgraph or bpy.context.evaluated_depsgraph_get()
+    depsgraph.update()
+    try:
+        means = evaluated_pointcloud_positions(obj, depsgraph)
+    except LookupError:  # the artist removed or changed the Follow Rig modifier: the view-independent colours
+        obj.data["edit3dgs_colour_view"] = ""
+        return ""
+    if len(means) != len(rest):
+        obj.data["edit3dgs_colour_view"] = ""
+        return ""
+    eye = obj.matrix_world.inverted() @ cam.evaluated_get(depsgraph).matrix_world.translation
+    rgb = view_colors(rig["gs_color"], rest, means, np.array(eye, np.float32))
+    rgba = np.concatenate([srgb_to_linear(rgb), rig["gs_opacity"][:, None]], 1).astype(np.float32)
+    obj.data.attributes["gs_color"].data.foreach_set("color", rgba.ravel())
+    obj.data["edit3dgs_colour_view"] = f"{cam.name} @ {scene.frame_current}"
+    obj.data.update()
+    return cam.name
 
 
 def read_colors(me: bpy.types.Mesh) -> np.ndarray:

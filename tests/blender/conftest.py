@@ -18,6 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 _USER = tempfile.mkdtemp(prefix="edit3dgs-blender-user-")
+_VERSIONS = tempfile.mkdtemp(prefix="edit3dgs-versions-")  # where the tests' unsaved scenes keep their edits
 os.environ["BLENDER_USER_RESOURCES"] = _USER  # config, scripts, extensions: all under here
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(REPO))  # the bpy-free modules of edit3dgs_addon, imported directly
@@ -42,6 +43,7 @@ def pytest_sessionfinish(session, exitstatus):
         except Exception:
             pass
     shutil.rmtree(_USER, ignore_errors=True)
+    shutil.rmtree(_VERSIONS, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -128,6 +130,7 @@ def select_cameras(names=EDIT_CAMERAS):
 
 def configure_edit(**over):
     s = bpy.context.scene.edit3dgs
+    s.versions_dir = _VERSIONS  # the scene is not saved: an edit needs a folder for its version
     for k, v in {**EDIT_SETTINGS, **over}.items():
         setattr(s, k, v)
     select_cameras()

@@ -57,7 +57,13 @@ def test_edit_hair_blue_apply_and_history(scene, ext, avatar_dir, tmp_path):
     # the edited avatar follows the rig like the backend places it
     check_follows_rig(objs, h.versions[1].folder, tmp_path)
 
-    # revert and re-apply from the history
+    # revert and re-apply from the history (the colours are seen from the scene camera at this frame's pose)
+    assert bpy.ops.edit3dgs.revert_edit() == {"FINISHED"}
+    rgba0 = read(prev, "gs_color", "color", 4).copy()
+    assert bpy.ops.edit3dgs.apply_edit(index=1) == {"FINISHED"}
+    rgba1 = read(prev, "gs_color", "color", 4).copy()
+    changed = np.abs(rgba1 - rgba0).max(1) > 1e-6
+    assert changed[hair].mean() > 0.5 and not changed[~hair].any()
     assert bpy.ops.edit3dgs.revert_edit() == {"FINISHED"}
     assert np.array_equal(read(prev, "gs_color", "color", 4), rgba0)
     assert bpy.ops.edit3dgs.apply_edit(index=1) == {"FINISHED"}

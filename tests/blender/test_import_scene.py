@@ -22,6 +22,8 @@ def test_import_sets_camera_resolution_and_fps(scene, ext, avatar_dir):
     r = scene.render
     assert (r.resolution_x, r.resolution_y, r.resolution_percentage) == (first["w"], first["h"], 100)
     assert abs(r.fps / r.fps_base - fps) < 1e-6
+    # the Gaussians' colours are display colours: shown untouched (AgX, Blender's default, would tone-map them)
+    assert scene.view_settings.view_transform == "Standard" and scene.view_settings.look == "None"
     assert "fps" in scene.edit3dgs.report and scene.edit3dgs.status == "IMPORTED"
     assert not scene.edit3dgs_shot.add_strip, "Load in Sequencer is off by default (it takes over F12)"
 
@@ -32,5 +34,7 @@ def test_import_can_leave_the_scene_alone(scene, ext, avatar_dir):
     scene.camera = mine
     r = scene.render
     r.fps, r.fps_base, r.resolution_x, r.resolution_y = 60, 1.0, 1280, 720
+    scene.view_settings.view_transform = "AgX"
     assert bpy.ops.edit3dgs.import_avatar(directory=str(avatar_dir), set_scene=False) == {"FINISHED"}
+    assert scene.view_settings.view_transform == "AgX"
     assert scene.camera == mine and (r.fps, r.resolution_x, r.resolution_y) == (60, 1280, 720)

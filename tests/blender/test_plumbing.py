@@ -109,20 +109,50 @@ def test_edit_settings_mapping():
 
 
 def test_installer_steps(tmp_path):
-    cmds = installer.setup_commands("/usr/bin/python3", tmp_path / "venv", tmp_path / "backend", gpu=False)
+    def pip_calls(cmds):
+        return [argv for _, argv in cmds if argv[1:4] == ["-m", "pip", "install"]]
+
+    def torch_call(cmds):
+        return next(argv for argv in pip_calls(cmds) if installer.TORCH in argv)
+
+    cmds = installer.setup_commands("/usr/bin/python3", tmp_path / "venv", tmp_path / "backend", gpu=False,
+                                    system="Linux")
     labels = [c[0] for c in cmds]
     assert labels.index("install torch (CPU)") < labels.index("install backend")
-    assert any("torch==2.13.0" in c[1] for c in cmds)
-    assert not any("torch==2.13.0" in c[1] for c in installer.setup_commands("py", tmp_path, tmp_path, gpu=True))
+    # the right PyTorch build with the index it needs
+    assert torch_call(cmds)[-2:] == ["--index-url", installer.TORCH_CPU_INDEX]
+    for system in ("Linux", "Windows"):
+        gpu = installer.setup_commands("py", tmp_path, tmp_path, gpu=True, system=system)
+        assert torch_call(gpu)[-2:] == ["--index-url", installer.TORCH_CUDA_INDEX], system
+    assert torch_call(installer.setup_commands("py", tmp_path, tmp_path, gpu=False, system="Windows"))[-1] == \
+        installer.TORCH_CPU_INDEX
+    assert "--index-url" not in torch_call(installer.setup_commands("py", tmp_path, tmp_path, gpu=False, system="Darwin"))
+    # the diffusion extras only when asked for (the Instruct-Pix2Pix editor)
+    assert pip_calls(cmds)[-1][-1] == str(tmp_path / "backend")
+    ip2p = installer.setup_commands("py", tmp_path, tmp_path / "backend", extras="diffusion", gpu=False)
+    assert pip_calls(ip2p)[-1][-1] == f"{tmp_path / 'backend'}[diffusion]"
+    # a wheels folder: every install from it, nothing from an index
+    offline = installer.setup_commands("py", tmp_path, tmp_path / "backend", gpu=True, wheels=tmp_path / "wheels",
+                                       system="Linux")
+    for argv in pip_calls(offline):
+        assert "--no-index" in argv and argv[argv.index("--find-links") + 1] == str(tmp_path / "wheels"), argv
+        assert "--index-url" not in argv and "--upgrade" not in argv, argv
     ok = installer.StepRunner([("a", [sys.executable, "-c", "print('hi')"]), ("b", [sys.executable, "-c", "pass"])],
                               tmp_path / "setup.log")
     while ok.poll()[0] == "running":
         time.sleep(0.02)
-    assert ok.state == "done" and "hi" in (tmp_path / "setup.log").read_text()
-    bad = installer.StepRunner([("boom", [sys.executable, "-c", "raise SystemExit(3)"])], tmp_path / "setup2.log")
+    assert ok.state == "done" and ok.factor == 1.0 and "hi" in (tmp_path / "setup.log").read_text()
+    bad = installer.StepRunner([("a", [sys.executable, "-c", "pass"]), ("boom", [sys.executable, "-c", "raise SystemExit(3)"])],
+                               tmp_path / "setup2.log")
     while bad.poll()[0] == "running":
         time.sleep(0.02)
     assert bad.state == "failed" and "boom failed (exit status 3)" in bad.error
+    assert bad.factor == 0.5, "a failed setup is not a full bar"
+    slow = installer.StepRunner([("sleep", [sys.executable, "-c", "import time; time.sleep(60)"])], tmp_path / "s3.log")
+    t0 = time.monotonic()
+    slow.cancel()
+    assert time.monotonic() - t0 < 2.5 and slow.state == "cancelled" and slow.proc.poll() is not None
+    assert slow.factor < 1.0
 
 
 def test_stage_backend_copies_source(tmp_path):
@@ -241,6 +271,37 @@ def test_progress_text_has_the_stage_and_a_time_estimate():
     assert job.progress_text(now=110.0) == "refit 10/40, about 30 s left"
     job.done = 1
     assert job.progress_text(now=110.0) == "refit 1/40, about 6 min left"
+
+
+def test_one_overall_bar_across_stages_and_rounds():
+    from edit3dgs_addon.overall import Overall
+
+    ov = Overall(rounds=2, editor="region", now=0.0)
+    assert ov.fraction == 0.0 and ov.text() == "starting"
+    seen, t = [], 0.0
+    for r in range(2):
+        for stage, total in (("render", 4), ("edit", 8), (f"refit {r + 1}/2", 50)):
+            for d in range(1, total + 1):
+                t += 0.1
+                ov.update(stage, d, total, now=t)
+                seen.append(ov.fraction)
+    ov.update("save", 0, 1, now=t + 0.1)
+    seen.append(ov.fraction)
+    assert all(b >= a for a, b in zip(seen, seen[1:])), "the bar went back"
+    assert abs(seen[61] - 0.475) < 1e-9 and 0.9 < seen[-1] < 1.0  # half of all rounds after round 1; save at the end
+    assert ov.round == 1
+    # the stage, its count, where the whole job is, and the time left for the whole job
+    ov2 = Overall(rounds=1, editor="region", now=0.0)
+    ov2.update("render", 4, 4, now=1.0)
+    ov2.update("edit", 8, 8, now=1.5)
+    ov2.update("refit", 1, 60, now=2.0)
+    ov2.update("refit", 30, 60, now=10.0)
+    f = ov2.fraction
+    assert abs(f - (0.95 * (0.15 + 0.05) / 0.95 + 0.75 * 0.5)) < 1e-6, f
+    assert ov2.text(now=10.0) == f"refit 30/60 · {round(100 * f)} %, about {round(10.0 / f * (1 - f))} s left"
+    # the next edit's shares are this one's measured times
+    shares = ov2.measured_shares(now=20.0)
+    assert abs(sum(shares.values()) - 1) < 1e-9 and shares["refit"] > shares["render"] > shares["edit"]
 
 
 def test_cpu_threads_preference_reaches_the_backend(ext):

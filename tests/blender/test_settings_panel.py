@@ -60,31 +60,53 @@ def test_panel_shows_the_editors_own_defaults(scene, backend_py):
         assert abs(props[panel].default - backend[field]) < 1e-6, (panel, props[panel].default, backend[field])
 
 
-def test_panel_edit_and_cli_edit_record_equal_settings(scene, ext, avatar_dir, backend_py, tmp_path):
-    """The same choices through the panel (server job) and `edit3dgs edit`: equal edit.json settings, similar time."""
-    from conftest import EDIT_SETTINGS, configure_edit, pump, runtime_mod
+ITERS = 10
+
+
+def test_panel_default_edit_takes_the_clis_time_with_equal_settings(scene, ext, avatar_dir, backend_py, tmp_path):
+    """The panel's default edit (Auto views per iteration and render scale; region editor; CPU) of the built-in
+    avatar and `edit3dgs edit` with the same choices: equal edit.json settings, and the panel's edit, as the
+    artist waits for it (Run to done), within 1.5x of the command's (start to exit). A small edit (one timestep,
+    two key views, the hair, 10 iterations in both) keeps it short."""
+    import time
+
+    from conftest import _VERSIONS, pump, runtime_mod, select_cameras
 
     import_avatar(avatar_dir)
-    configure_edit(prompt="make the hair blue")
+    s = scene.edit3dgs
+    s.versions_dir = _VERSIONS
+    s.prompt, s.use_all_cameras, s.num_timesteps, s.local_regions = "make the hair blue", False, 1, {"hair"}
+    s.iters_per_batch = ITERS
+    select_cameras()
+    for auto in ("views_per_iter", "scale", "editor", "rounds"):
+        assert not s.is_property_set(auto), auto  # the panel's defaults
+    bars = []
+    t0 = time.monotonic()
     assert bpy.ops.edit3dgs.run_edit() == {"FINISHED"}
     job = runtime_mod().state.edit_job
-    pump(ext, lambda: not scene.edit3dgs.running, timeout=600)
-    assert scene.edit3dgs.status == "DONE", scene.edit3dgs.report
+    pump(ext, lambda: bars.append((s.progress, s.stage)) or not s.running, timeout=600)
+    t_panel = time.monotonic() - t0
+    assert s.status == "DONE", s.report
     panel = json.loads((Path(job.result["avatar"]) / "edit.json").read_text())
-    s = EDIT_SETTINGS
+
+    t0 = time.monotonic()
     res = subprocess.run([backend_py, "-m", "edit3dgs.cli", "edit", "--avatar", str(avatar_dir), "--prompt",
-                          "make the hair blue", "--editor", s["editor"], "--rounds", str(s["rounds"]),
-                          "--iters-per-batch", str(s["iters_per_batch"]), "--scale", str(s["scale"]),
-                          "--num-timesteps", str(s["num_timesteps"]), "--regions", ",".join(sorted(s["local_regions"])),
-                          "--cameras", "0,12", "--out", str(tmp_path / "cli")], capture_output=True, text=True)
+                          "make the hair blue", "--editor", "region", "--num-timesteps", "1", "--regions", "hair",
+                          "--cameras", "0,12", "--iters-per-batch", str(ITERS), "--out", str(tmp_path / "cli")],
+                         capture_output=True, text=True)
+    t_cli = time.monotonic() - t0
     assert res.returncode == 0, res.stderr
     cli = json.loads((tmp_path / "cli" / "edit.json").read_text())
     assert panel["settings"] == cli["settings"]
-    t_panel, t_cli = panel["timings_s"]["total"], cli["timings_s"]["total"]
-    # Same settings, same work: the issue's bar is 1.5x on a quiet machine; on a shared test machine other
-    # processes come and go between the two runs, so this only catches the gross case (the panel's old
-    # defaults took 30x the CLI's time).
-    assert t_panel <= 3.0 * t_cli + 10.0, (t_panel, t_cli)
+    assert panel["settings"]["device"] == "cpu" and panel["settings"]["scale"] == 0.25
+    print(f"panel {t_panel:.1f} s (backend's own total {panel['timings_s']['total']:.1f} s), "
+          f"edit3dgs edit {t_cli:.1f} s ({cli['timings_s']['total']:.1f} s): {t_panel / t_cli:.2f}x")
+    assert t_panel <= 1.5 * t_cli, (t_panel, t_cli)
+    # one bar for the whole edit: it never goes back and says the stage and how far the whole edit is (the time
+    # left is test_plumbing's: this edit is too short to estimate on a fast machine)
+    fractions = [f for f, _ in bars]
+    assert all(b >= a for a, b in zip(fractions, fractions[1:])), fractions
+    assert any(t.startswith("refit ") and t.endswith(f"· {round(100 * f)} %") or "left" in t for f, t in bars), bars
 
 
 def test_edit_only_lists_the_backends_regions(scene, ext, backend_py):

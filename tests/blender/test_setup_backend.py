@@ -1,0 +1,208 @@
+"""'Set Up Backend' through the real operator with a fake Python whose pip fails, hangs or succeeds (no network):
+a wheels folder installs with no index; a failure shows as failed (not a full bar) and changes nothing; Cancel
+ends the running step within 2 s; the diffusion extras only for the Instruct-Pix2Pix editor; no network without
+Online Access."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+
+import bpy
+import pytest
+
+from conftest import EXT_MODULE
+
+FAKE_PYTHON = """#!/bin/sh
+# a base Python: '-m venv DIR' makes DIR/bin/python, a Python whose pip does what $FAKE_PIP says
+if [ "$1 $2" = "-m venv" ]; then
+  mkdir -p "$3/bin"
+  cat > "$3/bin/python" <<'EOF'
+#!/bin/sh
+echo "$*" >> "$FAKE_PIP_LOG"
+case "$*" in
+  *"pip install"*torch==*)
+    case "$FAKE_PIP" in
+      fail) echo "ERROR: No matching distribution found for torch"; exit 1 ;;
+      hang) exec sleep 60 ;;
+    esac ;;
+esac
+exit 0
+EOF
+  chmod +x "$3/bin/python"
+  exit 0
+fi
+exit 2
+"""
+
+
+@pytest.fixture()
+def fake(ext, tmp_path, monkeypatch):
+    py = tmp_path / "fakepython"
+    py.write_text(FAKE_PYTHON)
+    py.chmod(0o755)
+    log = tmp_path / "pip_calls.txt"
+    monkeypatch.setenv("FAKE_PIP_LOG", str(log))
+    monkeypatch.setattr(sys.modules[EXT_MODULE + ".installer"], "base_python", lambda: str(py))
+    prefs = bpy.context.preferences.addons[EXT_MODULE].preferences
+    before = prefs.backend_python
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    prefs.wheels_dir = str(wheels)
+    rt = sys.modules[EXT_MODULE + ".runtime"]
+    yield {"log": log, "wheels": wheels, "prefs": prefs, "rt": rt, "before": before}
+    if rt.state.setup is not None:
+        rt.state.setup.cancel()
+        rt.state.setup = None
+    rt.state.last_setup = None
+    prefs.wheels_dir, prefs.setup_ip2p, prefs.backend_python = "", False, before
+
+
+def run_setup(rt, timeout=60):
+    assert bpy.ops.edit3dgs.setup_backend() == {"FINISHED"}
+    end = time.monotonic() + timeout
+    while rt.state.setup is not None and time.monotonic() < end:
+        rt.drain()
+        time.sleep(0.05)
+    assert rt.state.setup is None, "the setup did not finish"
+    return rt.state.last_setup
+
+
+def pip_installs(log):
+    return [shlex.split(line) for line in log.read_text().splitlines() if "pip install" in line]
+
+
+def test_failed_setup_from_a_wheels_folder_shows_failed(scene, fake, monkeypatch):
+    prefs_mod = sys.modules[EXT_MODULE + ".prefs"]
+    monkeypatch.setenv("FAKE_PIP", "fail")
+    assert not bpy.app.online_access  # a wheels folder needs no network
+    runner = run_setup(fake["rt"])
+    assert runner.state == "failed" and runner.factor < 1.0, (runner.state, runner.factor)
+    text, icon = prefs_mod.setup_status(runner)
+    assert text.startswith("Setup failed at step 2/4: install torch") and "exit status 1" in text, text
+    assert icon == "ERROR"
+    assert fake["prefs"].backend_python == fake["before"], "a failed setup changed the backend in use"
+    # the preferences show it failed, not a full bar, with Set Up Backend ready again
+    from test_panel_draw import Layout
+
+    log = []
+    prefs = fake["prefs"]
+    proxy = type("P", (), {"layout": Layout(log), "__getattr__": lambda self, name: getattr(prefs, name)})()
+    type(prefs).draw(proxy, bpy.context)
+    assert not any(k == "progress" for k, _ in log), log
+    assert ("label", text) in log and ("operator", "edit3dgs.setup_backend") in log
+    installs = pip_installs(fake["log"])
+    assert installs, "pip never ran"
+    for argv in installs:
+        assert "--no-index" in argv and argv[argv.index("--find-links") + 1] == str(fake["wheels"]), argv
+        assert "--index-url" not in argv
+
+
+def test_cancel_ends_the_running_step(scene, fake, monkeypatch):
+    monkeypatch.setenv("FAKE_PIP", "hang")
+    rt = fake["rt"]
+    assert bpy.ops.edit3dgs.setup_backend() == {"FINISHED"}
+    end = time.monotonic() + 30
+    while not (fake["log"].is_file() and "torch" in fake["log"].read_text()) and time.monotonic() < end:
+        rt.drain()
+        time.sleep(0.05)
+    runner = rt.state.setup
+    assert runner is not None and runner.state == "running" and "torch" in runner.label
+    proc = runner.proc
+    t0 = time.monotonic()
+    assert bpy.ops.edit3dgs.cancel_setup() == {"FINISHED"}
+    took = time.monotonic() - t0
+    assert took < 2.0, took
+    assert proc.poll() is not None, "the pip step still runs"
+    assert rt.state.setup is None and rt.state.last_setup.state == "cancelled"
+    assert rt.state.last_setup.factor < 1.0
+    assert fake["prefs"].backend_python == fake["before"]
+    assert not bpy.ops.edit3dgs.cancel_setup.poll()
+
+
+def test_diffusion_extras_only_for_instruct_pix2pix(scene, fake, monkeypatch):
+    monkeypatch.setenv("FAKE_PIP", "ok")
+    rt = fake["rt"]
+    runner = run_setup(rt)
+    assert runner.state == "done" and runner.factor == 1.0
+    assert fake["prefs"].backend_python.endswith(os.path.join("venv", "bin", "python"))
+    assert not any("[diffusion]" in a for argv in pip_installs(fake["log"]) for a in argv)
+    fake["log"].unlink()
+    scene.edit3dgs.editor = "ip2p"
+    run_setup(rt)
+    backend = pip_installs(fake["log"])[-1][-1]
+    assert backend.endswith("[diffusion]"), backend
+
+
+def test_no_network_without_online_access(scene, fake):
+    fake["prefs"].wheels_dir = ""
+    assert not bpy.app.online_access
+    with pytest.raises(RuntimeError, match="allow Online Access in Preferences > System, or choose a Wheels Folder"):
+        bpy.ops.edit3dgs.setup_backend()
+    fake["prefs"].wheels_dir = str(fake["wheels"] / "missing")
+    with pytest.raises(RuntimeError, match="does not exist"):
+        bpy.ops.edit3dgs.setup_backend()
+
+
+def _wheel(folder, name, version, files: dict, requires=()) -> None:
+    """A pure-Python wheel written by hand (what `pip wheel` would make), so no network and no build tools."""
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    files = {**files, f"{info}/METADATA": meta,
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: edit3dgs-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{p},,\n" for p in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as z:
+        for p, text in files.items():
+            z.writestr(p, text)
+        z.writestr(f"{info}/RECORD", record)
+
+
+IN_TREE_BUILD = '''
+import os, sys, zipfile
+sys.path.insert(0, os.path.dirname(__file__))
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    from wheelmaker import make
+    return make(wheel_directory)
+'''
+
+
+def test_real_pip_installs_from_a_wheels_folder_with_no_index(tmp_path):
+    """The commands Set Up Backend runs, with the real venv and pip, from a folder of wheels: torch and the
+    backend's dependencies come from the folder, the backend is built from its source, nothing from an index."""
+    import inspect
+
+    from edit3dgs_addon import installer
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "torch", installer.TORCH.split("==")[1], {"torch/__init__.py": "FAKE = True\n"})
+    _wheel(wheels, "tinydep", "1.0", {"tinydep/__init__.py": ""})
+    backend = tmp_path / "backend"
+    backend.mkdir()
+    (backend / "pyproject.toml").write_text('[build-system]\nrequires = []\nbuild-backend = "inbuild"\n'
+                                            'backend-path = ["."]\n')
+    (backend / "inbuild.py").write_text(IN_TREE_BUILD)
+    (backend / "wheelmaker.py").write_text(
+        "import pathlib, zipfile\n" + inspect.getsource(_wheel).replace("_wheel", "wheel") +
+        "def make(d):\n    wheel(pathlib.Path(d), 'edit3dgs', '0.1.0', {'edit3dgs/__init__.py': '', "
+        "'edit3dgs/cli.py': 'print(\"usage: edit3dgs\")\\n'}, requires=('torch>=2.1', 'tinydep'))\n"
+        "    return 'edit3dgs-0.1.0-py3-none-any.whl'\n")
+    venv = tmp_path / "venv"
+    cmds = installer.setup_commands(sys.executable, venv, backend, wheels=wheels, gpu=False, system="Linux")
+    runner = installer.StepRunner(cmds, tmp_path / "setup.log")
+    end = time.monotonic() + 240
+    while runner.poll()[0] == "running" and time.monotonic() < end:
+        time.sleep(0.1)
+    log = (tmp_path / "setup.log").read_text()
+    assert runner.state == "done", runner.error + "\n" + log[-3000:]
+    py = str(installer.venv_python(venv))
+    import subprocess
+
+    check = subprocess.run([py, "-c", "import torch, tinydep, edit3dgs; print(torch.FAKE)"], capture_output=True,
+                           text=True)
+    assert check.returncode == 0 and check.stdout.strip() == "True", check.stderr
