@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edit3dgs.cli import build_parser
-from edit3dgs.edit_cli import settings_from_args
+from edit3dgs.cli.edit import settings_from_args
 from edit3dgs.errors import Edit3DGSError
 from edit3dgs.loop import EditSettings
 

@@ -472,17 +472,3 @@ def _version() -> str:
     except Exception:
         return "0"
 
-
-def cmd_serve(a) -> int:
-    # The protocol owns the real stdout; everything printed elsewhere goes to stderr.
-    proto = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    stdin = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
-    server = Server(Channel(proto), device=a.device, threads=getattr(a, "threads", None))
-    return server.serve(stdin)
-
-
-def register(subparsers) -> None:
-    s = subparsers.add_parser("serve", help="talk to Blender: NUL-delimited JSON jobs on stdin/stdout")
-    s.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, mps")
-    s.set_defaults(func=cmd_serve)

@@ -7,36 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import Edit3DGSError
-from .validate import limit, positive, whole
-
-
-class TqdmProgress:
-    """progress(stage, done, total) -> one tqdm bar per stage (on stderr)."""
-
-    def __init__(self):
-        self.bars: dict = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        from tqdm import tqdm  # maintained progress bars
-
-        bar = self.bars.get(stage)
-        if bar is None or bar.total != total:
-            if bar is not None:
-                bar.close()
-            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="step", leave=True, file=sys.stderr)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
+from ..errors import Edit3DGSError
+from ..validate import limit, positive, whole
+from .common import TqdmProgress, add_avatar_args, parse_int_list
 
 
 def _ip2p():
     try:
-        from .edit import ip2p  # noqa: F401
+        from ..edit import ip2p  # noqa: F401
     except Exception:  # the diffusion editor is optional (its own install)
         return None
     return ip2p
@@ -44,26 +22,23 @@ def _ip2p():
 
 def _parse_cameras(text: str | None):
     """--cameras: a cameras JSON file, or camera indices '0,1,2'. Returns (file, ids)."""
-    from .cli import _parse_int_list
-
     if text is None:
         return None, None
     p = Path(text)
     if p.suffix.lower() == ".json" or p.exists():
         return str(p), None
-    return None, _parse_int_list(text, "--cameras")
+    return None, parse_int_list(text, "--cameras")
 
 
 def add_edit_args(s: argparse.ArgumentParser) -> None:
     """The flags of ``edit3dgs edit``; their defaults are EditSettings' (loop.py), shown in the help.
 
     Flags not given stay None, so only what the user chose reaches ``EditSettings.from_dict``."""
-    from .cli import _add_avatar_args
-    from .loop import DEVICE_DEFAULTS, EditSettings
+    from ..loop import DEVICE_DEFAULTS, EditSettings
 
     D = EditSettings(prompt="")
     cpu = DEVICE_DEFAULTS["other"]
-    _add_avatar_args(s)
+    add_avatar_args(s)
     s.add_argument("--prompt", required=True, help="the edit instruction, e.g. 'make the hair blue'")
     s.add_argument("--editor", choices=("region", "ip2p"),
                    help=f"region: colour edits on named regions, no weights; ip2p: Instruct-Pix2Pix (diffusion) "
@@ -99,7 +74,7 @@ def add_edit_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--dry-run", action="store_true",
                    help="print the resolved settings (as edit.json records them) and stop")
     ip = _ip2p()
-    if ip is not None and hasattr(ip, "add_cli_args"):
+    if ip is not None:
         ip.add_cli_args(s)
     else:
         s.add_argument("--model", help="ip2p weights: a Hugging Face id or a local folder")
@@ -124,12 +99,10 @@ def check_edit_ranges(a) -> None:
 
 def settings_dict_from_args(a) -> dict:
     """The settings the user chose on the command line (flags left out are absent)."""
-    from .cli import _parse_int_list
-
     check_edit_ranges(a)
     cam_file, cam_ids = _parse_cameras(a.cameras)
     if cam_file is not None:  # which cy convention the file is read in (cameras.py), said before the long run
-        from .cameras import read_camera_file
+        from ..cameras import read_camera_file
 
         print(read_camera_file(cam_file).describe(), file=sys.stderr)
     lrs = None
@@ -145,20 +118,20 @@ def settings_dict_from_args(a) -> dict:
                 positive(v, "--lrs", f"the rate of '{k}'")
         else:
             lrs = a.lrs
-            from .fit import LR_PRESETS
+            from ..fit import LR_PRESETS
 
             if lrs not in LR_PRESETS:
                 raise Edit3DGSError("--lrs", f"JSON or a preset among {', '.join(LR_PRESETS)}", repr(lrs))
     opts = None
     if a.editor == "ip2p":
         ip = _ip2p()
-        if ip is not None and hasattr(ip, "options_from_args"):
+        if ip is not None:
             opts = dict(ip.options_from_args(a))
         elif getattr(a, "model", None):
             opts = {"model": a.model}
     regions = [r.strip() for r in a.regions.split(",") if r.strip()] if a.regions else None
     d = dict(prompt=a.prompt, editor=a.editor, editor_options=opts, cameras=cam_ids, camera_file=cam_file,
-             timesteps=_parse_int_list(a.timesteps, "--timesteps"), regions=regions, rounds=a.rounds,
+             timesteps=parse_int_list(a.timesteps, "--timesteps"), regions=regions, rounds=a.rounds,
              reedit_each_round=a.reedit_each_round, iters_per_batch=a.iters_per_batch, lr=a.lr, lrs=lrs,
              scale=a.scale, densify=a.densify, seed=a.seed, device=a.device, num_timesteps=a.num_timesteps,
              views_per_iter=a.views_per_iter, appearance_only=a.appearance_only, sh_rest=a.sh_rest,
@@ -168,8 +141,8 @@ def settings_dict_from_args(a) -> dict:
 
 def settings_from_args(a, device=None):
     """``EditSettings.from_dict`` of the user's flags, resolved for ``device`` (default: ``--device``'s)."""
-    from .loop import EditSettings
-    from .views import pick_device
+    from ..loop import EditSettings
+    from ..views import pick_device
 
     try:
         settings = EditSettings.from_dict(settings_dict_from_args(a))
@@ -187,9 +160,9 @@ def settings_from_args(a, device=None):
 
 
 def cmd_edit(a) -> int:
-    from .bundle import open_avatar
-    from .loop import EditSession
-    from .views import pick_device
+    from ..bundle import open_avatar
+    from ..loop import EditSession
+    from ..views import pick_device
 
     settings = settings_from_args(a)
     if a.dry_run:
@@ -219,8 +192,3 @@ def cmd_edit(a) -> int:
           f"{saved / 'edit.json'})")
     return 0
 
-
-def register(sub) -> None:
-    s = sub.add_parser("edit", help="edit an avatar with a sentence (render -> edit -> refit)")
-    add_edit_args(s)
-    s.set_defaults(func=cmd_edit)
