@@ -247,6 +247,7 @@ class EditSession:
 
     def render_set(self, gaussians, cams, ts, regions):
         """Renders of the edit set: rgb, alpha, depth (T*C,H,W,..) and region masks name -> (T*C,H,W)."""
+        from .masks import render_region_masks
         from .views import render_frames
 
         b = self.bundle
@@ -257,7 +258,6 @@ class EditSession:
             groups.setdefault((c.width, c.height), []).append(c)
         if len(groups) > 1:
             raise Edit3DGSError("--cameras", "edit cameras of one resolution", f"{sorted(groups)}")
-        labels = b.gaussian_labels(regions) if regions else None
         rgb, alpha, depth, masks = [], [], [], {r: [] for r in regions}
         total = len(ts)
         with torch.no_grad():
@@ -267,16 +267,10 @@ class EditSession:
                 rgb.append(res.rgb)
                 alpha.append(res.alpha[..., 0])
                 depth.append(res.depth[..., 0])
-                # Region masks: each region's indicator as a flat colour, no SH, black background;
-                # a pixel's value is that region's share of its opacity (soft at edges).
-                for j in range(0, len(regions), 3):
-                    chunk = regions[j:j + 3]
-                    cols = torch.zeros(gaussians.num_gaussians, 3, device=self.device)
-                    for c, _ in enumerate(chunk):
-                        cols[labels == j + c + 1, c] = 1.0
-                    mres = next(render_frames(b, verts[i:i + 1], cams, (0.0, 0.0, 0.0), gaussians=gaussians, colors=cols))
-                    for c, r in enumerate(chunk):
-                        masks[r].append(mres.rgb[..., c])
+                # Region masks: a pixel's value is each region's share of its opacity (soft at edges);
+                # a Gaussian in two of the regions counts for the first.
+                for r, m in render_region_masks(b, verts[i:i + 1], cams, regions, gaussians, exclusive=True).items():
+                    masks[r].append(m)
                 self.progress("render", i + 1, total)
         cat = lambda xs: torch.cat(xs)  # noqa: E731  (timestep-major: image k = (ts[k // C], cams[k % C]))
         return cat(rgb), cat(alpha), cat(depth), {r: cat(v) for r, v in masks.items()}, verts

@@ -391,7 +391,7 @@ class Server:
         import torch
 
         from .cameras import camera_from_job
-        from .render import rasterize
+        from .masks import render_region_masks
         from .views import save_png
 
         b = self.avatar(_need(args, "avatar"))
@@ -405,20 +405,13 @@ class Server:
         if isinstance(t, bool) or not isinstance(t, int):
             raise Edit3DGSError("job argument 'timestep'", "a whole number", _describe(t))
         b.params.select([t], what=f"job argument 'timestep' ({b.folder / 'flame_param.npz'})")
-        verts = b.pose(None, [t])
-        g = b.world(verts[0])
-        dev = g.means.device
-        colors = torch.zeros(g.means.shape[0], 3, device=dev)
-        for i, r in enumerate(regions):
-            colors[b.gaussian_mask([r]).to(dev), i] = 1.0
-        vm = torch.as_tensor(cam.viewmat, dtype=torch.float32, device=dev)[None]
-        K = torch.as_tensor(cam.K, dtype=torch.float32, device=dev)[None]
-        with torch.no_grad():
-            res = rasterize(g.means, g.quats, g.scales, g.opacities, colors, vm, K, cam.width, cam.height)
+        masks = render_region_masks(b, b.pose(None, [t]), [cam], regions)
+        black = torch.zeros(cam.height, cam.width)
+        image = torch.stack([masks[r][0].cpu() for r in regions] + [black] * (3 - len(regions)), -1)  # region i: channel i
         from .fsutil import atomic_path
 
         with atomic_path(_need(args, "out")) as tmp:
-            save_png(tmp, res.rgb[0].cpu())
+            save_png(tmp, image)
         return {"png": str(_need(args, "out")), "regions": regions}
 
     def job_render_shot(self, jid, args):
