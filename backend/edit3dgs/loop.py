@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -318,12 +318,10 @@ class EditSession:
         check_dir_output(out_dir, s.overwrite)
         t0 = time.perf_counter()
         editor = make_editor(s.editor, **s.editor_options)
-        if hasattr(editor, "background"):
-            editor.background = tuple(b.meta.get("background", (1.0, 1.0, 1.0)))
+        editor.set_background(tuple(b.meta.get("background", (1.0, 1.0, 1.0))))
         self.editor = editor
         regions = list(editor.regions_for(s.prompt))  # raises for instructions it cannot do
-        appearance_only = (bool(getattr(editor, "appearance_only", False)) if s.appearance_only is None
-                           else bool(s.appearance_only))
+        appearance_only = bool(editor.appearance_only if s.appearance_only is None else s.appearance_only)
         s.refit_config(appearance_only).check()  # bad options fail before any rendering
         if s.regions:
             for r in s.regions:
@@ -346,7 +344,7 @@ class EditSession:
                 # Round 0 renders the input; later rounds re-render the current fit.
                 rgb, alpha, depth, masks, verts = self.render_set(gaussians, cams, ts, regions)
                 colours = (self.render_region_colours(gaussians, cams, verts, regions)
-                           if getattr(editor, "uses_region_colours", False) else {})
+                           if editor.uses_region_colours else {})
                 self._timed("render", t0)
                 if r == 0:
                     seen = alpha.reshape(len(ts), C, -1).sum(-1).amax(0)
@@ -418,17 +416,13 @@ class EditSession:
         self.result = gaussians
         t0 = time.perf_counter()
         record = {
-            "instruction": s.prompt, "editor": getattr(editor, "name", s.editor), "settings": asdict(s),
+            "instruction": s.prompt, "editor": editor.name, "settings": asdict(s),
             "seeds": seeds, "edit_set": {"cameras": [c.index for c in cams], "timesteps": ts,
                                          "resolution": [cams[0].width, cams[0].height]},
             "regions_rendered": regions, "input": str(b.folder),
             "metrics": self.metrics, "densify": densify_log,
         }
-        eff = getattr(editor, "settings", None)  # settings: what was chosen; editor_settings: what the editor ran with
-        if is_dataclass(eff):
-            record["editor_settings"] = asdict(eff)
-        if hasattr(editor, "maps"):
-            record["colour_maps"] = [m.to_json() for m in editor.maps]
+        record.update(editor.record())  # settings: what was chosen; the editor's: e.g. what it ran with (editor_settings)
         self.timings["total"] = round(time.perf_counter() - t_all, 3)
         record["timings_s"] = dict(self.timings)
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CancelledError, Edit3DGSError
-from .base import EditRequest, Progress, no_progress
+from .base import EditRequest, Editor, Progress, no_progress
 from .inpaint import latent_masks, reinject
 from .mv_attention import MultiViewContext, View, install
 
@@ -522,7 +522,7 @@ def detector_queries_for(instruction: str, queries: Sequence[str]) -> list[str]:
     return [q for q in queries if _part_of_query(q) not in hit]
 
 
-class InstructPix2PixEditor:
+class InstructPix2PixEditor(Editor):
     """Instruct-Pix2Pix behind the ``Editor`` interface (``edit3dgs edit --editor ip2p``).
 
     The first time a view (camera, timestep) is seen its render is kept as the original: it
@@ -581,6 +581,11 @@ class InstructPix2PixEditor:
 
     def models(self) -> IP2PModels:
         return load_ip2p(self.model, self.device, self.dtype, **self.memory)
+
+    def record(self) -> dict:
+        from dataclasses import asdict
+
+        return {"editor_settings": asdict(self.settings)}   # what the editor ran with
 
     def regions_for(self, instruction: str) -> list[str]:
         if not instruction or not instruction.strip():
