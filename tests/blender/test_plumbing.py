@@ -13,6 +13,7 @@ from edit3dgs_addon import bridge, installer, jobargs, protocol, rigfile
 
 
 def test_protocol_framing_across_chunks():
+    """The add-on's copy of edit3dgs.protocol (tests/test_protocol.py keeps it equal to the backend's)."""
     data = protocol.encode("progress", {"id": "a", "done": 1}) + protocol.encode("done", {"id": "a", "result": {}})
     dec = protocol.Decoder()
     got = []
@@ -173,6 +174,8 @@ FAKE_BACKENDS = {
     "closes_output": "os.write(1, READY); os.close(1); time.sleep(60)",
     # says ready, then neither reads nor answers: the requests fill the pipe
     "stops_reading": "os.write(1, READY); time.sleep(60)",
+    # a backend of another Edit3DGS version: its protocol number differs
+    "other_protocol": "os.write(1, READY.replace(b':1', b':99')); time.sleep(60)",
 }
 
 
@@ -186,7 +189,7 @@ def _fake_backend(tmp_path, name):
     return str(exe)
 
 
-@pytest.mark.parametrize("name", sorted(FAKE_BACKENDS))
+@pytest.mark.parametrize("name", sorted(set(FAKE_BACKENDS) - {"other_protocol"}))
 def test_bridge_never_blocks_on_a_backend_that_stops_talking(tmp_path, monkeypatch, name):
     """Every call the main thread makes returns within 50 ms; the stuck backend is reported and ended from polls."""
     monkeypatch.delenv("EDIT3DGS_BACKEND_PYTHON", raising=False)
@@ -267,3 +270,14 @@ def test_cpu_threads_preference_reaches_the_backend(ext):
         assert b2 is not b1 and env["EDIT3DGS_THREADS"] == "auto"
     finally:
         prefs.cpu_threads = 0
+
+
+def test_bridge_refuses_a_backend_of_another_protocol_version(tmp_path, monkeypatch):
+    """At start-up the add-on reads the backend's protocol version: another number ends that backend and
+    every job says why, in words the artist can act on."""
+    monkeypatch.delenv("EDIT3DGS_BACKEND_PYTHON", raising=False)
+    b = make_backend(_fake_backend(tmp_path, "other_protocol"), tmp_path)
+    job = b.wait(b.submit("sleep", {"seconds": 1}), 15)
+    assert job.state == "failed" and not b.ready and not b.alive
+    assert f"protocol version 99 and this add-on version {protocol.PROTOCOL}" in job.error, job.error
+    assert "Set Up Backend" in job.error
