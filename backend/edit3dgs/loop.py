@@ -22,8 +22,9 @@ import torch
 from .bundle import AvatarBundle
 from .cameras import Camera, load_cameras
 from .errors import CancelledError, Edit3DGSError
-from .fit import BindingDensify, RefitConfig, TargetBatch, refit
+from .fit import LR_PRESETS, BindingDensify, RefitConfig, TargetBatch, refit
 from .metrics import finite, psnr, ssim
+from .validate import limit
 
 DEFAULT_NUM_TIMESTEPS = 8
 AUTO = "auto"  # a device-dependent setting not chosen yet: EditSettings.resolved(device) fills it in
@@ -122,21 +123,24 @@ class EditSettings:
             bad("editor", "region or ip2p", self.editor)
         if not isinstance(self.editor_options, dict):
             bad("editor_options", "a JSON object", self.editor_options)
-        for name in ("rounds", "num_timesteps", "max_iters_per_batch"):
+        # whole numbers in range, before anything is loaded: name -> (lowest, highest, other values allowed)
+        for name, (lo, hi, other) in {"rounds": (1, 1000, ()), "num_timesteps": (1, limit("MAX_LIST_ITEMS", 100_000), ()),
+                                      "max_iters_per_batch": (1, 10**6, ()), "seed": (0, 2**32 - 1, ()),
+                                      "iters_per_batch": (1, 10**6, (None,)), "views_per_iter": (1, 10**6, (None, AUTO))}.items():
             v = getattr(self, name)
-            if not whole(v) or v < 1:
-                bad(name, "a whole number of at least 1", v)
-        if self.iters_per_batch is not None and (not whole(self.iters_per_batch) or self.iters_per_batch < 1):
-            bad("iters_per_batch", "a whole number of at least 1 (or none: until the loss stops improving)",
-                self.iters_per_batch)
+            if v not in other and (not whole(v) or not lo <= v <= hi):
+                bad(name, f"a whole number in [{lo},{hi}]" + {(None,): " (or none: until the loss stops improving)",
+                                                              (None, AUTO): " (or 'auto')"}.get(other, ""), v)
         if self.scale != AUTO and (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))
                                    or not 0 < self.scale <= 4):
             bad("scale", "a render scale above 0 and at most 4 (or 'auto')", self.scale)
-        v = self.views_per_iter
-        if v is not None and v != AUTO and (not whole(v) or v < 1):
-            bad("views_per_iter", "a whole number of at least 1 (or 'auto')", v)
-        if not whole(self.seed):
-            bad("seed", "a whole number", self.seed)
+        rate = lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < float("inf")  # noqa: E731
+        if not rate(self.lr):
+            bad("lr", "a finite positive learning rate", self.lr)
+        if isinstance(self.lrs, dict) and not all(rate(v) for v in self.lrs.values()):
+            bad("lrs", "finite positive learning rates", self.lrs)
+        if isinstance(self.lrs, str) and self.lrs not in LR_PRESETS:
+            bad("lrs", f"per-group rates or a preset among {', '.join(LR_PRESETS)}", self.lrs)
         for name in ("cameras", "timesteps"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, list) or not all(whole(i) for i in v)):

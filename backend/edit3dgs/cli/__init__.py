@@ -1,8 +1,5 @@
-"""The ``edit3dgs`` command line: ``main()`` and its parser, every command listed in ``build_parser``.
-
-One module per group of commands (``avatar``: make-avatar, render, export, capture; ``edit``;
-``demo``; ``evaluate``: eval; ``train_editor``; ``serve``), each with ``add_*_args(parser)`` and
-``cmd_*(args)``; what they share (list options, avatar and camera flags, progress bars) is in ``common``.
+"""The ``edit3dgs`` command line: ``main()``, and ``build_parser`` listing every command. One module per
+group of commands (``add_*_args``, ``cmd_*``); what they share is in ``common``.
 
 Every user error ends with one line ``error: <file>: expected ..., found ...``
 and exit status 2 (a traceback only with ``--debug``); outputs are written to

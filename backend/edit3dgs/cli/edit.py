@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import Edit3DGSError
-from ..validate import limit, positive, whole
-from .common import TqdmProgress, add_avatar_args, parse_int_list
+from .common import TqdmProgress, add_avatar_args, load_avatar, parse_int_list
 
 
 def _ip2p():
@@ -80,26 +79,8 @@ def add_edit_args(s: argparse.ArgumentParser) -> None:
         s.add_argument("--model", help="ip2p weights: a Hugging Face id or a local folder")
 
 
-def check_edit_ranges(a) -> None:
-    """The numeric options of ``edit`` the user gave, before anything is loaded: whole counts in range,
-    finite positive rates (flags left out are absent: None)."""
-    for opt, v, what, lo, hi in (("--rounds", a.rounds, "rounds", 1, 1000),
-                                 ("--num-timesteps", a.num_timesteps, "timesteps", 1, limit("MAX_LIST_ITEMS", 100_000)),
-                                 ("--max-iters-per-batch", a.max_iters_per_batch, "iterations", 1, 10**6),
-                                 ("--iters-per-batch", a.iters_per_batch, "a count", 1, 10**6),
-                                 ("--views-per-iter", a.views_per_iter, "a count", 1, 10**6),
-                                 ("--seed", a.seed, "a seed", 0, 2**32 - 1)):
-        if v is not None:
-            whole(v, opt, what, lo, hi)
-    if a.lr is not None:
-        positive(a.lr, "--lr", "a learning rate")
-    if a.scale is not None:
-        positive(a.scale, "--scale", "a resolution factor")
-
-
 def settings_dict_from_args(a) -> dict:
-    """The settings the user chose on the command line (flags left out are absent)."""
-    check_edit_ranges(a)
+    """The settings the user chose on the command line (flags left out are absent); EditSettings checks them."""
     cam_file, cam_ids = _parse_cameras(a.cameras)
     if cam_file is not None:  # which cy convention the file is read in (cameras.py), said before the long run
         from ..cameras import read_camera_file
@@ -114,14 +95,8 @@ def settings_dict_from_args(a) -> dict:
                 raise Edit3DGSError("--lrs", "JSON like {\"xyz\": 5e-3}", str(exc)[:120]) from None
             if not isinstance(lrs, dict):
                 raise Edit3DGSError("--lrs", "a JSON object like {\"xyz\": 5e-3}", type(lrs).__name__)
-            for k, v in lrs.items():
-                positive(v, "--lrs", f"the rate of '{k}'")
         else:
             lrs = a.lrs
-            from ..fit import LR_PRESETS
-
-            if lrs not in LR_PRESETS:
-                raise Edit3DGSError("--lrs", f"JSON or a preset among {', '.join(LR_PRESETS)}", repr(lrs))
     opts = None
     if a.editor == "ip2p":
         ip = _ip2p()
@@ -160,9 +135,7 @@ def settings_from_args(a, device=None):
 
 
 def cmd_edit(a) -> int:
-    from ..bundle import open_avatar
     from ..loop import EditSession
-    from ..views import pick_device
 
     settings = settings_from_args(a)
     if a.dry_run:
@@ -173,10 +146,7 @@ def cmd_edit(a) -> int:
     out = Path(a.out) if a.out else Path(str(Path(a.avatar).resolve()) + "_edited")
     if out.exists() and any(out.iterdir()) and not a.overwrite:
         raise Edit3DGSError(out, "an empty or new output folder (or --overwrite)", "a folder with files in it")
-    dev = pick_device(a.device)
-    bundle = open_avatar(a.avatar, a.flame, a.flame_masks, device=dev)
-    print(f"avatar: {bundle.folder} — {bundle.gaussians.num_gaussians} Gaussians on {bundle.topology}, device {dev}",
-          file=sys.stderr)
+    bundle, _ = load_avatar(a)
     settings.overwrite = a.overwrite
     bar = TqdmProgress()
     try:
