@@ -14,7 +14,7 @@ EYE_MOUTH = ["eye_region", "eyes", "lips"]
 def test_flame_region_masks_cover_eyes_and_mouth(builtin_avatar_dir):
     from edit3dgs.bundle import open_avatar
     from edit3dgs.cameras import load_cameras
-    from edit3dgs.views import render_frames
+    from edit3dgs.render_avatar import render_frames
 
     b = open_avatar(builtin_avatar_dir)
     cams = [c.scaled(0.2) for c in load_cameras(builtin_avatar_dir / "cameras.json") if c.index in (5, 8)]
@@ -46,7 +46,7 @@ def test_one_region_mask_renderer_serves_loop_server_and_demo(builtin_avatar_dir
     from edit3dgs.cameras import load_cameras
     from edit3dgs.demo import region_weight
     from edit3dgs.server import Server
-    from edit3dgs.views import to_uint8
+    from edit3dgs.images import to_uint8
 
     b = open_avatar(builtin_avatar_dir)
     cams = [c.scaled(0.15) for c in load_cameras(builtin_avatar_dir / "cameras.json") if c.index in (5, 8)]

@@ -73,7 +73,7 @@ def _frames(n_total: int, n: int, avoid: set | None = None) -> list[int]:
 
 def _render(bundle, gaussians, params, ts, cams, colors=None, bg=(1.0, 1.0, 1.0)):
     """(len(ts)*len(cams),H,W,3) renders, timestep-major."""
-    from .views import render_frames
+    from .render_avatar import render_frames
 
     verts = bundle.pose(params, ts)
     with torch.no_grad():
@@ -98,7 +98,7 @@ def run_demo(out: Path | str = "demo_out", config: DemoConfig | None = None, ove
     from .loop import EditSession, EditSettings
     from .metrics import region_scores
     from .report import grid, label_rows, save_animation, save_image, write_report
-    from .views import pick_device
+    from .device import pick_device
 
     cfg = config or DemoConfig()
     out = Path(out)

@@ -216,7 +216,7 @@ class EditSession:
                  should_stop: Callable[[], bool] | None = None):
         self.progress = progress or (lambda stage, done, total: None)
         self.should_stop = should_stop or (lambda: False)
-        from .views import pick_device
+        from .device import pick_device
 
         self.device = pick_device(settings.device)
         self.settings = settings = settings.resolved(self.device)  # edit.json records what ran
@@ -252,7 +252,7 @@ class EditSession:
     def render_set(self, gaussians, cams, ts, regions):
         """Renders of the edit set: rgb, alpha, depth (T*C,H,W,..) and region masks name -> (T*C,H,W)."""
         from .masks import render_region_masks
-        from .views import render_frames
+        from .render_avatar import render_frames
 
         b = self.bundle
         bg = tuple(b.meta.get("background", (1.0, 1.0, 1.0)))
@@ -283,7 +283,7 @@ class EditSession:
         """name -> (T*C,H,W,3): each region's own contribution to the renders of the edit set (its
         Gaussians' SH colours, the others' colour zero, black background; the same blending weights)."""
         from .render.sh import C0
-        from .views import render_frames
+        from .render_avatar import render_frames
 
         b = self.bundle
         out = {}
@@ -397,7 +397,7 @@ class EditSession:
         t0 = time.perf_counter()
         fits = []
         with torch.no_grad():
-            from .views import render_frames
+            from .render_avatar import render_frames
 
             bg = tuple(b.meta.get("background", (1.0, 1.0, 1.0)))
             for i, tb in enumerate(targets):

@@ -54,7 +54,7 @@ def render_region_masks(bundle, verts: torch.Tensor, cameras, regions, gaussians
     counts for the first of them only (the edit loop's masks). The one renderer of region masks:
     the edit loop, the server's ``region_masks`` job, the demo and the editor's training data use it.
     """
-    from .views import render_frames
+    from .render_avatar import render_frames
 
     g = bundle.gaussians if gaussians is None else gaussians
     groups = dict(regions) if isinstance(regions, dict) else {r: [r] for r in regions}

@@ -239,7 +239,7 @@ class Server:
 
     def avatar(self, folder):
         from .bundle import open_avatar
-        from .views import pick_device
+        from .device import pick_device
 
         folder = Path(folder)
         stamp = tuple(p.stat().st_mtime_ns for p in sorted(folder.glob("*")) if p.is_file()) if folder.is_dir() else ()
@@ -320,7 +320,7 @@ class Server:
 
         from .cameras import camera_from_job
         from .masks import render_region_masks
-        from .views import save_png
+        from .images import save_png
 
         b = self.avatar(_need(args, "avatar"))
         c = _need(args, "camera", dict)

@@ -57,7 +57,7 @@ def cmd_render(a) -> int:
 
     from ..cameras import stack
     from ..fsutil import atomic_dir
-    from ..views import save_png
+    from ..images import save_png
 
     b, dev = load_avatar(a)
     cams = read_cameras(a, b, a.cameras, a.scale)
@@ -74,7 +74,7 @@ def cmd_render(a) -> int:
     for c in cams:
         groups.setdefault((c.width, c.height), []).append(c)
     from ..render import rasterize
-    from ..views import WorldPoser, background_tensor
+    from ..render_avatar import WorldPoser, background_tensor
 
     poser = WorldPoser(b)
     bg = background_tensor(a.background, dev)
@@ -137,7 +137,7 @@ def cmd_capture(a) -> int:
 
     from ..dataset import write_capture
     from ..flame_params import FlameParams
-    from ..views import render_frames
+    from ..render_avatar import render_frames
 
     b, dev = load_avatar(a)
     cams_file = a.cameras or (b.folder / b.meta.get("cameras", "cameras.json"))

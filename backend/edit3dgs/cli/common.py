@@ -80,7 +80,7 @@ def say(text: str) -> None:
 def load_avatar(a):
     """The avatar of ``--avatar`` (``--flame``, ``--flame-masks``) on ``--device``: (bundle, device)."""
     from ..bundle import open_avatar
-    from ..views import pick_device
+    from ..device import pick_device
 
     dev = pick_device(a.device)
     b = open_avatar(a.avatar, a.flame, a.flame_masks, device=dev)

@@ -117,7 +117,7 @@ def settings_dict_from_args(a) -> dict:
 def settings_from_args(a, device=None):
     """``EditSettings.from_dict`` of the user's flags, resolved for ``device`` (default: ``--device``'s)."""
     from ..loop import EditSettings
-    from ..views import pick_device
+    from ..device import pick_device
 
     try:
         settings = EditSettings.from_dict(settings_dict_from_args(a))

@@ -32,7 +32,7 @@ def cmd_eval(a) -> int:
     from ..eval import DEFAULT_CAPTION, PAPER_ROWS, edited_caption, evaluate, format_table
     from ..fsutil import atomic_path
     from ..validate import positive, whole
-    from ..views import pick_device
+    from ..device import pick_device
 
     whole(a.frames, "--frames", "frames per setting (CLIP-C compares consecutive frames)", 2, 10_000)
     positive(a.scale, "--scale", "a resolution factor")

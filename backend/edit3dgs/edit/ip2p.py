@@ -97,7 +97,7 @@ _MODELS: dict[tuple, IP2PModels] = {}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    from ..views import pick_device
+    from ..device import pick_device
 
     try:
         return pick_device(str(device))
