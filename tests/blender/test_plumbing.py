@@ -12,18 +12,6 @@ import pytest
 from edit3dgs_addon import bridge, installer, jobargs, protocol, rigfile
 
 
-def test_protocol_framing_across_chunks():
-    """The add-on's copy of edit3dgs.protocol (tests/test_protocol.py keeps it equal to the backend's)."""
-    data = protocol.encode("progress", {"id": "a", "done": 1}) + protocol.encode("done", {"id": "a", "result": {}})
-    dec = protocol.Decoder()
-    got = []
-    for i in range(0, len(data), 7):  # arbitrary chunk boundaries
-        got += dec.feed(data[i:i + 7])
-    assert got == [("progress", {"id": "a", "done": 1}), ("done", {"id": "a", "result": {}})]
-    assert dec.feed(b"not json\0") == [("garbage", {"text": "not json"})]
-    assert dec.pending == 0
-
-
 def make_backend(backend_py, tmp_path, **kw):
     return bridge.Backend(backend_py, tmp_path / "log" / "backend.log", **kw)
 
