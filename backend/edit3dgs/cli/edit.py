@@ -11,14 +11,6 @@ from ..errors import Edit3DGSError
 from .common import TqdmProgress, add_avatar_args, load_avatar, parse_int_list
 
 
-def _ip2p():
-    try:
-        from ..edit import ip2p  # noqa: F401
-    except Exception:  # the diffusion editor is optional (its own install)
-        return None
-    return ip2p
-
-
 def _parse_cameras(text: str | None):
     """--cameras: a cameras JSON file, or camera indices '0,1,2'. Returns (file, ids)."""
     if text is None:
@@ -72,11 +64,76 @@ def add_edit_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.add_argument("--dry-run", action="store_true",
                    help="print the resolved settings (as edit.json records them) and stop")
-    ip = _ip2p()
-    if ip is not None:
-        ip.add_cli_args(s)
-    else:
-        s.add_argument("--model", help="ip2p weights: a Hugging Face id or a local folder")
+    add_ip2p_args(s)
+
+
+def add_ip2p_args(parser) -> None:
+    """Add the Instruct-Pix2Pix flags to an argparse parser (flags already there are kept).
+
+    Flags left out stay None: only what the user set becomes an editor option, the rest are
+    ``IP2PSettings``' defaults (shown in the help), as for the Blender panel."""
+    from ..edit.ip2p import DEFAULT_INPAINT_REGIONS, DEFAULT_MODEL, IP2PSettings
+
+    g = parser.add_argument_group("Instruct-Pix2Pix editor (--editor ip2p)")
+    D = IP2PSettings()
+
+    def add(flag: str, **kw) -> None:
+        if flag not in parser._option_string_actions:   # e.g. --device shared with the edit command
+            g.add_argument(flag, **kw)
+
+    add("--model", help=f"Instruct-Pix2Pix model id or local diffusers folder (safetensors; default: {DEFAULT_MODEL}); "
+                        "'builtin': the small model trained on the built-in head (ships with Edit3DGS)")
+    add("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
+    add("--dtype", help="auto (default: fp16 on CUDA, fp32 elsewhere), fp16, bf16, fp32")
+    add("--steps", type=int, help=f"denoising steps (default: {D.steps})")
+    add("--guidance-text", type=float, help=f"text guidance scale (default: {D.guidance_text})")
+    add("--guidance-image", type=float, help=f"image guidance scale (default: {D.guidance_image})")
+    add("--resolution", type=int,
+        help="short side of the images the diffusion model sees (default: the model's native size, 512 for Instruct-Pix2Pix)")
+    add("--no-multiview", action="store_true", default=None, help="edit every view on its own (ablation)")
+    add("--chunk-size", type=int, help=f"views per chunk; one key view per chunk per step (default: {D.chunk_size})")
+    add("--key-neighbours", type=int, choices=(1, 2),
+        help=f"key views blended into each other view (the nearest in viewing direction; default: {D.key_neighbours})")
+    add("--batch-size", type=int,
+        help=f"views per UNet call (each x3 guidance branches); less: less memory (default: {D.batch_size})")
+    add("--temporal-keys", action="store_true", default=None,
+        help="one timestep's key views serve all timesteps, linked by the FLAME binding (default: key views "
+             "per timestep, as the seed and DGE)")
+    add("--no-inpaint", action="store_true", default=None, help="no expression-preserving inpainting (ablation)")
+    add("--inpaint-regions", help=f"regions re-injected from the originals (default: {','.join(DEFAULT_INPAINT_REGIONS)})")
+    add("--inpaint-strength", type=float, help=f"weight of the re-injected original latents (default: {D.inpaint_strength})")
+    add("--inpaint-start", type=int, help="first denoising step of re-injection (default: half of --steps)")
+    add("--mask-source", choices=("flame", "detector"),
+        help="eye/mouth masks from the avatar's regions (default), or Grounding DINO + SAM 2")
+    add("--detector-model", default=None, help="Grounding DINO model id or folder")
+    add("--sam-model", default=None, help="SAM 2 model id or folder")
+    add("--reedit-strength", type=float, default=None,
+        help="re-edit the current renders at this noise strength in later rounds (Instruct-NeRF2NeRF)")
+    add("--attention-slicing", action="store_true", default=None, help="less memory, slower attention")
+    add("--vae-tiling", action="store_true", default=None, help="VAE in tiles (large images)")
+    add("--cpu-offload", action="store_true", default=None,
+        help="keep models on the CPU, move each to the GPU while it runs")
+
+
+def ip2p_options_from_args(args) -> dict:
+    """Editor options for ``make_editor("ip2p", **options)``: the flags the user gave (the editor's
+    defaults, ``IP2PSettings``', for the rest; a ``--device`` other than auto is passed on)."""
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    regions = [r.strip() for r in (get("inpaint_regions") or "").split(",") if r.strip()]
+    opts = dict(model=get("model"), dtype=get("dtype"), steps=get("steps"), guidance_text=get("guidance_text"),
+                guidance_image=get("guidance_image"), resolution=get("resolution"),
+                multiview=False if get("no_multiview") else None, chunk_size=get("chunk_size"),
+                key_neighbours=get("key_neighbours"), batch_size=get("batch_size"),
+                temporal_keys=True if get("temporal_keys") else None, inpaint=False if get("no_inpaint") else None,
+                inpaint_regions=regions or None, inpaint_strength=get("inpaint_strength"),
+                inpaint_start=get("inpaint_start"), mask_source=get("mask_source"),
+                detector_model=get("detector_model"), sam_model=get("sam_model"),
+                reedit_strength=get("reedit_strength"), attention_slicing=get("attention_slicing"),
+                vae_tiling=get("vae_tiling"), cpu_offload=get("cpu_offload"))
+    if get("device") not in (None, "auto"):
+        opts["device"] = get("device")
+    # No seed here: the loop gives each round's EditRequest its own seed (--seed + round).
+    return {k: v for k, v in opts.items() if v is not None}
 
 
 def settings_dict_from_args(a) -> dict:
@@ -97,13 +154,7 @@ def settings_dict_from_args(a) -> dict:
                 raise Edit3DGSError("--lrs", "a JSON object like {\"xyz\": 5e-3}", type(lrs).__name__)
         else:
             lrs = a.lrs
-    opts = None
-    if a.editor == "ip2p":
-        ip = _ip2p()
-        if ip is not None:
-            opts = dict(ip.options_from_args(a))
-        elif getattr(a, "model", None):
-            opts = {"model": a.model}
+    opts = ip2p_options_from_args(a) if a.editor == "ip2p" else None
     regions = [r.strip() for r in a.regions.split(",") if r.strip()] if a.regions else None
     d = dict(prompt=a.prompt, editor=a.editor, editor_options=opts, cameras=cam_ids, camera_file=cam_file,
              timesteps=parse_int_list(a.timesteps, "--timesteps"), regions=regions, rounds=a.rounds,
