@@ -28,7 +28,7 @@ def main() -> int:
     from edit3dgs.cameras import load_cameras
     from edit3dgs.demo import DemoConfig, _settings_eval
     from edit3dgs.loop import default_timesteps
-    from edit3dgs.views import pick_device
+    from edit3dgs.device import pick_device
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", nargs="+", default=["make the hair blue", "give her red lips", "make the hair pink"])

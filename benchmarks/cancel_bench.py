@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
 
-from edit3dgs.server import SEP, encode  # noqa: E402
+from edit3dgs.protocol import SEP, encode  # noqa: E402
 
 STAGES = ("render", "edit", "refit", "save")
 

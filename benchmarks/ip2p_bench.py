@@ -237,7 +237,7 @@ def bench_episode(device, steps: int) -> dict:
                      device=str(device), editor_options={"model": BENCH_MODEL, "device": str(device), "steps": steps})
     sess = EditSession(b, s)
     # Warm the rasteriser first (gsplat compiles its CUDA extension at first use, ~90 s, once per machine).
-    from edit3dgs.views import render_frames
+    from edit3dgs.render_avatar import render_frames
 
     t0 = time.perf_counter()
     cams, ts, _ = sess.edit_set()

@@ -26,7 +26,7 @@ from edit3dgs.builtin import make_avatar  # noqa: E402
 from edit3dgs.bundle import open_avatar  # noqa: E402
 from edit3dgs.cameras import camera_rig, stack  # noqa: E402
 from edit3dgs.render import rasterize  # noqa: E402
-from edit3dgs.views import WorldPoser  # noqa: E402
+from edit3dgs.render_avatar import WorldPoser  # noqa: E402
 
 
 def timeit(fn, reps: int, sync) -> float:

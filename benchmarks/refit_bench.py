@@ -27,7 +27,7 @@ from edit3dgs.cameras import load_cameras, stack  # noqa: E402
 from edit3dgs.fit import RefitConfig, TargetBatch, photometric_loss, refit  # noqa: E402
 from edit3dgs.loop import EditSession, EditSettings  # noqa: E402
 from edit3dgs.render import rasterize  # noqa: E402
-from edit3dgs.views import pick_device  # noqa: E402
+from edit3dgs.device import pick_device  # noqa: E402
 
 
 def sync(dev):

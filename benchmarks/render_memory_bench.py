@@ -30,7 +30,7 @@ def child(avatar: str, cameras: int, scale: float, threads: int) -> None:
     from edit3dgs import render
     from edit3dgs.bundle import open_avatar
     from edit3dgs.cameras import load_cameras, stack
-    from edit3dgs.views import WorldPoser
+    from edit3dgs.render_avatar import WorldPoser
 
     torch.set_num_threads(threads)
     b = open_avatar(avatar)

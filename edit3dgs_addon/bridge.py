@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from .messages import artist_words
-from .protocol import Decoder, encode
+from .protocol import PROTOCOL, Decoder, encode
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 
@@ -89,6 +89,13 @@ def resolve_python(configured: str) -> str:
         raise BridgeError(f"backend Python not found: {path} (expected an executable interpreter with "
                           f"edit3dgs installed; press 'Set Up Backend' in the add-on preferences)")
     return found
+
+
+def protocol_mismatch(ready: dict) -> str:
+    """What the artist reads when the backend speaks another protocol version than this add-on."""
+    return (f"the backend (edit3dgs {ready.get('version', '?')}) speaks protocol version {ready.get('protocol')!r} "
+            f"and this add-on version {PROTOCOL}: they come from different versions of Edit3DGS; press "
+            f"'Set Up Backend' in the add-on preferences to install the backend that ships with this add-on")
 
 
 class Backend:
@@ -263,6 +270,10 @@ class Backend:
                 self._eof_at = time.monotonic()
                 continue
             if kind == "ready":
+                if p.get("protocol") != PROTOCOL:  # another version of Edit3DGS: its jobs would be misread
+                    self.exit_reason = protocol_mismatch(p)
+                    self.kill(self.exit_reason)
+                    break
                 self.ready = True
                 continue
             jid = p.get("id")

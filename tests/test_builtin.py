@@ -107,7 +107,7 @@ def test_capture_command_writes_the_dataset_layout(builtin_avatar_dir, cli, tmp_
 
 
 def test_world_poser_matches_posing_then_binding(builtin_avatar_dir):
-    from edit3dgs.views import WorldPoser
+    from edit3dgs.render_avatar import WorldPoser
 
     b = open_avatar(builtin_avatar_dir)
     one = b.params.select([3])
@@ -118,7 +118,7 @@ def test_world_poser_matches_posing_then_binding(builtin_avatar_dir):
 
 
 def test_world_poser_sequence_matches_per_timestep(builtin_avatar_dir):
-    from edit3dgs.views import WorldPoser
+    from edit3dgs.render_avatar import WorldPoser
 
     b = open_avatar(builtin_avatar_dir)
     poser = WorldPoser(b)

@@ -130,3 +130,26 @@ def test_debug_shows_traceback(tiny_avatar, tmp_path):
     (tiny_avatar / "point_cloud.ply").unlink()
     with pytest.raises(Edit3DGSError):
         main(["--debug", "export", "--avatar", str(tiny_avatar), "--out", str(tmp_path / "x.ply")])
+
+
+def test_cli_package_lists_every_command_and_has_no_hidden_cycles():
+    """One parser lists every command; a command module imports only the shared ``common`` of the CLI
+    (never the package's ``main`` or another command's module), so importing one never loads another."""
+    import ast
+    from pathlib import Path
+
+    import edit3dgs.cli as cli_pkg
+
+    sub = cli_pkg.build_parser()._subparsers._group_actions[0].choices
+    assert sorted(sub) == sorted(["make-avatar", "render", "export", "capture", "demo", "edit", "eval", "train-editor",
+                                  "serve"])
+    folder = Path(cli_pkg.__file__).parent
+    for path in folder.glob("*.py"):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                assert node.module == "common", f"{path.name} imports from .{node.module or ''}"
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                assert not any(n.split(".")[0] == "cli" for n in names), f"{path.name} imports the CLI package"

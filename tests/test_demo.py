@@ -40,13 +40,11 @@ def test_demo_bars(tmp_path, prompt):
 def test_demo_defaults_are_the_papers_method_with_the_builtin_model():
     """`make demo` / `edit3dgs demo` with no options: the Instruct-Pix2Pix path with the shipped
     model, multi-view batch editing and inpainting on, the ablation only when asked for."""
-    import argparse
-
-    from edit3dgs import demo_cli
     from edit3dgs.ablation import MAIN, VARIANTS
+    from edit3dgs.cli import build_parser
+    from edit3dgs.cli import demo as demo_cli
 
-    ap = argparse.ArgumentParser()
-    demo_cli.register(ap.add_subparsers())
+    ap = build_parser()
     cfg = demo_cli.config_from_args(ap.parse_args(["demo"]))
     assert (cfg.editor, cfg.model, cfg.ablation, cfg.prompt) == ("ip2p", "builtin", False, "make the hair blue")
     assert VARIANTS[MAIN] == {"multiview": True, "inpaint": True}      # the paper's method

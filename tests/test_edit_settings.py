@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edit3dgs.cli import build_parser
-from edit3dgs.edit_cli import settings_from_args
+from edit3dgs.cli.edit import settings_from_args
 from edit3dgs.errors import Edit3DGSError
 from edit3dgs.loop import EditSettings
 
@@ -35,6 +35,11 @@ def test_unknown_or_bad_setting_is_one_line_naming_it():
         EditSettings.from_dict({"prompt": "make the hair blue", "views_per_iter": 0})
     with pytest.raises(Edit3DGSError, match="edit setting 'prompt'"):
         EditSettings.from_dict({"prompt": "  "})
+    # the ranges are EditSettings' own, so a server job gets the command line's limits
+    for name, value in (("rounds", 10**9), ("seed", -1), ("lr", float("nan")), ("lrs", {"xyz": -1.0}), ("lrs", "fastest"),
+                        ("iters_per_batch", "auto")):
+        with pytest.raises(Edit3DGSError, match=f"edit setting '{name}'"):
+            EditSettings.from_dict({"prompt": "make the hair blue", name: value})
     # on the command line the same mistake names the flag
     with pytest.raises(Edit3DGSError, match="--views-per-iter"):
         cli("--views-per-iter", "0")
@@ -107,10 +112,31 @@ def test_panel_and_cli_ip2p_defaults_resolve_equal():
     a = build_parser().parse_args(["edit", "--avatar", "ava", "--prompt", "x", "--editor", "ip2p", "--steps", "12",
                                    "--guidance-text", "6.5", "--inpaint-regions", "eye_region,eyes",
                                    "--inpaint-strength", "0.8", "--temporal-keys"])
-    panel = jobargs.edit_settings(ui, {})["editor_options"]
-    assert panel == settings_from_args(a, device="cpu").editor_options
+    panel = jobargs.edit_settings(ui, {})
+    assert panel["editor_options"] == settings_from_args(a, device="cpu").editor_options
+    assert asdict(EditSettings.from_dict(panel).resolved("cpu")) == asdict(settings_from_args(a, device="cpu"))
     # the editor's keyword defaults are IP2PSettings' (one table)
     sig = inspect.signature(InstructPix2PixEditor.__init__).parameters
     for f in fields(IP2PSettings):
         if f.name in sig and f.name != "seed":
             assert sig[f.name].default == f.default, f.name
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_same_choices_through_the_cli_parser_and_the_panel_resolve_equal(device):
+    """Every choice both front ends offer, made on both: the resolved EditSettings are equal field for field."""
+    ui = {"prompt": "make him look older", "editor": "ip2p", "rounds": 3, "iters_per_batch": 7, "views_per_iter": 5,
+          "scale": 0.3, "seed": 11, "local_regions": "hair, skin", "cameras": [1, 2, 9], "num_timesteps": 5,
+          "steps": 9, "guidance_text": 5.5, "guidance_image": 1.25, "temporal_keys": True, "preserve_eyes": False,
+          "mask_strength": 0.6, "mask_source": "FLAME", "ip2p_model": "builtin"}
+    prefs = {"device": device, "editor_model": "/models/ip2p", "detector_model": "/models/gd", "sam_model": "/models/sam"}
+    flags = ("--editor", "ip2p", "--rounds", "3", "--iters-per-batch", "7", "--views-per-iter", "5", "--scale", "0.3",
+             "--seed", "11", "--regions", "hair,skin", "--cameras", "1,2,9", "--num-timesteps", "5", "--device", device,
+             "--steps", "9", "--guidance-text", "5.5", "--guidance-image", "1.25", "--temporal-keys",
+             "--inpaint-regions", "lips", "--inpaint-strength", "0.6", "--mask-source", "flame", "--model", "builtin",
+             "--detector-model", "/models/gd", "--sam-model", "/models/sam")
+    a = build_parser().parse_args(["edit", "--avatar", "ava", "--prompt", "make him look older", *flags])
+    panel = EditSettings.from_dict(jobargs.edit_settings(ui, prefs)).resolved(device)
+    cli_side = settings_from_args(a, device=device)
+    assert asdict(panel) == asdict(cli_side)
+    assert (panel.rounds, panel.scale, panel.views_per_iter, panel.editor_options["steps"]) == (3, 0.3, 5, 9)

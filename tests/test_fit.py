@@ -11,7 +11,7 @@ from edit3dgs.edit.region import Step, colour_map, recolour_gaussians
 from edit3dgs.errors import Edit3DGSError
 from edit3dgs.fit import BindingDensify, RefitConfig, TargetBatch, TrainState, refit
 from edit3dgs.metrics import psnr
-from edit3dgs.views import render_frames
+from edit3dgs.render_avatar import render_frames
 
 
 @pytest.fixture(scope="module")

@@ -766,16 +766,16 @@ def test_randomly_mutated_input_works_or_gets_one_line(c, tmp_path):
 
 def test_limits_are_named_and_raised_by_their_setting(monkeypatch):
     """A limit's message names the setting that raises it; the setting raises it; a bad setting is one line too."""
-    from edit3dgs.cli import _parse_int_list
+    from edit3dgs.cli.common import parse_int_list
     from edit3dgs.errors import Edit3DGSError
 
     with pytest.raises(Edit3DGSError, match="at most 100,000 items .*EDIT3DGS_MAX_LIST_ITEMS.*found 200,000"):
-        _parse_int_list("0-200000", "--timesteps")
+        parse_int_list("0-200000", "--timesteps")
     monkeypatch.setenv("EDIT3DGS_MAX_LIST_ITEMS", "300_000")
-    assert len(_parse_int_list("0-200000", "--timesteps")) == 200_000
+    assert len(parse_int_list("0-200000", "--timesteps")) == 200_000
     monkeypatch.setenv("EDIT3DGS_MAX_LIST_ITEMS", "lots")
     with pytest.raises(Edit3DGSError, match=r"\$EDIT3DGS_MAX_LIST_ITEMS: expected a positive whole number, found 'lots'"):
-        _parse_int_list("0-2", "--timesteps")
+        parse_int_list("0-2", "--timesteps")
 
 
 _CHILD = r"""

@@ -164,10 +164,9 @@ def test_interrupted_overwrite_restores_and_says_so(tmp_path, monkeypatch, cli):
     assert (out / "result.txt").read_text() == "previous"
     assert sorted(e.name for e in tmp_path.iterdir()) == ["out"]
     # the command line's message says what is on disk
-    from edit3dgs import cli as cli_mod
+    from edit3dgs.cli import avatar as cli_mod
 
     monkeypatch.setattr(cli_mod, "cmd_make_avatar", lambda a: (_ for _ in ()).throw(KeyboardInterrupt()))
-    monkeypatch.setitem(cli_mod.__dict__, "cmd_make_avatar", cli_mod.cmd_make_avatar)
     code, _, err = cli("make-avatar", "--out", out, "--overwrite")
     assert code == 130 and f"{out} is as it was before this run" in err, err
     code, _, err = cli("make-avatar", "--out", tmp_path / "none")

@@ -628,11 +628,11 @@ def test_editor_options_and_errors(tiny_ip2p_dir):
     import argparse
 
     from edit3dgs.edit import make_editor
-    from edit3dgs.edit.ip2p import add_cli_args, options_from_args
+    from edit3dgs.cli.edit import add_ip2p_args, ip2p_options_from_args as options_from_args
 
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="auto")
-    add_cli_args(p)
+    add_ip2p_args(p)
     a = p.parse_args(["--model", str(tiny_ip2p_dir), "--no-multiview", "--inpaint-regions", "eyes,lips",
                       "--inpaint-start", "3", "--mask-source", "detector", "--reedit-strength", "0.7",
                       "--temporal-keys", "--batch-size", "3", "--key-neighbours", "1", "--chunk-size", "4"])

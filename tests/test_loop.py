@@ -175,3 +175,42 @@ def test_edit_command_writes_avatar(small_avatar, tmp_path, cli):
     code, out, err = cli("edit", "--avatar", small_avatar, "--prompt", "green eyes", "--out", tmp_path / "ed")
     assert code == 2
     one_line_error(err, "folder with files in it")
+
+
+def test_editor_hooks_reach_the_loop(small_avatar, tmp_path, monkeypatch):
+    """The loop asks an editor through Editor's hooks only: a stand-in that keeps the renders and asks
+    for region colours, appearance-only refits and a record gets each, and the defaults ask for nothing."""
+    from edit3dgs import edit as edit_mod
+    from edit3dgs.edit import Editor
+
+    seen = {}
+
+    class Keep(Editor):
+        name = "keep"
+
+        def regions_for(self, instruction):
+            return ["hair"]
+
+        def set_background(self, background):
+            seen["background"] = background
+
+        def edit(self, request, progress=None):
+            seen["colours"] = sorted(request.region_colours)
+            return request.images
+
+        def record(self):
+            return {"kept": True}
+
+    class Asks(Keep):
+        appearance_only = True
+        uses_region_colours = True
+
+    b = open_avatar(small_avatar)
+    for cls, out in ((Keep, tmp_path / "plain"), (Asks, tmp_path / "asks")):
+        monkeypatch.setattr(edit_mod, "make_editor", lambda name, **o: cls())
+        saved = EditSession(b, EditSettings(prompt="keep it", **{**FAST, "iters_per_batch": 1})).run(out)
+        rec = json.loads((saved / "edit.json").read_text())
+        assert rec["editor"] == "keep" and rec["kept"] is True and "colour_maps" not in rec
+        assert seen["background"] == tuple(b.meta.get("background", (1.0, 1.0, 1.0)))
+        assert seen["colours"] == (["hair"] if cls is Asks else [])
+        assert rec["metrics"]["appearance_only"] is (cls is Asks)

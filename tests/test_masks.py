@@ -14,7 +14,7 @@ EYE_MOUTH = ["eye_region", "eyes", "lips"]
 def test_flame_region_masks_cover_eyes_and_mouth(builtin_avatar_dir):
     from edit3dgs.bundle import open_avatar
     from edit3dgs.cameras import load_cameras
-    from edit3dgs.views import render_frames
+    from edit3dgs.render_avatar import render_frames
 
     b = open_avatar(builtin_avatar_dir)
     cams = [c.scaled(0.2) for c in load_cameras(builtin_avatar_dir / "cameras.json") if c.index in (5, 8)]
@@ -34,6 +34,45 @@ def test_flame_region_masks_cover_eyes_and_mouth(builtin_avatar_dir):
     inter, union = (ours & ref).sum().item(), (ours | ref).sum().item()
     assert ref.sum() > 50                       # the eyes and mouth are visible in these views
     assert inter / union >= 0.9, inter / union
+
+
+def test_one_region_mask_renderer_serves_loop_server_and_demo(builtin_avatar_dir, tmp_path):
+    """render_region_masks is the one renderer: exclusive (the loop's: a Gaussian counts for its first
+    region), unions (the demo's region weight) and the server's PNG are all its masks."""
+    import numpy as np
+    from PIL import Image
+
+    from edit3dgs.bundle import open_avatar
+    from edit3dgs.cameras import load_cameras
+    from edit3dgs.demo import region_weight
+    from edit3dgs.server import Server
+    from edit3dgs.images import to_uint8
+
+    b = open_avatar(builtin_avatar_dir)
+    cams = [c.scaled(0.15) for c in load_cameras(builtin_avatar_dir / "cameras.json") if c.index in (5, 8)]
+    verts = b.pose(timesteps=[1, 3])
+    full = render_region_masks(b, verts, cams, ["skin", "nose", "hair", "lips"])
+    assert all(m.shape == (4, *m.shape[1:]) for m in full.values()) and float(full["nose"].sum()) > 1
+    first = render_region_masks(b, verts, cams, ["skin", "nose", "hair", "lips"], exclusive=True)
+    assert float(first["nose"].abs().max()) == 0.0                  # the nose is skin: it counts for skin
+    assert torch.equal(first["skin"], full["skin"]) and torch.equal(first["lips"], full["lips"])
+    union = render_region_masks(b, verts, cams, {"edit": ["hair", "lips"]})["edit"]
+    torch.testing.assert_close(union, full["hair"] + full["lips"], atol=1e-5, rtol=0)  # disjoint regions add up
+    assert torch.equal(region_weight(b, b.gaussians, b.params, [1, 3], cams, ["hair", "lips"]), union)
+
+    class Channel:
+        def send(self, *message):
+            pass
+
+    c = cams[1]
+    cam = {"w": c.width, "h": c.height, "fx": c.fx, "fy": c.fy, "cx": c.cx, "cy": c.cy, "c2w": c.c2w.tolist()}
+    out = tmp_path / "masks.png"
+    Server(Channel(), device="cpu").job_region_masks("j", {"avatar": str(builtin_avatar_dir), "camera": cam,
+                                                           "regions": ["hair", "lips"], "out": str(out), "timestep": 3})
+    png = np.asarray(Image.open(out))
+    mine = render_region_masks(b, b.pose(timesteps=[3]), [c], ["hair", "lips"])
+    assert np.array_equal(png[..., 0], to_uint8(mine["hair"][0])) and np.array_equal(png[..., 1], to_uint8(mine["lips"][0]))
+    assert png[..., 2].max() == 0 and png[..., 0].max() > 200
 
 
 def test_combine_reports_missing_regions():

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from edit3dgs.server import SEP, encode
+from edit3dgs.protocol import SEP, encode
 
 
 class Serve:

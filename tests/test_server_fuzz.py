@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from edit3dgs.server import SEP, FrameReader, encode
+from edit3dgs.protocol import SEP, FrameReader, encode
 from test_server import Serve
 
 

@@ -11,7 +11,7 @@ from edit3dgs.cameras import camera_rig, save_cameras
 from edit3dgs.errors import Edit3DGSError
 from edit3dgs.flame_params import FlameParams
 from edit3dgs.shot import deliver, load_shot, render_shot, straight_rgba
-from edit3dgs.views import render_frames
+from edit3dgs.render_avatar import render_frames
 
 
 def test_straight_alpha():

@@ -205,7 +205,7 @@ def canonical_arrays(params: FlameParams, n_verts: int | None = None) -> dict:
 def _save_mask(path: Path, alpha) -> None:
     from PIL import Image
 
-    from .views import to_uint8
+    from .images import to_uint8
 
     a = to_uint8(alpha)
     Image.fromarray(a.reshape(a.shape[0], a.shape[1])).save(str(path))
@@ -223,7 +223,7 @@ def write_capture(root: os.PathLike | str, splits: dict[str, tuple[Sequence[int]
     FLAME files are written. ``n_verts``: head vertices, for a zero ``static_offset``
     when ``params`` has none (GaussianAvatars reads it from every dataset).
     """
-    from .views import save_png
+    from .images import save_png
 
     bad = [s for s in splits if s not in SPLITS]
     if bad:

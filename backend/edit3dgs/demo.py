@@ -73,7 +73,7 @@ def _frames(n_total: int, n: int, avoid: set | None = None) -> list[int]:
 
 def _render(bundle, gaussians, params, ts, cams, colors=None, bg=(1.0, 1.0, 1.0)):
     """(len(ts)*len(cams),H,W,3) renders, timestep-major."""
-    from .views import render_frames
+    from .render_avatar import render_frames
 
     verts = bundle.pose(params, ts)
     with torch.no_grad():
@@ -82,10 +82,10 @@ def _render(bundle, gaussians, params, ts, cams, colors=None, bg=(1.0, 1.0, 1.0)
 
 
 def region_weight(bundle, gaussians, params, ts, cams, regions) -> torch.Tensor:
-    """(B,H,W) share of each pixel's opacity that belongs to ``regions``."""
-    cols = torch.zeros(gaussians.num_gaussians, 3, device=gaussians.device)
-    cols[bundle.gaussian_mask(regions).to(gaussians.device), 0] = 1.0
-    return _render(bundle, gaussians, params, ts, cams, cols, (0.0, 0.0, 0.0))[..., 0]
+    """(B,H,W) share of each pixel's opacity that belongs to ``regions`` (timestep-major)."""
+    from .masks import render_region_masks
+
+    return render_region_masks(bundle, bundle.pose(params, ts), cams, {"regions": list(regions)}, gaussians)["regions"]
 
 
 def run_demo(out: Path | str = "demo_out", config: DemoConfig | None = None, overwrite: bool = False,
@@ -98,7 +98,7 @@ def run_demo(out: Path | str = "demo_out", config: DemoConfig | None = None, ove
     from .loop import EditSession, EditSettings
     from .metrics import region_scores
     from .report import grid, label_rows, save_animation, save_image, write_report
-    from .views import pick_device
+    from .device import pick_device
 
     cfg = config or DemoConfig()
     out = Path(out)

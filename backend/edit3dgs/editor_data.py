@@ -187,7 +187,7 @@ def measure_references(bundle, params, timesteps: Sequence[int], cameras: Sequen
     """Each region's reference colours (mean, most coloured part) seen from ``cameras`` at ``timesteps``:
     what the region editor measures, so training targets and the demo's ground truth agree."""
     from .masks import render_region_masks
-    from .views import render_frames
+    from .render_avatar import render_frames
 
     verts = bundle.pose(params, list(timesteps))
     with torch.no_grad():

@@ -180,7 +180,7 @@ def render_setting(bundle, setting: str, frames: int = 8, scale: float = 0.4, mo
                    timestep: int = 0) -> torch.Tensor | None:
     """Frames (N,H,W,3) of ``bundle`` for one evaluation setting (None when its motion is missing)."""
     from .cameras import orbit
-    from .views import render_frames
+    from .render_avatar import render_frames
 
     bg = tuple(bundle.meta.get("background", (1.0, 1.0, 1.0)))
     with torch.no_grad():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,8 +22,9 @@ import torch
 from .bundle import AvatarBundle, AvatarCameras
 from .cameras import Camera
 from .errors import CancelledError, Edit3DGSError
-from .fit import BindingDensify, RefitConfig, TargetBatch, refit
+from .fit import LR_PRESETS, BindingDensify, RefitConfig, TargetBatch, refit
 from .metrics import finite, psnr, ssim
+from .validate import limit
 
 DEFAULT_NUM_TIMESTEPS = 8
 AUTO = "auto"  # a device-dependent setting not chosen yet: EditSettings.resolved(device) fills it in
@@ -127,21 +128,24 @@ class EditSettings:
             bad("editor", "region or ip2p", self.editor)
         if not isinstance(self.editor_options, dict):
             bad("editor_options", "a JSON object", self.editor_options)
-        for name in ("rounds", "num_timesteps", "max_iters_per_batch"):
+        # whole numbers in range, before anything is loaded: name -> (lowest, highest, other values allowed)
+        for name, (lo, hi, other) in {"rounds": (1, 1000, ()), "num_timesteps": (1, limit("MAX_LIST_ITEMS", 100_000), ()),
+                                      "max_iters_per_batch": (1, 10**6, ()), "seed": (0, 2**32 - 1, ()),
+                                      "iters_per_batch": (1, 10**6, (None,)), "views_per_iter": (1, 10**6, (None, AUTO))}.items():
             v = getattr(self, name)
-            if not whole(v) or v < 1:
-                bad(name, "a whole number of at least 1", v)
-        if self.iters_per_batch is not None and (not whole(self.iters_per_batch) or self.iters_per_batch < 1):
-            bad("iters_per_batch", "a whole number of at least 1 (or none: until the loss stops improving)",
-                self.iters_per_batch)
+            if v not in other and (not whole(v) or not lo <= v <= hi):
+                bad(name, f"a whole number in [{lo},{hi}]" + {(None,): " (or none: until the loss stops improving)",
+                                                              (None, AUTO): " (or 'auto')"}.get(other, ""), v)
         if self.scale != AUTO and (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))
                                    or not 0 < self.scale <= 4):
             bad("scale", "a render scale above 0 and at most 4 (or 'auto')", self.scale)
-        v = self.views_per_iter
-        if v is not None and v != AUTO and (not whole(v) or v < 1):
-            bad("views_per_iter", "a whole number of at least 1 (or 'auto')", v)
-        if not whole(self.seed):
-            bad("seed", "a whole number", self.seed)
+        rate = lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < float("inf")  # noqa: E731
+        if not rate(self.lr):
+            bad("lr", "a finite positive learning rate", self.lr)
+        if isinstance(self.lrs, dict) and not all(rate(v) for v in self.lrs.values()):
+            bad("lrs", "finite positive learning rates", self.lrs)
+        if isinstance(self.lrs, str) and self.lrs not in LR_PRESETS:
+            bad("lrs", f"per-group rates or a preset among {', '.join(LR_PRESETS)}", self.lrs)
         for name in ("cameras", "timesteps"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, list) or not all(whole(i) for i in v)):
@@ -228,7 +232,7 @@ class EditSession:
         self.report = report or (lambda line: None)
         self.camera_read: AvatarCameras | None = None
         self.should_stop = should_stop or (lambda: False)
-        from .views import pick_device
+        from .device import pick_device
 
         self.device = pick_device(settings.device)
         self.settings = settings = settings.resolved(self.device)  # edit.json records what ran
@@ -263,7 +267,8 @@ class EditSession:
 
     def render_set(self, gaussians, cams, ts, regions):
         """Renders of the edit set: rgb, alpha, depth (T*C,H,W,..) and region masks name -> (T*C,H,W)."""
-        from .views import render_frames
+        from .masks import render_region_masks
+        from .render_avatar import render_frames
 
         b = self.bundle
         bg = tuple(b.meta.get("background", (1.0, 1.0, 1.0)))
@@ -273,7 +278,6 @@ class EditSession:
             groups.setdefault((c.width, c.height), []).append(c)
         if len(groups) > 1:
             raise Edit3DGSError("--cameras", "edit cameras of one resolution", f"{sorted(groups)}")
-        labels = b.gaussian_labels(regions) if regions else None
         rgb, alpha, depth, masks = [], [], [], {r: [] for r in regions}
         total = len(ts)
         with torch.no_grad():
@@ -283,16 +287,10 @@ class EditSession:
                 rgb.append(res.rgb)
                 alpha.append(res.alpha[..., 0])
                 depth.append(res.depth[..., 0])
-                # Region masks: each region's indicator as a flat colour, no SH, black background;
-                # a pixel's value is that region's share of its opacity (soft at edges).
-                for j in range(0, len(regions), 3):
-                    chunk = regions[j:j + 3]
-                    cols = torch.zeros(gaussians.num_gaussians, 3, device=self.device)
-                    for c, _ in enumerate(chunk):
-                        cols[labels == j + c + 1, c] = 1.0
-                    mres = next(render_frames(b, verts[i:i + 1], cams, (0.0, 0.0, 0.0), gaussians=gaussians, colors=cols))
-                    for c, r in enumerate(chunk):
-                        masks[r].append(mres.rgb[..., c])
+                # Region masks: a pixel's value is each region's share of its opacity (soft at edges);
+                # a Gaussian in two of the regions counts for the first.
+                for r, m in render_region_masks(b, verts[i:i + 1], cams, regions, gaussians, exclusive=True).items():
+                    masks[r].append(m)
                 self.progress("render", i + 1, total)
         cat = lambda xs: torch.cat(xs)  # noqa: E731  (timestep-major: image k = (ts[k // C], cams[k % C]))
         return cat(rgb), cat(alpha), cat(depth), {r: cat(v) for r, v in masks.items()}, verts
@@ -301,7 +299,7 @@ class EditSession:
         """name -> (T*C,H,W,3): each region's own contribution to the renders of the edit set (its
         Gaussians' SH colours, the others' colour zero, black background; the same blending weights)."""
         from .render.sh import C0
-        from .views import render_frames
+        from .render_avatar import render_frames
 
         b = self.bundle
         out = {}
@@ -340,12 +338,10 @@ class EditSession:
         check_dir_output(out_dir, s.overwrite)
         t0 = time.perf_counter()
         editor = make_editor(s.editor, **s.editor_options)
-        if hasattr(editor, "background"):
-            editor.background = tuple(b.meta.get("background", (1.0, 1.0, 1.0)))
+        editor.set_background(tuple(b.meta.get("background", (1.0, 1.0, 1.0))))
         self.editor = editor
         regions = list(editor.regions_for(s.prompt))  # raises for instructions it cannot do
-        appearance_only = (bool(getattr(editor, "appearance_only", False)) if s.appearance_only is None
-                           else bool(s.appearance_only))
+        appearance_only = bool(editor.appearance_only if s.appearance_only is None else s.appearance_only)
         s.refit_config(appearance_only).check()  # bad options fail before any rendering
         if s.regions:
             for r in s.regions:
@@ -370,7 +366,7 @@ class EditSession:
                 # Round 0 renders the input; later rounds re-render the current fit.
                 rgb, alpha, depth, masks, verts = self.render_set(gaussians, cams, ts, regions)
                 colours = (self.render_region_colours(gaussians, cams, verts, regions)
-                           if getattr(editor, "uses_region_colours", False) else {})
+                           if editor.uses_region_colours else {})
                 self._timed("render", t0)
                 if r == 0:
                     seen = alpha.reshape(len(ts), C, -1).sum(-1).amax(0)
@@ -419,7 +415,7 @@ class EditSession:
         t0 = time.perf_counter()
         fits = []
         with torch.no_grad():
-            from .views import render_frames
+            from .render_avatar import render_frames
 
             bg = tuple(b.meta.get("background", (1.0, 1.0, 1.0)))
             for i, tb in enumerate(targets):
@@ -442,18 +438,14 @@ class EditSession:
         self.result = gaussians
         t0 = time.perf_counter()
         record = {
-            "instruction": s.prompt, "editor": getattr(editor, "name", s.editor), "settings": asdict(s),
+            "instruction": s.prompt, "editor": editor.name, "settings": asdict(s),
             "seeds": seeds, "edit_set": {"cameras": [c.index for c in cams], "timesteps": ts,
                                          "resolution": [cams[0].width, cams[0].height]},
             "cameras": self.camera_read.record(),
             "regions_rendered": regions, "input": str(b.folder),
             "metrics": self.metrics, "densify": densify_log,
         }
-        eff = getattr(editor, "settings", None)  # settings: what was chosen; editor_settings: what the editor ran with
-        if is_dataclass(eff):
-            record["editor_settings"] = asdict(eff)
-        if hasattr(editor, "maps"):
-            record["colour_maps"] = [m.to_json() for m in editor.maps]
+        record.update(editor.record())  # settings: what was chosen; the editor's: e.g. what it ran with (editor_settings)
         self.timings["total"] = round(time.perf_counter() - t_all, 3)
         record["timings_s"] = dict(self.timings)
 

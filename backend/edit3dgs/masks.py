@@ -44,22 +44,37 @@ def combine_region_masks(region_masks: dict, regions: Sequence[str], shape: Sequ
     return out if out is not None else torch.zeros(tuple(shape))
 
 
-def render_region_masks(bundle, verts: torch.Tensor, cameras, regions: Sequence[str], gaussians=None) -> dict:
+def render_region_masks(bundle, verts: torch.Tensor, cameras, regions, gaussians=None, exclusive: bool = False) -> dict:
     """Soft masks name -> (T*C,H,W) (timestep-major) of ``regions`` of a posed avatar ``verts`` (T,V,3).
 
     Each region's indicator is rendered as a flat colour on black, so a pixel holds that
     region's share of the pixel's opacity; three regions per render (one per channel).
+    ``regions``: names, or a dict name -> region names (one mask of their union, e.g.
+    ``{"edit": ["hair", "lips"]}``). ``exclusive``: a Gaussian bound to several of the regions
+    counts for the first of them only (the edit loop's masks). The one renderer of region masks:
+    the edit loop, the server's ``region_masks`` job, the demo and the editor's training data use it.
     """
-    from .views import render_frames
+    from .render_avatar import render_frames
 
     g = bundle.gaussians if gaussians is None else gaussians
-    regions = list(regions)
-    masks = {r: [] for r in regions}
-    for j in range(0, len(regions), 3):
-        chunk = regions[j:j + 3]
+    groups = dict(regions) if isinstance(regions, dict) else {r: [r] for r in regions}
+    names = list(groups)
+    taken = torch.zeros(g.num_gaussians, dtype=torch.bool, device=g.device)
+    inside = []
+    for n in names:  # the Gaussians bound to each region's faces (of these Gaussians' bindings)
+        faces = torch.zeros(bundle.head.n_faces, dtype=torch.bool, device=g.device)
+        faces[torch.from_numpy(bundle.region_faces(groups[n])).to(g.device)] = True
+        m = faces[g.binding]
+        if exclusive:
+            m = m & ~taken
+            taken |= m
+        inside.append(m)
+    masks = {n: [] for n in names}
+    for j in range(0, len(names), 3):
+        chunk = names[j:j + 3]
         cols = torch.zeros(g.num_gaussians, 3, device=g.device)
-        for c, r in enumerate(chunk):
-            cols[bundle.gaussian_mask([r]).to(g.device), c] = 1.0
+        for c in range(len(chunk)):
+            cols[inside[j + c], c] = 1.0
         with torch.no_grad():
             for res in render_frames(bundle, verts, cameras, (0.0, 0.0, 0.0), gaussians=g, colors=cols):
                 for c, r in enumerate(chunk):

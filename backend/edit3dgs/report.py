@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .views import to_uint8
+from .images import to_uint8
 
 
 def grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, fill: int = 255) -> np.ndarray:

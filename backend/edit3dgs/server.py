@@ -1,45 +1,15 @@
 """``edit3dgs serve``: the long-lived backend that Blender talks to.
 
-Wire format (the shape of Blender's extension manager): every message is a
-UTF-8 JSON array ``[type, payload]`` followed by one NUL byte, on stdin
-(requests) and stdout (replies). Nothing else is ever written to stdout:
-stray prints and progress bars are sent to stderr, which the add-on keeps
-in a log file. Files (rig npz, avatar versions, masks) go to the job folder
-named in the request; messages only carry paths.
-
-Requests
-    ["job", {"id": str, "kind": str, "args": {...}}]   start a job (queued; one runs at a time)
-    ["cancel", {"id": str}]                             ask a job to stop: answered ["cancelled"] within 2 s,
-                                                        and a cancelled job leaves nothing at its outputs
-    ["ping", {}]                                        -> ["pong", {}]
-    ["shutdown", {}]                                    cancel, finish, exit 0
-Replies
-    ["ready", {"protocol": 1, "pid": int, "version": str}]      once, at start
-    ["progress", {"id", "stage", "done", "total"}]
-    ["done", {"id", "result": {...}}]                           (+ "cancel": why, when a cancel came after the
-                                                                 job's outputs were in place: they are complete)
-    ["error", {"id", "message": str, "kind": "input"|"internal"}]
-    ["error", {"id", "message", "kind": "unknown_id"}]          a cancel of an id neither queued nor running
-    ["error", {"id", "message", "kind": "duplicate_id"}]        a job whose id is already queued or running
-                                                                (the job holding the id is not affected)
-    ["cancelled", {"id"}]
+The protocol (its version, every message and job kind, the framing) is the
+table in ``edit3dgs.protocol``. Nothing but protocol messages is ever written
+to stdout: stray prints and progress bars are sent to stderr, which the add-on
+keeps in a log file.
 
 Every frame is answered: one that is not a ``[kind, payload]`` array with a
 known ``str`` kind and a ``dict`` payload (``str`` ids for jobs and cancels),
 or that is longer than ``MAX_FRAME`` bytes, gets ``["error", {"id": null or
 its id, ...}]`` and the server carries on. No job's failure stops the worker.
 EOF on stdin cancels every job, waits for the running one, and exits 0.
-
-Job kinds (``args``)
-    export_rig      avatar, out [, gaussians_only]        -> {"npz"}
-    world_positions avatar, params {expr, rotation, ...}, out -> {"npy"}
-    edit            avatar, out_dir, settings {EditSettings fields the artist set; EditSettings.from_dict},
-                    [regions] -> {"avatar", "npz", "cameras": [how the camera file was read: its cy
-                    convention, the camera model; also on stderr]}
-    region_masks    avatar, camera {c2w, fx, fy, cx, cy, w, h}, regions, out [, timestep] -> {"png"}
-    render_shot     avatar, cameras (transforms JSON, one camera per frame), flame_params (npz, one
-                    timestep per frame), work_dir, outputs (one PNG path per frame) -> {"files", "device"}
-    sleep           seconds (a cancellable no-op, for tests of the bridge)
 
 Avatars stay loaded between jobs (keyed by folder and modification time), and
 so do the editor's models inside the edit loop.
@@ -58,52 +28,9 @@ from pathlib import Path
 
 from . import cancel
 from .errors import CancelledError, Edit3DGSError
+from .protocol import JOB_KINDS, PROTOCOL, REQUESTS, FrameReader, encode
 
-PROTOCOL = 1
-SEP = b"\0"
-REQUESTS = ("job", "cancel", "ping", "shutdown")
-JOB_KINDS = ("export_rig", "world_positions", "edit", "region_masks", "render_shot", "sleep")
-# The largest request accepted (bytes before the NUL): requests carry paths and small settings only.
-MAX_FRAME = int(os.environ.get("EDIT3DGS_MAX_FRAME", 16 << 20))
 EOF_JOIN_S = 30.0  # on EOF, how long a running job gets to notice its cancel before the process ends anyway
-
-
-def encode(kind: str, payload: dict) -> bytes:
-    return json.dumps([kind, payload], separators=(",", ":")).encode("utf-8") + SEP
-
-
-class FrameReader:
-    """Splits a byte stream into NUL-terminated frames, scanning each byte once.
-
-    A frame longer than ``limit`` is skipped up to its NUL and reported as
-    ``(None, size)`` instead of being buffered (memory stays bounded).
-    """
-
-    def __init__(self, limit: int = MAX_FRAME):
-        self.limit = limit
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._skipping = False
-
-    def feed(self, chunk: bytes) -> list:
-        out = []
-        start = 0
-        while True:
-            i = chunk.find(SEP, start)
-            piece = chunk[start:] if i < 0 else chunk[start:i]
-            if not self._skipping and self._size + len(piece) > self.limit:
-                self._parts, self._skipping = [], True
-            self._size += len(piece)
-            if not self._skipping and piece:
-                self._parts.append(piece)
-            if i < 0:
-                return out
-            if self._skipping:
-                out.append((None, self._size))
-            else:
-                out.append((b"".join(self._parts), self._size))
-            self._parts, self._size, self._skipping = [], 0, False
-            start = i + 1
 
 
 class BadRequest(Exception):
@@ -312,7 +239,7 @@ class Server:
 
     def avatar(self, folder):
         from .bundle import open_avatar
-        from .views import pick_device
+        from .device import pick_device
 
         folder = Path(folder)
         stamp = tuple(p.stat().st_mtime_ns for p in sorted(folder.glob("*")) if p.is_file()) if folder.is_dir() else ()
@@ -398,8 +325,8 @@ class Server:
         import torch
 
         from .cameras import camera_from_job
-        from .render import rasterize
-        from .views import save_png
+        from .masks import render_region_masks
+        from .images import save_png
 
         b = self.avatar(_need(args, "avatar"))
         c = _need(args, "camera", dict)
@@ -412,20 +339,13 @@ class Server:
         if isinstance(t, bool) or not isinstance(t, int):
             raise Edit3DGSError("job argument 'timestep'", "a whole number", _describe(t))
         b.params.select([t], what=f"job argument 'timestep' ({b.folder / 'flame_param.npz'})")
-        verts = b.pose(None, [t])
-        g = b.world(verts[0])
-        dev = g.means.device
-        colors = torch.zeros(g.means.shape[0], 3, device=dev)
-        for i, r in enumerate(regions):
-            colors[b.gaussian_mask([r]).to(dev), i] = 1.0
-        vm = torch.as_tensor(cam.viewmat, dtype=torch.float32, device=dev)[None]
-        K = torch.as_tensor(cam.K, dtype=torch.float32, device=dev)[None]
-        with torch.no_grad():
-            res = rasterize(g.means, g.quats, g.scales, g.opacities, colors, vm, K, cam.width, cam.height)
+        masks = render_region_masks(b, b.pose(None, [t]), [cam], regions)
+        black = torch.zeros(cam.height, cam.width)
+        image = torch.stack([masks[r][0].cpu() for r in regions] + [black] * (3 - len(regions)), -1)  # region i: channel i
         from .fsutil import atomic_path
 
         with atomic_path(_need(args, "out")) as tmp:
-            save_png(tmp, res.rgb[0].cpu())
+            save_png(tmp, image)
         return {"png": str(_need(args, "out")), "regions": regions}
 
     def job_render_shot(self, jid, args):
@@ -479,17 +399,3 @@ def _version() -> str:
     except Exception:
         return "0"
 
-
-def cmd_serve(a) -> int:
-    # The protocol owns the real stdout; everything printed elsewhere goes to stderr.
-    proto = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    stdin = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
-    server = Server(Channel(proto), device=a.device, threads=getattr(a, "threads", None))
-    return server.serve(stdin)
-
-
-def register(subparsers) -> None:
-    s = subparsers.add_parser("serve", help="talk to Blender: NUL-delimited JSON jobs on stdin/stdout")
-    s.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, mps")
-    s.set_defaults(func=cmd_serve)

@@ -46,7 +46,7 @@ def render_shot(bundle: AvatarBundle, cameras: Sequence[Camera], params: FlamePa
     """Render frame i with cameras[i] and params' timestep i; writes ``out_dir/{i:05d}.png`` (RGBA)."""
     from PIL import Image
 
-    from .views import render_frames
+    from .render_avatar import render_frames
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

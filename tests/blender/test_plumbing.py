@@ -12,17 +12,6 @@ import pytest
 from edit3dgs_addon import bridge, installer, jobargs, protocol, rigfile
 
 
-def test_protocol_framing_across_chunks():
-    data = protocol.encode("progress", {"id": "a", "done": 1}) + protocol.encode("done", {"id": "a", "result": {}})
-    dec = protocol.Decoder()
-    got = []
-    for i in range(0, len(data), 7):  # arbitrary chunk boundaries
-        got += dec.feed(data[i:i + 7])
-    assert got == [("progress", {"id": "a", "done": 1}), ("done", {"id": "a", "result": {}})]
-    assert dec.feed(b"not json\0") == [("garbage", {"text": "not json"})]
-    assert dec.pending == 0
-
-
 def make_backend(backend_py, tmp_path, **kw):
     return bridge.Backend(backend_py, tmp_path / "log" / "backend.log", **kw)
 
@@ -203,6 +192,8 @@ FAKE_BACKENDS = {
     "closes_output": "os.write(1, READY); os.close(1); time.sleep(60)",
     # says ready, then neither reads nor answers: the requests fill the pipe
     "stops_reading": "os.write(1, READY); time.sleep(60)",
+    # a backend of another Edit3DGS version: its protocol number differs
+    "other_protocol": "os.write(1, READY.replace(b':1', b':99')); time.sleep(60)",
 }
 
 
@@ -216,7 +207,7 @@ def _fake_backend(tmp_path, name):
     return str(exe)
 
 
-@pytest.mark.parametrize("name", sorted(FAKE_BACKENDS))
+@pytest.mark.parametrize("name", sorted(set(FAKE_BACKENDS) - {"other_protocol"}))
 def test_bridge_never_blocks_on_a_backend_that_stops_talking(tmp_path, monkeypatch, name):
     """Every call the main thread makes returns within 50 ms; the stuck backend is reported and ended from polls."""
     monkeypatch.delenv("EDIT3DGS_BACKEND_PYTHON", raising=False)
@@ -328,3 +319,14 @@ def test_cpu_threads_preference_reaches_the_backend(ext):
         assert b2 is not b1 and env["EDIT3DGS_THREADS"] == "auto"
     finally:
         prefs.cpu_threads = 0
+
+
+def test_bridge_refuses_a_backend_of_another_protocol_version(tmp_path, monkeypatch):
+    """At start-up the add-on reads the backend's protocol version: another number ends that backend and
+    every job says why, in words the artist can act on."""
+    monkeypatch.delenv("EDIT3DGS_BACKEND_PYTHON", raising=False)
+    b = make_backend(_fake_backend(tmp_path, "other_protocol"), tmp_path)
+    job = b.wait(b.submit("sleep", {"seconds": 1}), 15)
+    assert job.state == "failed" and not b.ready and not b.alive
+    assert f"protocol version 99 and this add-on version {protocol.PROTOCOL}" in job.error, job.error
+    assert "Set Up Backend" in job.error

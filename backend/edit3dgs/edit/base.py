@@ -1,13 +1,15 @@
 """The editor interface: every editor turns renders of the edit set into edited images.
 
 The loop (``edit3dgs.loop``) does not know which editor runs: it renders the
-edit set, builds an ``EditRequest`` and calls ``editor.edit(request)``.
+edit set, builds an ``EditRequest`` and calls ``editor.edit(request)``; what an
+editor needs beyond that it says through the hooks of ``Editor``, never by the
+loop inspecting it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -35,7 +37,7 @@ class EditRequest:
     instruction: the user's sentence; seed: for reproducible randomness;
     region_colours: region name -> (B,H,W,3) the region's own contribution to each pixel (its
         Gaussians' colours times their blending weights, the rest of the head black), rendered
-        only for editors that set ``uses_region_colours = True``.
+        only for editors whose ``uses_region_colours`` is True.
     """
 
     images: torch.Tensor
@@ -51,13 +53,35 @@ class EditRequest:
     region_colours: dict = field(default_factory=dict)
 
 
-class Editor(Protocol):
-    """name: shown in reports; regions_for(instruction): region masks the editor wants rendered
-    (raise Edit3DGSError for instructions it cannot do, before any rendering);
-    edit(request, progress) -> edited images (B,H,W,3) in [0,1]."""
+class Editor:
+    """What every editor is to the loop, and the hooks the loop calls on it (as gsplat's densification
+    strategies: the loop calls each hook at its point; an editor overrides those it needs, and the
+    defaults here ask for nothing).
 
-    name: str
+    name: shown in reports and recorded in edit.json;
+    regions_for(instruction): region masks the editor wants rendered (raise Edit3DGSError for
+        instructions it cannot do, before any rendering);
+    edit(request, progress) -> edited images (B,H,W,3) in [0,1].
 
-    def regions_for(self, instruction: str) -> list[str]: ...
+    Hooks:
+    set_background(rgb): the avatar's background colour, once, before the edit set is rendered;
+    appearance_only: the refit fits colours only, unless the user chose (``EditSettings.appearance_only``);
+    uses_region_colours: the loop renders ``EditRequest.region_colours`` for this editor;
+    record(): what edit.json keeps of the editor's run, beside the settings that were chosen.
+    """
 
-    def edit(self, request: EditRequest, progress: Progress = no_progress) -> torch.Tensor: ...
+    name: str = "editor"
+    appearance_only: bool = False
+    uses_region_colours: bool = False
+
+    def set_background(self, background: Sequence[float]) -> None:
+        pass
+
+    def regions_for(self, instruction: str) -> list[str]:
+        raise NotImplementedError
+
+    def edit(self, request: EditRequest, progress: Progress = no_progress) -> torch.Tensor:
+        raise NotImplementedError
+
+    def record(self) -> dict:
+        return {}

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CancelledError, Edit3DGSError
-from .base import EditRequest, Progress, no_progress
+from .base import EditRequest, Editor, Progress, no_progress
 from .inpaint import latent_masks, reinject
 from .mv_attention import MultiViewContext, View, install
 
@@ -138,7 +138,7 @@ def speed_settings(device: torch.device):
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    from ..views import pick_device
+    from ..device import pick_device
 
     try:
         return pick_device(str(device))
@@ -573,7 +573,7 @@ def detector_queries_for(instruction: str, queries: Sequence[str]) -> list[str]:
     return [q for q in queries if _part_of_query(q) not in hit]
 
 
-class InstructPix2PixEditor:
+class InstructPix2PixEditor(Editor):
     """Instruct-Pix2Pix behind the ``Editor`` interface (``edit3dgs edit --editor ip2p``).
 
     The first time a view (camera, timestep) is seen its render is kept as the original: it
@@ -632,6 +632,11 @@ class InstructPix2PixEditor:
 
     def models(self) -> IP2PModels:
         return load_ip2p(self.model, self.device, self.dtype, **self.memory)
+
+    def record(self) -> dict:
+        from dataclasses import asdict
+
+        return {"editor_settings": asdict(self.settings)}   # what the editor ran with
 
     def regions_for(self, instruction: str) -> list[str]:
         if not instruction or not instruction.strip():
@@ -692,74 +697,3 @@ class InstructPix2PixEditor:
                           progress=progress, should_stop=request.should_stop)
         self.rounds += 1
         return out.images.to(request.images.device)
-
-
-# ---------------------------------------------------------------------------
-# Command-line flags (the `edit` command adds them when --editor ip2p is available)
-# ---------------------------------------------------------------------------
-
-def add_cli_args(parser) -> None:
-    """Add the Instruct-Pix2Pix flags to an argparse parser (flags already there are kept).
-
-    Flags left out stay None: only what the user set becomes an editor option, the rest are
-    ``IP2PSettings``' defaults (shown in the help), as for the Blender panel."""
-    g = parser.add_argument_group("Instruct-Pix2Pix editor (--editor ip2p)")
-    D = IP2PSettings()
-
-    def add(flag: str, **kw) -> None:
-        if flag not in parser._option_string_actions:   # e.g. --device shared with the edit command
-            g.add_argument(flag, **kw)
-
-    add("--model", help=f"Instruct-Pix2Pix model id or local diffusers folder (safetensors; default: {DEFAULT_MODEL}); "
-                        "'builtin': the small model trained on the built-in head (ships with Edit3DGS)")
-    add("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
-    add("--dtype", help="auto (default: fp16 on CUDA, fp32 elsewhere), fp16, bf16, fp32")
-    add("--steps", type=int, help=f"denoising steps (default: {D.steps})")
-    add("--guidance-text", type=float, help=f"text guidance scale (default: {D.guidance_text})")
-    add("--guidance-image", type=float, help=f"image guidance scale (default: {D.guidance_image})")
-    add("--resolution", type=int,
-        help="short side of the images the diffusion model sees (default: the model's native size, 512 for Instruct-Pix2Pix)")
-    add("--no-multiview", action="store_true", default=None, help="edit every view on its own (ablation)")
-    add("--chunk-size", type=int, help=f"views per chunk; one key view per chunk per step (default: {D.chunk_size})")
-    add("--key-neighbours", type=int, choices=(1, 2),
-        help=f"key views blended into each other view (the nearest in viewing direction; default: {D.key_neighbours})")
-    add("--batch-size", type=int,
-        help=f"views per UNet call (each x3 guidance branches); less: less memory (default: {D.batch_size})")
-    add("--temporal-keys", action="store_true", default=None,
-        help="one timestep's key views serve all timesteps, linked by the FLAME binding (default: key views "
-             "per timestep, as the seed and DGE)")
-    add("--no-inpaint", action="store_true", default=None, help="no expression-preserving inpainting (ablation)")
-    add("--inpaint-regions", help=f"regions re-injected from the originals (default: {','.join(DEFAULT_INPAINT_REGIONS)})")
-    add("--inpaint-strength", type=float, help=f"weight of the re-injected original latents (default: {D.inpaint_strength})")
-    add("--inpaint-start", type=int, help="first denoising step of re-injection (default: half of --steps)")
-    add("--mask-source", choices=("flame", "detector"),
-        help="eye/mouth masks from the avatar's regions (default), or Grounding DINO + SAM 2")
-    add("--detector-model", default=None, help="Grounding DINO model id or folder")
-    add("--sam-model", default=None, help="SAM 2 model id or folder")
-    add("--reedit-strength", type=float, default=None,
-        help="re-edit the current renders at this noise strength in later rounds (Instruct-NeRF2NeRF)")
-    add("--attention-slicing", action="store_true", default=None, help="less memory, slower attention")
-    add("--vae-tiling", action="store_true", default=None, help="VAE in tiles (large images)")
-    add("--cpu-offload", action="store_true", default=None,
-        help="keep models on the CPU, move each to the GPU while it runs")
-
-
-def options_from_args(args) -> dict:
-    """Editor options for ``make_editor("ip2p", **options)``: the flags the user gave (the editor's
-    defaults, ``IP2PSettings``', for the rest; a ``--device`` other than auto is passed on)."""
-    get = lambda name: getattr(args, name, None)  # noqa: E731
-    regions = [r.strip() for r in (get("inpaint_regions") or "").split(",") if r.strip()]
-    opts = dict(model=get("model"), dtype=get("dtype"), steps=get("steps"), guidance_text=get("guidance_text"),
-                guidance_image=get("guidance_image"), resolution=get("resolution"),
-                multiview=False if get("no_multiview") else None, chunk_size=get("chunk_size"),
-                key_neighbours=get("key_neighbours"), batch_size=get("batch_size"),
-                temporal_keys=True if get("temporal_keys") else None, inpaint=False if get("no_inpaint") else None,
-                inpaint_regions=regions or None, inpaint_strength=get("inpaint_strength"),
-                inpaint_start=get("inpaint_start"), mask_source=get("mask_source"),
-                detector_model=get("detector_model"), sam_model=get("sam_model"),
-                reedit_strength=get("reedit_strength"), attention_slicing=get("attention_slicing"),
-                vae_tiling=get("vae_tiling"), cpu_offload=get("cpu_offload"))
-    if get("device") not in (None, "auto"):
-        opts["device"] = get("device")
-    # No seed here: the loop gives each round's EditRequest its own seed (--seed + round).
-    return {k: v for k, v in opts.items() if v is not None}

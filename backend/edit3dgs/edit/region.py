@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import Edit3DGSError
-from .base import EditRequest, Progress, no_progress
+from .base import EditRequest, Editor, Progress, no_progress
 
 # Target colours (linear-ish sRGB in [0,1]) of the words the editor knows.
 COLOURS = {
@@ -260,7 +260,7 @@ def recolour_gaussians(gaussians, mask: torch.Tensor, cmap: ColourMap):
     return g
 
 
-class RegionEditor:
+class RegionEditor(Editor):
     """Edits pixels inside region masks; see the module docstring.
 
     The colour maps are estimated once per instruction (from the first images
@@ -275,9 +275,15 @@ class RegionEditor:
     def __init__(self, background=(1.0, 1.0, 1.0), **unused):
         if unused:
             raise Edit3DGSError("--editor region", "no model options (it needs no weights)", ", ".join(sorted(unused)))
-        self.background = tuple(float(x) for x in background)
+        self.set_background(background)
         self.maps: list[ColourMap] = []
         self._cache: dict = {}
+
+    def set_background(self, background) -> None:
+        self.background = tuple(float(x) for x in background)
+
+    def record(self) -> dict:
+        return {"colour_maps": [m.to_json() for m in self.maps]}
 
     def regions_for(self, instruction: str) -> list[str]:
         seen: list[str] = []
@@ -309,7 +315,7 @@ class RegionEditor:
                 raise CancelledError("edit cancelled")
             masks = {k: v[i:i + 1] for k, v in request.region_masks.items()}
             al = request.alphas[i:i + 1] if request.alphas is not None else None
-            cols = {k: v[i:i + 1] for k, v in (getattr(request, "region_colours", None) or {}).items()}
+            cols = {k: v[i:i + 1] for k, v in (request.region_colours or {}).items()}
             out.append(apply_maps(request.images[i:i + 1], masks, maps, al, self.background, cols))
             progress("edit", i + 1, B)
         return torch.cat(out)

@@ -265,7 +265,7 @@ def train_editor(cfg: TrainConfig, resume: bool = False, progress: Callable | No
     from .. import headmodel
     from ..editor_data import EditorDataset, make_identities, vocabulary_words
     from ..flame import FlameHead, load_flame_model
-    from ..views import pick_device
+    from ..device import pick_device
 
     if cfg.prediction not in PREDICTIONS:
         raise Edit3DGSError("--prediction", f"one of {', '.join(PREDICTIONS)}", repr(cfg.prediction))

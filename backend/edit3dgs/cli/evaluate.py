@@ -7,8 +7,7 @@ import time
 from dataclasses import asdict
 
 
-def register(subparsers) -> None:
-    s = subparsers.add_parser("eval", help="CLIP-S and CLIP-C of an edit (novel view, self- and cross-reenactment)")
+def add_eval_args(s) -> None:
     s.add_argument("--original", help="the avatar before the edit (default: the edited avatar's 'edited_from')")
     s.add_argument("--edited", required=True, help="the edited avatar folder")
     s.add_argument("--prompt", help="the edit instruction (default: the one recorded in the edited avatar)")
@@ -23,19 +22,17 @@ def register(subparsers) -> None:
     s.add_argument("--cross-sequence", help="another person's motion npz (default: the avatar's cross-identity sequence)")
     s.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, mps")
     s.add_argument("--json", help="also write the numbers to this JSON file")
-    s.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(a) -> int:
     from pathlib import Path
 
-    from .errors import Edit3DGSError
-    from .eval import DEFAULT_CAPTION, PAPER_ROWS, edited_caption, evaluate, format_table
-    from .fsutil import atomic_path
-    from .views import pick_device
-
-    from .bundle import read_avatar_json
-    from .validate import positive, whole
+    from ..bundle import read_avatar_json
+    from ..errors import Edit3DGSError
+    from ..eval import DEFAULT_CAPTION, PAPER_ROWS, edited_caption, evaluate, format_table
+    from ..fsutil import atomic_path
+    from ..validate import positive, whole
+    from ..device import pick_device
 
     whole(a.frames, "--frames", "frames per setting (CLIP-C compares consecutive frames)", 2, 10_000)
     positive(a.scale, "--scale", "a resolution factor")

@@ -7,70 +7,36 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import Edit3DGSError
-from .validate import limit, positive, whole
-
-
-class TqdmProgress:
-    """progress(stage, done, total) -> one tqdm bar per stage (on stderr)."""
-
-    def __init__(self):
-        self.bars: dict = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        from tqdm import tqdm  # maintained progress bars
-
-        bar = self.bars.get(stage)
-        if bar is None or bar.total != total:
-            if bar is not None:
-                bar.close()
-            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="step", leave=True, file=sys.stderr)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
-
-
-def _ip2p():
-    try:
-        from .edit import ip2p  # noqa: F401
-    except Exception:  # the diffusion editor is optional (its own install)
-        return None
-    return ip2p
+from ..errors import Edit3DGSError
+from .common import TqdmProgress, add_avatar_args, add_camera_args, load_avatar, parse_int_list
 
 
 def _parse_cameras(text: str | None):
     """--cameras: a cameras JSON file, or camera indices '0,1,2'. Returns (file, ids)."""
-    from .cli import _parse_int_list
-
     if text is None:
         return None, None
     p = Path(text)
     if p.suffix.lower() == ".json" or p.exists():
         return str(p), None
-    return None, _parse_int_list(text, "--cameras")
+    return None, parse_int_list(text, "--cameras")
 
 
 def add_edit_args(s: argparse.ArgumentParser) -> None:
     """The flags of ``edit3dgs edit``; their defaults are EditSettings' (loop.py), shown in the help.
 
     Flags not given stay None, so only what the user chose reaches ``EditSettings.from_dict``."""
-    from .cli import _add_avatar_args, _add_camera_args
-    from .loop import DEVICE_DEFAULTS, EditSettings
+    from ..loop import DEVICE_DEFAULTS, EditSettings
 
     D = EditSettings(prompt="")
     cpu = DEVICE_DEFAULTS["other"]
-    _add_avatar_args(s)
+    add_avatar_args(s)
     s.add_argument("--prompt", required=True, help="the edit instruction, e.g. 'make the hair blue'")
     s.add_argument("--editor", choices=("region", "ip2p"),
                    help=f"region: colour edits on named regions, no weights; ip2p: Instruct-Pix2Pix (diffusion) "
                         f"(default: {D.editor})")
     s.add_argument("--cameras", help="edit cameras: a cameras JSON (transforms layout) or indices '0,1,2' "
                                      "(default: the avatar's training cameras)")
-    _add_camera_args(s)  # as render reads a camera file; left out, the setting's default (auto) decides
+    add_camera_args(s)  # as render reads a camera file; left out, the setting's default (auto) decides
     s.set_defaults(camera_convention=None, camera_model=None)
     s.add_argument("--timesteps", help="edit timesteps, e.g. '0,10,20' or '0-90:10' (default: a spread)")
     s.add_argument("--num-timesteps", type=int, help=f"how many timesteps the default spread has (default: {D.num_timesteps})")
@@ -100,35 +66,80 @@ def add_edit_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.add_argument("--dry-run", action="store_true",
                    help="print the resolved settings (as edit.json records them) and stop")
-    ip = _ip2p()
-    if ip is not None and hasattr(ip, "add_cli_args"):
-        ip.add_cli_args(s)
-    else:
-        s.add_argument("--model", help="ip2p weights: a Hugging Face id or a local folder")
+    add_ip2p_args(s)
 
 
-def check_edit_ranges(a) -> None:
-    """The numeric options of ``edit`` the user gave, before anything is loaded: whole counts in range,
-    finite positive rates (flags left out are absent: None)."""
-    for opt, v, what, lo, hi in (("--rounds", a.rounds, "rounds", 1, 1000),
-                                 ("--num-timesteps", a.num_timesteps, "timesteps", 1, limit("MAX_LIST_ITEMS", 100_000)),
-                                 ("--max-iters-per-batch", a.max_iters_per_batch, "iterations", 1, 10**6),
-                                 ("--iters-per-batch", a.iters_per_batch, "a count", 1, 10**6),
-                                 ("--views-per-iter", a.views_per_iter, "a count", 1, 10**6),
-                                 ("--seed", a.seed, "a seed", 0, 2**32 - 1)):
-        if v is not None:
-            whole(v, opt, what, lo, hi)
-    if a.lr is not None:
-        positive(a.lr, "--lr", "a learning rate")
-    if a.scale is not None:
-        positive(a.scale, "--scale", "a resolution factor")
+def add_ip2p_args(parser) -> None:
+    """Add the Instruct-Pix2Pix flags to an argparse parser (flags already there are kept).
+
+    Flags left out stay None: only what the user set becomes an editor option, the rest are
+    ``IP2PSettings``' defaults (shown in the help), as for the Blender panel."""
+    from ..edit.ip2p import DEFAULT_INPAINT_REGIONS, DEFAULT_MODEL, IP2PSettings
+
+    g = parser.add_argument_group("Instruct-Pix2Pix editor (--editor ip2p)")
+    D = IP2PSettings()
+
+    def add(flag: str, **kw) -> None:
+        if flag not in parser._option_string_actions:   # e.g. --device shared with the edit command
+            g.add_argument(flag, **kw)
+
+    add("--model", help=f"Instruct-Pix2Pix model id or local diffusers folder (safetensors; default: {DEFAULT_MODEL}); "
+                        "'builtin': the small model trained on the built-in head (ships with Edit3DGS)")
+    add("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
+    add("--dtype", help="auto (default: fp16 on CUDA, fp32 elsewhere), fp16, bf16, fp32")
+    add("--steps", type=int, help=f"denoising steps (default: {D.steps})")
+    add("--guidance-text", type=float, help=f"text guidance scale (default: {D.guidance_text})")
+    add("--guidance-image", type=float, help=f"image guidance scale (default: {D.guidance_image})")
+    add("--resolution", type=int,
+        help="short side of the images the diffusion model sees (default: the model's native size, 512 for Instruct-Pix2Pix)")
+    add("--no-multiview", action="store_true", default=None, help="edit every view on its own (ablation)")
+    add("--chunk-size", type=int, help=f"views per chunk; one key view per chunk per step (default: {D.chunk_size})")
+    add("--key-neighbours", type=int, choices=(1, 2),
+        help=f"key views blended into each other view (the nearest in viewing direction; default: {D.key_neighbours})")
+    add("--batch-size", type=int,
+        help=f"views per UNet call (each x3 guidance branches); less: less memory (default: {D.batch_size})")
+    add("--temporal-keys", action="store_true", default=None,
+        help="one timestep's key views serve all timesteps, linked by the FLAME binding (default: key views "
+             "per timestep, as the seed and DGE)")
+    add("--no-inpaint", action="store_true", default=None, help="no expression-preserving inpainting (ablation)")
+    add("--inpaint-regions", help=f"regions re-injected from the originals (default: {','.join(DEFAULT_INPAINT_REGIONS)})")
+    add("--inpaint-strength", type=float, help=f"weight of the re-injected original latents (default: {D.inpaint_strength})")
+    add("--inpaint-start", type=int, help="first denoising step of re-injection (default: half of --steps)")
+    add("--mask-source", choices=("flame", "detector"),
+        help="eye/mouth masks from the avatar's regions (default), or Grounding DINO + SAM 2")
+    add("--detector-model", default=None, help="Grounding DINO model id or folder")
+    add("--sam-model", default=None, help="SAM 2 model id or folder")
+    add("--reedit-strength", type=float, default=None,
+        help="re-edit the current renders at this noise strength in later rounds (Instruct-NeRF2NeRF)")
+    add("--attention-slicing", action="store_true", default=None, help="less memory, slower attention")
+    add("--vae-tiling", action="store_true", default=None, help="VAE in tiles (large images)")
+    add("--cpu-offload", action="store_true", default=None,
+        help="keep models on the CPU, move each to the GPU while it runs")
+
+
+def ip2p_options_from_args(args) -> dict:
+    """Editor options for ``make_editor("ip2p", **options)``: the flags the user gave (the editor's
+    defaults, ``IP2PSettings``', for the rest; a ``--device`` other than auto is passed on)."""
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    regions = [r.strip() for r in (get("inpaint_regions") or "").split(",") if r.strip()]
+    opts = dict(model=get("model"), dtype=get("dtype"), steps=get("steps"), guidance_text=get("guidance_text"),
+                guidance_image=get("guidance_image"), resolution=get("resolution"),
+                multiview=False if get("no_multiview") else None, chunk_size=get("chunk_size"),
+                key_neighbours=get("key_neighbours"), batch_size=get("batch_size"),
+                temporal_keys=True if get("temporal_keys") else None, inpaint=False if get("no_inpaint") else None,
+                inpaint_regions=regions or None, inpaint_strength=get("inpaint_strength"),
+                inpaint_start=get("inpaint_start"), mask_source=get("mask_source"),
+                detector_model=get("detector_model"), sam_model=get("sam_model"),
+                reedit_strength=get("reedit_strength"), attention_slicing=get("attention_slicing"),
+                vae_tiling=get("vae_tiling"), cpu_offload=get("cpu_offload"))
+    if get("device") not in (None, "auto"):
+        opts["device"] = get("device")
+    # No seed here: the loop gives each round's EditRequest its own seed (--seed + round).
+    return {k: v for k, v in opts.items() if v is not None}
 
 
 def settings_dict_from_args(a) -> dict:
-    """The settings the user chose on the command line (flags left out are absent)."""
-    from .cli import _parse_int_list
-
-    check_edit_ranges(a)
+    """The settings the user chose on the command line (flags left out are absent); EditSettings checks them."""
     cam_file, cam_ids = _parse_cameras(a.cameras)
     lrs = None
     if a.lrs:
@@ -139,25 +150,13 @@ def settings_dict_from_args(a) -> dict:
                 raise Edit3DGSError("--lrs", "JSON like {\"xyz\": 5e-3}", str(exc)[:120]) from None
             if not isinstance(lrs, dict):
                 raise Edit3DGSError("--lrs", "a JSON object like {\"xyz\": 5e-3}", type(lrs).__name__)
-            for k, v in lrs.items():
-                positive(v, "--lrs", f"the rate of '{k}'")
         else:
             lrs = a.lrs
-            from .fit import LR_PRESETS
-
-            if lrs not in LR_PRESETS:
-                raise Edit3DGSError("--lrs", f"JSON or a preset among {', '.join(LR_PRESETS)}", repr(lrs))
-    opts = None
-    if a.editor == "ip2p":
-        ip = _ip2p()
-        if ip is not None and hasattr(ip, "options_from_args"):
-            opts = dict(ip.options_from_args(a))
-        elif getattr(a, "model", None):
-            opts = {"model": a.model}
+    opts = ip2p_options_from_args(a) if a.editor == "ip2p" else None
     regions = [r.strip() for r in a.regions.split(",") if r.strip()] if a.regions else None
     d = dict(prompt=a.prompt, editor=a.editor, editor_options=opts, cameras=cam_ids, camera_file=cam_file,
              camera_convention=a.camera_convention, camera_model=a.camera_model,
-             timesteps=_parse_int_list(a.timesteps, "--timesteps"), regions=regions, rounds=a.rounds,
+             timesteps=parse_int_list(a.timesteps, "--timesteps"), regions=regions, rounds=a.rounds,
              reedit_each_round=a.reedit_each_round, iters_per_batch=a.iters_per_batch, lr=a.lr, lrs=lrs,
              scale=a.scale, densify=a.densify, seed=a.seed, device=a.device, num_timesteps=a.num_timesteps,
              views_per_iter=a.views_per_iter, appearance_only=a.appearance_only, sh_rest=a.sh_rest,
@@ -167,8 +166,8 @@ def settings_dict_from_args(a) -> dict:
 
 def settings_from_args(a, device=None):
     """``EditSettings.from_dict`` of the user's flags, resolved for ``device`` (default: ``--device``'s)."""
-    from .loop import EditSettings
-    from .views import pick_device
+    from ..loop import EditSettings
+    from ..device import pick_device
 
     try:
         settings = EditSettings.from_dict(settings_dict_from_args(a))
@@ -186,9 +185,7 @@ def settings_from_args(a, device=None):
 
 
 def cmd_edit(a) -> int:
-    from .bundle import open_avatar
-    from .loop import EditSession
-    from .views import pick_device
+    from ..loop import EditSession
 
     settings = settings_from_args(a)
     if a.dry_run:
@@ -199,10 +196,7 @@ def cmd_edit(a) -> int:
     out = Path(a.out) if a.out else Path(str(Path(a.avatar).resolve()) + "_edited")
     if out.exists() and any(out.iterdir()) and not a.overwrite:
         raise Edit3DGSError(out, "an empty or new output folder (or --overwrite)", "a folder with files in it")
-    dev = pick_device(a.device)
-    bundle = open_avatar(a.avatar, a.flame, a.flame_masks, device=dev)
-    print(f"avatar: {bundle.folder} — {bundle.gaussians.num_gaussians} Gaussians on {bundle.topology}, device {dev}",
-          file=sys.stderr)
+    bundle, _ = load_avatar(a)
     settings.overwrite = a.overwrite
     bar = TqdmProgress()
     try:
@@ -219,8 +213,3 @@ def cmd_edit(a) -> int:
           f"{saved / 'edit.json'})")
     return 0
 
-
-def register(sub) -> None:
-    s = sub.add_parser("edit", help="edit an avatar with a sentence (render -> edit -> refit)")
-    add_edit_args(s)
-    s.set_defaults(func=cmd_edit)

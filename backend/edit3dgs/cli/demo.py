@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import sys
 
+from .common import TqdmProgress
+
 
 def config_from_args(a):
     """The ``DemoConfig`` of parsed ``edit3dgs demo`` arguments."""
-    from .demo import DemoConfig
+    from ..demo import DemoConfig
 
     return DemoConfig(prompt=a.prompt, seed=a.seed, device=a.device, editor=a.editor, model=a.model,
                       ablation=bool(a.ablation))
 
 
 def cmd_demo(a) -> int:
-    from .demo import run_demo
-    from .edit_cli import TqdmProgress
+    from ..demo import run_demo
 
     cfg = config_from_args(a)
     bar = TqdmProgress()
@@ -32,10 +33,9 @@ def cmd_demo(a) -> int:
     return 0
 
 
-def register(sub) -> None:
-    from .demo import DEFAULT_PROMPT
+def add_demo_args(s) -> None:
+    from ..demo import DEFAULT_PROMPT
 
-    s = sub.add_parser("demo", help="build the built-in avatar, edit it, write a before/after report")
     s.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     s.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"edit instruction (default: '{DEFAULT_PROMPT}')")
     s.add_argument("--seed", type=int, default=0)
@@ -48,4 +48,3 @@ def register(sub) -> None:
     s.add_argument("--ablation", action="store_true",
                    help="--editor ip2p: also the paper's ablation (per-view; multi-view; + inpainting; + temporal "
                         "keys), each against ground truth, in the report and metrics.json (about 4x the time)")
-    s.set_defaults(func=cmd_demo)

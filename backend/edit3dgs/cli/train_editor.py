@@ -9,8 +9,8 @@ def check_train_ranges(a) -> None:
     """The numeric options of ``train-editor``, before anything is built: whole counts, finite rates and times."""
     import math
 
-    from .errors import Edit3DGSError
-    from .validate import positive, whole
+    from ..errors import Edit3DGSError
+    from ..validate import positive, whole
 
     for opt, lo in (("steps", 0), ("vae_steps", 0), ("views", 1), ("edits", 1), ("warmup", 0), ("groups", 1),
                     ("bank", 0), ("checkpoint_every", 1), ("random_identities", 0), ("seed", 0)):
@@ -26,7 +26,7 @@ def check_train_ranges(a) -> None:
 
 
 def cmd_train_editor(a) -> int:
-    from .edit.train import TrainConfig, train_editor
+    from ..edit.train import TrainConfig, train_editor
 
     check_train_ranges(a)
     cfg = TrainConfig(out=a.out, steps=a.steps, vae_steps=a.vae_steps, arch=a.arch, seed=a.seed, device=a.device,
@@ -40,8 +40,7 @@ def cmd_train_editor(a) -> int:
     return 0
 
 
-def register(sub) -> None:
-    s = sub.add_parser("train-editor", help="train the small Instruct-Pix2Pix editor of the built-in head")
+def add_train_editor_args(s) -> None:
     s.add_argument("--out", required=True, help="model folder to write (diffusers layout, model card, loss log)")
     s.add_argument("--steps", type=int, default=6000, help="UNet + text-encoder steps")
     s.add_argument("--vae-steps", type=int, default=1500, help="VAE steps (trained first, then frozen)")
@@ -71,4 +70,3 @@ def register(sub) -> None:
     s.add_argument("--checkpoint-every", type=int, default=500)
     s.add_argument("--no-samples", action="store_true", help="skip the sample-edits figure")
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
-    s.set_defaults(func=cmd_train_editor)
