@@ -188,7 +188,7 @@ VARIANTS = {
     "before": {"batch_size": 8, "channels_last": False, "cudnn_benchmark": False, "sdpa_order": ()},
     "batch8": {"batch_size": 8},
     "batch24": {"batch_size": 24},
-    "no_channels_last": {"channels_last": False},
+    "channels_last": {"channels_last": True},
     "no_cudnn_benchmark": {"cudnn_benchmark": False},
     "sdpa_default": {"sdpa_order": ()},
     "sdpa_flash": {"sdpa_order": ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")},

@@ -124,6 +124,8 @@ def main() -> None:
     print(f"{'whole path (pose + bind + rasterize)':60s} {t_whole * 1e3:9.2f} ms/seq  {T * len(cams) / t_whole:8.1f} img/s")
     print(f"{'whole path, eager posing (no CUDA graph)':60s} {t_eager * 1e3:9.2f} ms/seq  {T * len(cams) / t_eager:8.1f} img/s")
     print(f"{'posing + binding transform alone (eager)':60s} {t_pose * 1e3:9.2f} ms")
+    if not poser.graphs and dev.type == "cuda":
+        print(f"CUDA graphs off: {poser.graph_error}")
     print(f"throughput ratio whole/raw = {t_raw / t_whole:.3f} (goal >= 0.9 on an H100)")
     print(json.dumps({"bench": "pipeline_render", "device": dev_name, "gaussians": N, "cameras": len(cams), "timesteps": T, "width": w,
                       "height": h, "raw_ms": t_raw * 1e3, "whole_ms": t_whole * 1e3, "pose_ms": t_pose * 1e3, "whole_eager_ms": t_eager * 1e3,

@@ -164,7 +164,8 @@ def test_graph_replayed_posing_equals_the_eager_path(tmp_path):
         for (m, q, s), w in zip(got, want):
             assert torch.allclose(m, w.means, atol=1e-6) and torch.allclose(q, w.quats, atol=1e-6)
             assert torch.allclose(s, w.scales, rtol=1e-6)
-    assert graphed.graphs and len(graphed._graphs) == 2, "captured once per number of timesteps"
+    assert graphed.graphs, graphed.graph_error
+    assert len(graphed._graphs) == 2, "captured once per number of timesteps"
 
 
 def test_refit_on_cuda_matches_the_cpu(tmp_path):

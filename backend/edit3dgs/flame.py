@@ -3,7 +3,7 @@
 A FLAME 2020/2023 pickle (or the built-in head, written in the same layout)
 is read with a restricted unpickler that builds numpy and scipy.sparse arrays
 only; chumpy objects (FLAME 2020) become arrays without importing chumpy.
-Posing is standard linear blend skinning from ``smplx.lbs``.
+Posing is standard linear blend skinning: ``smplx.lbs``'s, with a capturable kinematic chain (``FlameHead.lbs``).
 
 Facts (formats.md §1): 5 joints [global, neck, jaw, left eye, right eye],
 parents [-1, 0, 1, 1, 1]; 300 shape + 100 expression columns in
@@ -525,9 +525,11 @@ class FlameHead(nn.Module):
         self.register_buffer("shapedirs", torch.from_numpy(np.ascontiguousarray(sd)))
         self.register_buffer("posedirs", torch.from_numpy(np.ascontiguousarray(model.posedirs.reshape(-1, 36).T)))
         self.register_buffer("J_regressor", torch.from_numpy(model.J_regressor))
-        # Kept on the CPU on purpose: smplx indexes a Python list with it, which on
-        # CUDA would be a host sync per joint.
+        # The kinematic tree as Python ints (the chain loop) and as a buffer (gathers): no host
+        # sync or host-to-device copy while posing, so posing can be captured in a CUDA graph.
         self.parents = torch.from_numpy(model.parents)
+        self._parent_list = [int(x) for x in model.parents]
+        self.register_buffer("parent_index", torch.from_numpy(np.asarray(model.parents[1:], dtype=np.int64)))
         self.register_buffer("lbs_weights", torch.from_numpy(model.weights))
         self.register_buffer("faces", torch.from_numpy(model.faces))
         self.n_shape, self.n_expr = S, E
@@ -556,9 +558,42 @@ class FlameHead(nn.Module):
             x = torch.cat([x, x.new_zeros(*x.shape[:-1], n - x.shape[-1])], -1)
         return x
 
-    def forward(self, params: Mapping[str, torch.Tensor], return_joints: bool = False):
-        from smplx.lbs import lbs
+    def lbs(self, betas: torch.Tensor, pose: torch.Tensor, v_template: torch.Tensor):
+        """``smplx.lbs.lbs`` (pose as axis-angle), step for step with smplx's own building blocks, except
+        the kinematic chain, which walks Python ints and gathers with a device index instead of
+        indexing with a CPU tensor (so no host sync or copy: capturable in a CUDA graph). Equal to
+        ``smplx.lbs.lbs`` (tests/test_flame.py)."""
+        import torch.nn.functional as F
+        from smplx.lbs import batch_rodrigues, blend_shapes, transform_mat, vertices2joints
 
+        B = betas.shape[0]
+        v_shaped = v_template + blend_shapes(betas, self.shapedirs)
+        J = vertices2joints(self.J_regressor, v_shaped)
+        ident = torch.eye(3, dtype=betas.dtype, device=betas.device)
+        rot_mats = batch_rodrigues(pose.view(-1, 3)).view([B, -1, 3, 3])
+        pose_feature = (rot_mats[:, 1:, :, :] - ident).view([B, -1])
+        v_posed = torch.matmul(pose_feature, self.posedirs).view(B, -1, 3) + v_shaped
+        # smplx.lbs.batch_rigid_transform
+        joints = J.unsqueeze(-1)
+        rel_joints = joints.clone()
+        rel_joints[:, 1:] -= joints[:, self.parent_index]
+        nj = joints.shape[1]
+        transforms_mat = transform_mat(rot_mats.reshape(-1, 3, 3), rel_joints.reshape(-1, 3, 1)).reshape(-1, nj, 4, 4)
+        chain = [transforms_mat[:, 0]]
+        for i in range(1, nj):
+            chain.append(torch.matmul(chain[self._parent_list[i]], transforms_mat[:, i]))
+        transforms = torch.stack(chain, dim=1)
+        posed_joints = transforms[:, :, :3, 3]
+        joints_h = F.pad(joints, [0, 0, 0, 1])
+        A = transforms - F.pad(torch.matmul(transforms, joints_h), [3, 0, 0, 0, 0, 0, 0, 0])
+        # skinning
+        W = self.lbs_weights.unsqueeze(0).expand([B, -1, -1])
+        T = torch.matmul(W, A.view(B, nj, 16)).view(B, -1, 4, 4)
+        v_posed_homo = torch.cat([v_posed, torch.ones([B, v_posed.shape[1], 1], dtype=betas.dtype, device=betas.device)], 2)
+        verts = torch.matmul(T, v_posed_homo.unsqueeze(-1))[:, :, :3, 0]
+        return verts, posed_joints
+
+    def forward(self, params: Mapping[str, torch.Tensor], return_joints: bool = False):
         expr = params["expr"]
         B = expr.shape[0]
         dt = self.v_template.dtype
@@ -570,7 +605,7 @@ class FlameHead(nn.Module):
         v_t = self.v_template[None].expand(B, -1, -1)
         if params.get("static_offset") is not None:
             v_t = v_t + params["static_offset"].to(dt)
-        verts, joints = lbs(betas, pose, v_t, self.shapedirs, self.posedirs, self.J_regressor, self.parents, self.lbs_weights)
+        verts, joints = self.lbs(betas, pose, v_t)
         t = params["translation"].to(dt)[:, None, :]
         if return_joints:
             return verts + t, joints + t

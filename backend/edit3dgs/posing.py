@@ -34,6 +34,7 @@ class WorldPoser:
         self.faces = self.head.faces
         self.graphs = (self.device.type == "cuda") if graphs is None else bool(graphs)
         self._graphs: dict = {}
+        self.graph_error: str | None = None   # why graphs were turned off, if they were
 
     @torch.no_grad()
     def pose(self, params: FlameParams) -> torch.Tensor:
@@ -63,8 +64,8 @@ class WorldPoser:
         if entry is None:
             try:
                 entry = self._graphs[key] = self._capture(p)
-            except RuntimeError:    # an op that cannot be captured: stay eager for this poser
-                self.graphs = False
+            except RuntimeError as exc:    # an op that cannot be captured: stay eager for this poser
+                self.graphs, self.graph_error = False, f"{type(exc).__name__}: {exc}"
                 torch.cuda.synchronize(self.device)
                 return self._eager(p)
         static, graph, out = entry

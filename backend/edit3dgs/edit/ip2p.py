@@ -95,10 +95,11 @@ class IP2PModels:
 
 _MODELS: dict[tuple, IP2PModels] = {}
 
-# CUDA speed settings (issue 16; measured in benchmarks/ip2p_bench.py --variants): the UNet's and
-# VAE's convolutions in channels-last layout, cuDNN's autotuner, and scaled-dot-product attention
-# tried in this order (cuDNN's fused attention first where it takes the shapes).
-CUDA_CHANNELS_LAST = True
+# CUDA speed settings (issue 16; measured with benchmarks/ip2p_bench.py --variants, H200, 16 views
+# at 768x512, results in benchmarks/results/): cuDNN's autotuner and scaled-dot-product attention
+# tried in this order (cuDNN's fused attention first where it takes the shapes). Channels-last
+# layout measured slower (GroupNorm converts back and forth), so it is off.
+CUDA_CHANNELS_LAST = False
 CUDA_CUDNN_BENCHMARK = True
 CUDA_SDPA_ORDER = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 
