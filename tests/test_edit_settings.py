@@ -95,11 +95,6 @@ def test_cli_dry_run_prints_what_edit_json_records(builtin_avatar_dir):
 
 def test_panel_and_cli_ip2p_defaults_resolve_equal():
     """Instruct-Pix2Pix: neither side writes the editor's defaults; IP2PSettings is the table of them."""
-    import inspect
-    from dataclasses import fields
-
-    from edit3dgs.edit.ip2p import InstructPix2PixEditor, IP2PSettings
-
     panel = jobargs.edit_settings({"prompt": "make him look older", "editor": "ip2p"}, {"device": "auto"})
     flags = ("--editor", "ip2p")
     a = build_parser().parse_args(["edit", "--avatar", "ava", "--prompt", "make him look older", *flags])
@@ -115,11 +110,41 @@ def test_panel_and_cli_ip2p_defaults_resolve_equal():
     panel = jobargs.edit_settings(ui, {})
     assert panel["editor_options"] == settings_from_args(a, device="cpu").editor_options
     assert asdict(EditSettings.from_dict(panel).resolved("cpu")) == asdict(settings_from_args(a, device="cpu"))
-    # the editor's keyword defaults are IP2PSettings' (one table)
-    sig = inspect.signature(InstructPix2PixEditor.__init__).parameters
-    for f in fields(IP2PSettings):
-        if f.name in sig and f.name != "seed":
-            assert sig[f.name].default == f.default, f.name
+
+
+# the Instruct-Pix2Pix flags the command line offered before they were generated from IP2PSettings, by field
+IP2P_FIELD_FLAGS = {"steps": "--steps", "guidance_text": "--guidance-text", "guidance_image": "--guidance-image",
+                    "resolution": "--resolution", "multiview": "--no-multiview", "chunk_size": "--chunk-size",
+                    "key_neighbours": "--key-neighbours", "batch_size": "--batch-size", "temporal_keys": "--temporal-keys",
+                    "inpaint": "--no-inpaint", "inpaint_strength": "--inpaint-strength", "inpaint_start": "--inpaint-start"}
+
+
+def test_ip2p_defaults_are_written_once():
+    """IP2PSettings is the one table of ip2p defaults: the editor keeps no copy of them, the CLI's flags are generated
+    from its fields (type, default in the help) and each one sets its field, nothing else."""
+    import argparse
+    import inspect
+
+    from edit3dgs.cli.edit import add_ip2p_args, ip2p_options_from_args
+    from edit3dgs.edit import make_editor
+    from edit3dgs.edit.ip2p import InstructPix2PixEditor, IP2PSettings
+
+    D, types = asdict(IP2PSettings()), IP2PSettings.field_types()
+    assert not set(D) & set(inspect.signature(InstructPix2PixEditor.__init__).parameters), "a second copy of a default"
+    assert asdict(make_editor("ip2p").settings) == D
+    p = argparse.ArgumentParser()
+    add_ip2p_args(p)
+    flags = {a.dest: a for a in p._actions if a.dest in D}
+    assert {k: a.option_strings for k, a in flags.items()} == {k: [f] for k, f in IP2P_FIELD_FLAGS.items()}
+    assert ip2p_options_from_args(p.parse_args([])) == {}
+    for name, a in flags.items():
+        assert a.default is None and (a.type is None if types[name] is bool else a.type is types[name]), name
+        if D[name] is not None and types[name] is not bool:
+            assert f"(default: {D[name]})" in a.help, name
+        value = not D[name] if types[name] is bool else types[name](1)
+        opts = ip2p_options_from_args(p.parse_args([a.option_strings[0]] + ([] if types[name] is bool else ["1"])))
+        assert opts == {name: value}, name
+        assert asdict(make_editor("ip2p", **opts).settings) == {**D, name: value}, name
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

@@ -69,6 +69,23 @@ def add_edit_args(s: argparse.ArgumentParser) -> None:
     add_ip2p_args(s)
 
 
+# The IP2PSettings fields the command line offers, with their help; flag, type and the default the help shows are
+# the field's (a field that defaults to True has a --no-<field> flag, one that defaults to False --<field>).
+IP2P_FLAG_HELP = {
+    "steps": "denoising steps", "guidance_text": "text guidance scale", "guidance_image": "image guidance scale",
+    "resolution": "short side of the images the diffusion model sees (default: the model's native size, 512 for IP2P)",
+    "multiview": "edit every view on its own (ablation)",
+    "chunk_size": "views per chunk; one key view per chunk per step",
+    "key_neighbours": "key views blended into each other view (the nearest in viewing direction)",
+    "batch_size": "views per UNet call (each x3 guidance branches); less: less memory",
+    "temporal_keys": "one timestep's key views serve all timesteps, linked by the FLAME binding "
+                     "(default: key views per timestep, as the seed and DGE)",
+    "inpaint": "no expression-preserving inpainting (ablation)",
+    "inpaint_strength": "weight of the re-injected original latents",
+    "inpaint_start": "first denoising step of re-injection (default: half of --steps)",
+}
+
+
 def add_ip2p_args(parser) -> None:
     """Add the Instruct-Pix2Pix flags to an argparse parser (flags already there are kept).
 
@@ -76,40 +93,30 @@ def add_ip2p_args(parser) -> None:
     ``IP2PSettings``' defaults (shown in the help), as for the Blender panel."""
     from ..edit.ip2p import DEFAULT_INPAINT_REGIONS, DEFAULT_MODEL, IP2PSettings
 
+    D, types = IP2PSettings(), IP2PSettings.field_types()
     g = parser.add_argument_group("Instruct-Pix2Pix editor (--editor ip2p)")
-    D = IP2PSettings()
 
     def add(flag: str, **kw) -> None:
         if flag not in parser._option_string_actions:   # e.g. --device shared with the edit command
             g.add_argument(flag, **kw)
 
+    for name, text in IP2P_FLAG_HELP.items():
+        default, flag = getattr(D, name), ("--no-" if getattr(D, name) is True else "--") + name.replace("_", "-")
+        if types[name] is bool:   # dest: the field, so a flag left out stays None
+            add(flag, dest=name, action="store_false" if default else "store_true", default=None, help=text)
+        else:
+            add(flag, type=types[name], choices=(1, 2) if name == "key_neighbours" else None,
+                help=text if "default:" in text else f"{text} (default: {default})")
     add("--model", help=f"Instruct-Pix2Pix model id or local diffusers folder (safetensors; default: {DEFAULT_MODEL}); "
                         "'builtin': the small model trained on the built-in head (ships with Edit3DGS)")
     add("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
     add("--dtype", help="auto (default: fp16 on CUDA, fp32 elsewhere), fp16, bf16, fp32")
-    add("--steps", type=int, help=f"denoising steps (default: {D.steps})")
-    add("--guidance-text", type=float, help=f"text guidance scale (default: {D.guidance_text})")
-    add("--guidance-image", type=float, help=f"image guidance scale (default: {D.guidance_image})")
-    add("--resolution", type=int,
-        help="short side of the images the diffusion model sees (default: the model's native size, 512 for Instruct-Pix2Pix)")
-    add("--no-multiview", action="store_true", default=None, help="edit every view on its own (ablation)")
-    add("--chunk-size", type=int, help=f"views per chunk; one key view per chunk per step (default: {D.chunk_size})")
-    add("--key-neighbours", type=int, choices=(1, 2),
-        help=f"key views blended into each other view (the nearest in viewing direction; default: {D.key_neighbours})")
-    add("--batch-size", type=int,
-        help=f"views per UNet call (each x3 guidance branches); less: less memory (default: {D.batch_size})")
-    add("--temporal-keys", action="store_true", default=None,
-        help="one timestep's key views serve all timesteps, linked by the FLAME binding (default: key views "
-             "per timestep, as the seed and DGE)")
-    add("--no-inpaint", action="store_true", default=None, help="no expression-preserving inpainting (ablation)")
     add("--inpaint-regions", help=f"regions re-injected from the originals (default: {','.join(DEFAULT_INPAINT_REGIONS)})")
-    add("--inpaint-strength", type=float, help=f"weight of the re-injected original latents (default: {D.inpaint_strength})")
-    add("--inpaint-start", type=int, help="first denoising step of re-injection (default: half of --steps)")
     add("--mask-source", choices=("flame", "detector"),
         help="eye/mouth masks from the avatar's regions (default), or Grounding DINO + SAM 2")
-    add("--detector-model", default=None, help="Grounding DINO model id or folder")
-    add("--sam-model", default=None, help="SAM 2 model id or folder")
-    add("--reedit-strength", type=float, default=None,
+    add("--detector-model", help="Grounding DINO model id or folder")
+    add("--sam-model", help="SAM 2 model id or folder")
+    add("--reedit-strength", type=float,
         help="re-edit the current renders at this noise strength in later rounds (Instruct-NeRF2NeRF)")
     add("--attention-slicing", action="store_true", default=None, help="less memory, slower attention")
     add("--vae-tiling", action="store_true", default=None, help="VAE in tiles (large images)")
@@ -121,17 +128,9 @@ def ip2p_options_from_args(args) -> dict:
     """Editor options for ``make_editor("ip2p", **options)``: the flags the user gave (the editor's
     defaults, ``IP2PSettings``', for the rest; a ``--device`` other than auto is passed on)."""
     get = lambda name: getattr(args, name, None)  # noqa: E731
-    regions = [r.strip() for r in (get("inpaint_regions") or "").split(",") if r.strip()]
-    opts = dict(model=get("model"), dtype=get("dtype"), steps=get("steps"), guidance_text=get("guidance_text"),
-                guidance_image=get("guidance_image"), resolution=get("resolution"),
-                multiview=False if get("no_multiview") else None, chunk_size=get("chunk_size"),
-                key_neighbours=get("key_neighbours"), batch_size=get("batch_size"),
-                temporal_keys=True if get("temporal_keys") else None, inpaint=False if get("no_inpaint") else None,
-                inpaint_regions=regions or None, inpaint_strength=get("inpaint_strength"),
-                inpaint_start=get("inpaint_start"), mask_source=get("mask_source"),
-                detector_model=get("detector_model"), sam_model=get("sam_model"),
-                reedit_strength=get("reedit_strength"), attention_slicing=get("attention_slicing"),
-                vae_tiling=get("vae_tiling"), cpu_offload=get("cpu_offload"))
+    opts = {k: get(k) for k in (*IP2P_FLAG_HELP, "model", "dtype", "mask_source", "detector_model", "sam_model",
+                                "reedit_strength", "attention_slicing", "vae_tiling", "cpu_offload")}
+    opts["inpaint_regions"] = [r.strip() for r in (get("inpaint_regions") or "").split(",") if r.strip()] or None
     if get("device") not in (None, "auto"):
         opts["device"] = get("device")
     # No seed here: the loop gives each round's EditRequest its own seed (--seed + round).

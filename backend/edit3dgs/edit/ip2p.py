@@ -25,9 +25,9 @@ from __future__ import annotations
 import json
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, get_args, get_type_hints
 
 import numpy as np
 import torch
@@ -287,6 +287,22 @@ class IP2PSettings:
     def __post_init__(self):
         if self.temporal is not None:
             self.temporal_keys, self.temporal = bool(self.temporal), None
+        for name, kind in self.field_types().items():   # JSON and Blender numbers as the field's type
+            if getattr(self, name) is not None:
+                setattr(self, name, kind(getattr(self, name)))
+        for name, ok, expected in (("steps", self.steps >= 1, "at least 1 denoising step"),
+                                   ("inpaint_strength", 0 <= self.inpaint_strength <= 1, "a value in [0, 1]"),
+                                   ("batch_size", self.batch_size >= 1, "at least 1 view per UNet call"),
+                                   ("chunk_size", self.chunk_size >= 1, "at least 1 view per chunk"),
+                                   ("key_neighbours", self.key_neighbours in (1, 2),
+                                    "1 or 2 key views blended into each other view")):
+            if not ok:   # named by its flag, as the editor's other options
+                raise Edit3DGSError("--" + name.replace("_", "-"), expected, repr(getattr(self, name)))
+
+    @classmethod
+    def field_types(cls) -> dict[str, type]:
+        """Each field's value type (``int | None``: int)."""
+        return {name: (get_args(t) or (t,))[0] for name, t in get_type_hints(cls).items()}
 
 
 @dataclass
@@ -588,39 +604,21 @@ class InstructPix2PixEditor(Editor):
     name = "ip2p"
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype=None,
-                 steps: int = 20, guidance_text: float = 7.5, guidance_image: float = 1.5, seed: int | None = None,
-                 resolution: int | None = None, batch_size: int = 8, multiview: bool = True, chunk_size: int = 5,
-                 key_neighbours: int = 2, temporal: bool | None = None, inpaint: bool = True,
-                 inpaint_regions: Sequence[str] = DEFAULT_INPAINT_REGIONS, inpaint_strength: float = 1.0,
-                 inpaint_start: int | None = None, inpaint_dilate: int = 1, mask_source: str = "flame",
+                 inpaint_regions: Sequence[str] = DEFAULT_INPAINT_REGIONS, mask_source: str = "flame",
                  detector_model: str | None = None, sam_model: str | None = None,
                  detector_queries: Sequence[str] | None = None, box_threshold: float = 0.3, text_threshold: float = 0.25,
                  reedit_strength: float | None = None, attention_slicing: bool = False, vae_tiling: bool = False,
-                 cpu_offload: bool = False, temporal_keys: bool = False):
+                 cpu_offload: bool = False, settings: IP2PSettings | None = None, **options):
+        """``options``: ``IP2PSettings`` fields, its defaults for the rest (the one table of them); a
+        ``seed`` left out or None: the loop gives each round its own."""
         if mask_source not in ("flame", "detector"):
             raise Edit3DGSError("--mask-source", "flame or detector", repr(mask_source))
         if reedit_strength is not None and not 0 < float(reedit_strength) <= 1:
             raise Edit3DGSError("--reedit-strength", "a noise strength in (0, 1]", repr(reedit_strength))
-        if int(steps) < 1:
-            raise Edit3DGSError("--steps", "at least 1 denoising step", repr(steps))
-        if not 0 <= float(inpaint_strength) <= 1:
-            raise Edit3DGSError("--inpaint-strength", "a value in [0, 1]", repr(inpaint_strength))
-        if int(batch_size) < 1:
-            raise Edit3DGSError("--batch-size", "at least 1 view per UNet call", repr(batch_size))
-        if int(chunk_size) < 1:
-            raise Edit3DGSError("--chunk-size", "at least 1 view per chunk", repr(chunk_size))
-        if int(key_neighbours) not in (1, 2):
-            raise Edit3DGSError("--key-neighbours", "1 or 2 key views blended into each other view", repr(key_neighbours))
-        if temporal is not None:    # deprecated alias
-            temporal_keys = bool(temporal)
+        seed = options.pop("seed", None)
         self.model, self.device, self.dtype = model, device, dtype
         self.memory = dict(attention_slicing=attention_slicing, vae_tiling=vae_tiling, cpu_offload=cpu_offload)
-        self.settings = IP2PSettings(
-            steps=int(steps), guidance_text=float(guidance_text), guidance_image=float(guidance_image),
-            seed=0 if seed is None else int(seed), resolution=None if resolution is None else int(resolution), batch_size=int(batch_size),
-            multiview=bool(multiview), chunk_size=int(chunk_size), key_neighbours=int(key_neighbours),
-            temporal_keys=bool(temporal_keys), inpaint=bool(inpaint), inpaint_strength=float(inpaint_strength),
-            inpaint_start=inpaint_start, inpaint_dilate=int(inpaint_dilate))
+        self.settings = replace(settings or IP2PSettings(), **options, **({} if seed is None else {"seed": seed}))
         self.fixed_seed = seed is not None
         self.inpaint_regions = list(inpaint_regions)
         self.mask_source = mask_source
@@ -691,7 +689,7 @@ class InstructPix2PixEditor(Editor):
                  for i, (c, t) in enumerate(zip(request.cameras, request.timesteps))]
         settings = self.settings
         if not self.fixed_seed:   # the loop gives each round its own seed
-            settings = IP2PSettings(**{**settings.__dict__, "seed": int(request.seed)})
+            settings = replace(settings, seed=int(request.seed))
         reedit = self.reedit_strength is not None and seen and self.reedit_strength < 1
         out = edit_images(models, cond, request.instruction, settings, views=views, masks=masks,
                           init_images=imgs if reedit else None, strength=self.reedit_strength if reedit else 1.0,
