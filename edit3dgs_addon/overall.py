@@ -8,9 +8,11 @@ editor on this machine (measured), else from ``DEFAULT_SHARES``.
 
 from __future__ import annotations
 
+import re
 import time
 
 KINDS = ("render", "edit", "refit", "finish")
+_ROUND = re.compile(r"refit (\d+)/(\d+)")
 # Share of one round's time per stage, and of the whole job for the final save/export (measured on CPU).
 DEFAULT_SHARES = {"region": {"render": 0.15, "edit": 0.05, "refit": 0.75, "finish": 0.05},
                   "ip2p": {"render": 0.05, "edit": 0.60, "refit": 0.30, "finish": 0.05}}
@@ -26,17 +28,25 @@ def stage_kind(stage: str) -> str | None:
 
 
 class Overall:
-    """Feed ``update(stage, done, total)`` as progress arrives; read ``fraction`` and ``text()``."""
+    """Feed ``update(stage, done, total)`` as progress arrives; read ``fraction`` and ``text()``.
+
+    The job is a sequence of segments: render, edit and refit in the first round; in later rounds
+    a refit only, unless ``reedit`` (the backend's ``reedit_each_round``: render and edit again
+    every round). A refit names its round (``refit 2/3``); a render after a refit starts the next
+    round."""
 
     def __init__(self, rounds: int = 1, editor: str = "region", shares: dict | None = None,
-                 now: float | None = None):
+                 now: float | None = None, reedit: bool = False):
         self.rounds = max(1, int(rounds))
+        self.reedit = bool(reedit)
         base = dict(DEFAULT_SHARES.get(editor, DEFAULT_SHARES["region"]))
         base.update(shares or {})
-        per_round = sum(base[k] for k in KINDS[:3]) or 1.0
         finish = min(max(base["finish"], 0.0), 0.5)
-        # one round's stages scaled so that all rounds plus the finish make 1
-        self.shares = {k: base[k] / per_round * (1.0 - finish) / self.rounds for k in KINDS[:3]}
+        self.segments = [(k, r) for r in range(self.rounds) for k in KINDS[:3]
+                         if k == "refit" or r == 0 or self.reedit]
+        weight = sum(base[k] for k, _ in self.segments) or 1.0
+        # each segment's share of the job: all segments plus the finish make 1
+        self.shares = {k: base[k] / weight * (1.0 - finish) for k in KINDS[:3]}
         self.shares["finish"] = finish
         self.started = time.monotonic() if now is None else now
         self.round, self.kind, self.stage = 0, None, ""
@@ -57,6 +67,10 @@ class Overall:
                 if KINDS.index(kind) < KINDS.index(self.kind) and self.round < self.rounds - 1:
                     self.round += 1  # render again after the refit: the next round
             self.kind = kind
+        if kind == "refit":
+            m = _ROUND.match(stage)
+            if m:
+                self.round = min(self.rounds - 1, max(0, int(m.group(1)) - 1))
         self.stage, self.done, self.total = stage, int(done), int(total)
 
     @property
@@ -66,9 +80,11 @@ class Overall:
         if self.kind == "finish":
             f = 1.0 - self.shares["finish"] + self.shares["finish"] * self._part()
         else:
-            round_share = sum(self.shares[k] for k in KINDS[:3])
-            before = sum(self.shares[k] for k in KINDS[:KINDS.index(self.kind)])
-            f = self.round * round_share + before + self.shares[self.kind] * self._part()
+            here = (self.kind, self.round)
+            if here not in self.segments:   # e.g. a render in a later round without reedit: count it as the refit's
+                here = ("refit", self.round)
+            i = self.segments.index(here)
+            f = sum(self.shares[k] for k, _ in self.segments[:i]) + self.shares[self.kind] * self._part()
         self.best = max(self.best, min(f, 1.0))  # never goes back (a stage restarting its count)
         return self.best
 
@@ -96,12 +112,15 @@ class Overall:
         return text
 
     def measured_shares(self, now: float | None = None) -> dict | None:
-        """Each stage kind's share of this job's time (per round for render/edit/refit), for the next job."""
+        """Each stage kind's share of this job's time (per segment for render/edit/refit), for the next job."""
         now = time.monotonic() if now is None else now
         spent = dict(self.spent)
         if self.kind is not None:
             spent[self.kind] += now - self.kind_started
-        total = sum(spent.values())
-        if total <= 0 or any(spent[k] <= 0 for k in ("render", "refit")):
+        if any(spent[k] <= 0 for k in ("render", "refit")):
             return None
+        # per segment (a render, an edit, a refit of one round), as the shares are used
+        for k in KINDS[:3]:
+            spent[k] /= max(1, sum(1 for kind, _ in self.segments if kind == k))
+        total = sum(spent.values())
         return {k: v / total for k, v in spent.items()}

@@ -57,7 +57,7 @@ def load(path, need_rig: bool = True) -> RigFile:
         raise RigFileError(f"{path}: expected arrays {', '.join(missing)}, found only {', '.join(sorted(data))}")
     meta = json.loads(str(data.pop("meta_json"))) if "meta_json" in data else {}
     n = data["gs_binding"].shape[0]
-    for k in GAUSSIAN_KEYS[:-1] + (("gs_sh_rest",) if "gs_sh_rest" in data else ()):
+    for k in GAUSSIAN_KEYS[:-1] + tuple(k for k in ("gs_sh_rest", "gs_base_color") if k in data):
         if data[k].shape[0] != n:
             raise RigFileError(f"{path}: expected {n} rows in {k}, found {data[k].shape[0]}")
     if need_rig and data["gs_binding"].size and int(data["gs_binding"].max()) >= data["rig_faces"].shape[0]:

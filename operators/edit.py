@@ -151,7 +151,8 @@ class EDIT3DGS_OT_run_edit(bpy.types.Operator):
         runtime.state.edit_job = job
         editor = settings.get("editor", "region")
         runtime.state.edit_overall = Overall(int(settings.get("rounds", 1) or 1), editor,
-                                             runtime.state.stage_shares.get(editor))
+                                             runtime.state.stage_shares.get(editor),
+                                             reedit=bool(settings.get("reedit_each_round", False)))
         s.running, s.status, s.progress, s.stage = True, "RUNNING", 0.0, "starting"
         s.report = f"Editing: {settings['prompt']}"
         return {"FINISHED"}

@@ -166,3 +166,41 @@ def test_refit_with_densification_keeps_bindings_valid(small_avatar):
     # clones are appended and inherit a binding of an existing Gaussian
     new = g.binding[b.gaussians.num_gaussians:]
     assert set(new.tolist()) <= set(b.gaussians.binding.tolist())
+
+
+def test_refit_placement_equals_the_binding_transform_of_the_full_avatar(small_avatar):
+    """TrainState.world (frames gathered once per batch and binding, frozen rows placed once) gives what
+    placing ``full()`` gives — values and gradients — before and after densification changes the rows."""
+    import torch.nn.functional as F
+
+    from edit3dgs.avatar import posed_frames
+
+    b = open_avatar(small_avatar)
+    g = b.gaussians.clone()
+    g.rotation = torch.randn_like(g.rotation)          # unnormalised local rotations, as during a fit
+    trainable = torch.zeros(g.num_gaussians, dtype=torch.bool)
+    trainable[::3] = True
+    state = TrainState(g, trainable)
+    opt = torch.optim.Adam([{"params": [state.params[k]], "name": k} for k in state.params])
+    frames = [posed_frames(v, b.head.faces) for v in b.pose(timesteps=[0, 4])]
+
+    def check(key):
+        got, want = state.world(key, frames[key]), state.full().to_world_from_frames(frames[key])
+        torch.testing.assert_close(got.means, want.means, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(F.normalize(got.quats, dim=-1), want.quats, atol=1e-6, rtol=1e-5)
+        for a, w in ((got.scales, want.scales), (got.opacities, want.opacities), (got.sh, want.sh)):
+            torch.testing.assert_close(a, w)
+        grads = []
+        for w in (got, want):
+            loss = (w.means.sin().sum() + F.normalize(w.quats, dim=-1)[:, 1].sum() + w.scales.sum() + w.opacities.sum()
+                    + w.sh.square().sum())
+            grads.append(torch.autograd.grad(loss, [state.params[k] for k in ("xyz", "rotation", "scaling", "opacity",
+                                                                               "features_dc")]))
+        for a, w in zip(*grads):
+            torch.testing.assert_close(a, w, atol=1e-5, rtol=1e-4)
+
+    check(0), check(1), check(0)                        # a second call per batch uses the cached frames
+    rows = torch.arange(0, state.num_trainable, 5)
+    state.replace(opt, keep=torch.rand(state.num_trainable, generator=torch.Generator().manual_seed(0)) > 0.2,
+                  append_from=rows)                     # densify: prune some rows, clone others
+    check(0), check(1)

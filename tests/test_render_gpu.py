@@ -190,5 +190,23 @@ def test_refit_on_cuda_matches_the_cpu(tmp_path):
                   trainable=trainable.to(dev))
         res[dev] = r
     assert abs(res["cpu"].losses[-1] - res["cuda"].losses[-1]) < 0.02 * res["cpu"].losses[0]
-    frozen = ~trainable
-    assert torch.equal(res["cuda"].gaussians.features_dc[frozen].cpu(), res["cpu"].gaussians.features_dc[frozen])
+    assert res["cuda"].losses[-1] < 0.9 * res["cuda"].losses[0]   # and the CUDA refit does fit (CPU: 0.84)
+
+
+def test_posing_stays_eager_when_capture_fails(tmp_path, monkeypatch):
+    """A posing that cannot be captured falls back to the eager path (same values) and says why."""
+    from edit3dgs.builtin import make_avatar
+    from edit3dgs.bundle import open_avatar
+    from edit3dgs.posing import WorldPoser
+
+    b = open_avatar(make_avatar(tmp_path / "a", frames=2), device="cuda")
+    poser = WorldPoser(b)
+
+    def broken(p):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(poser, "_capture", broken)
+    got = poser(b.params.select([1]))
+    want = WorldPoser(b, graphs=False)(b.params.select([1]))
+    assert not poser.graphs and "capturing" in poser.graph_error
+    assert torch.equal(got.means, want.means)

@@ -94,7 +94,7 @@ class Camera:
 
     def scaled(self, factor: float) -> "Camera":
         """The same camera's image resampled to ``factor`` times the resolution (each axis by
-        its own rounded ratio, so pixels become slightly non-square; the edit loop uses it).
+        its own rounded ratio, so pixels become slightly non-square; the demo and evaluation use it).
         Commands that write cameras or renders for other tools use ``resized``."""
         w, h = _scaled_size(self, factor)
         sx, sy = w / self.width, h / self.height

@@ -44,7 +44,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .avatar import GaussianAvatar, WorldGaussians, bind_frames, posed_frames
+from .avatar import GaussianAvatar, PosedFrames, WorldGaussians, bind_frames, posed_frames
 from .cameras import Camera, stack
 from .errors import CancelledError
 
@@ -191,6 +191,7 @@ class TrainState:
         self.binding = g.binding[idx].clone()
         self.origin = idx.clone()
         self.rest0 = None  # the input's SH rest of the trainable rows (set when it is regularised)
+        self._placed: dict = {}  # world(): per batch, (binding, its gathered frames, the frozen rows placed)
 
     @property
     def num_trainable(self) -> int:
@@ -198,6 +199,29 @@ class TrainState:
 
     def trainable_avatar(self) -> GaussianAvatar:
         return GaussianAvatar(binding=self.binding, **self.params)
+
+    def world(self, key, frames: PosedFrames) -> WorldGaussians:
+        """World Gaussians of ``full()`` on the posed mesh of ``frames`` (differentiable w.r.t. the
+        trainable rows), as ``full().to_world_from_frames(frames)`` computes them but cheaper: the
+        frames are gathered for the trainable rows once per ``key`` (a batch) and binding
+        (densification changes it), and the frozen rows are placed once per key. The world
+        quaternions are not normalised (the rasterizer does it)."""
+        hit = self._placed.get(key)
+        if hit is None or hit[0] is not self.binding:
+            frozen = None
+            if self.frozen is not None and self.frozen.num_gaussians:
+                frozen = hit[2] if hit is not None else None
+                if frozen is None:
+                    with torch.no_grad():
+                        frozen = self.frozen.place(bind_frames(frames, self.frozen.binding), unit_quats=False)
+            hit = self._placed[key] = (self.binding, bind_frames(frames, self.binding), frozen)
+        _, bound, frozen = hit
+        w = self.trainable_avatar().place(bound, unit_quats=False)
+        if frozen is None:
+            return w
+        return WorldGaussians(*(torch.cat([a, b]) for a, b in zip(
+            (frozen.means, frozen.quats, frozen.scales, frozen.opacities, frozen.sh),
+            (w.means, w.quats, w.scales, w.opacities, w.sh))), w.sh_degree)
 
     def full(self) -> GaussianAvatar:
         """All Gaussians for rendering (differentiable w.r.t. the trainable ones)."""
@@ -379,22 +403,6 @@ def refit(gaussians: GaussianAvatar, faces: torch.Tensor, batches: Sequence[Targ
     # Gaussians are placed once per batch; an iteration places only the trainable ones.
     with torch.no_grad():
         frames = [posed_frames(b.verts.to(dev), faces) for b in batches]
-    placed: dict[int, tuple] = {}
-
-    def world(bi: int) -> WorldGaussians:
-        if bi not in placed or placed[bi][0] is not state.binding:
-            frozen = None
-            if state.frozen is not None and state.frozen.num_gaussians:
-                with torch.no_grad():
-                    frozen = state.frozen.place(bind_frames(frames[bi], state.frozen.binding), unit_quats=False)
-            placed[bi] = (state.binding, bind_frames(frames[bi], state.binding), frozen)
-        _, bound, frozen = placed[bi]
-        w = state.trainable_avatar().place(bound, unit_quats=False)
-        if frozen is None:
-            return w
-        return WorldGaussians(*(torch.cat([a, b]) for a, b in zip(
-            (frozen.means, frozen.quats, frozen.scales, frozen.opacities, frozen.sh),
-            (w.means, w.quats, w.scales, w.opacities, w.sh))), w.sh_degree)
     order: list[int] = []
     losses = []
     for it in range(iters):
@@ -412,7 +420,7 @@ def refit(gaussians: GaussianAvatar, faces: torch.Tensor, batches: Sequence[Targ
             vm, K, target = vm[sel], K[sel], target[sel]
         if state.num_trainable == 0:
             break
-        wg = world(bi)
+        wg = state.world(bi, frames[bi])
         out = rasterize(wg.means, wg.quats, wg.scales, wg.opacities, wg.sh, vm, K, w, h,
                         sh_degree=wg.sh_degree, background=bg)
         loss = photometric_loss(out.rgb, target, cfg.lambda_ssim)

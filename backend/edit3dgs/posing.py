@@ -22,7 +22,7 @@ from .flame_params import FlameParams
 class WorldPoser:
     """FLAME posing + binding transform for rendering sequences (no gradients).
 
-    ``graphs``: replay CUDA graphs in ``pose_and_place`` (default: on CUDA devices). The world
+    ``graphs``: replay CUDA graphs in ``pose_and_place`` (default; CUDA devices only). The world
     Gaussians a graph replay returns live in the graph's buffers: they are valid until the next
     ``pose_and_place`` call with the same number of timesteps (render them before asking again).
     """
@@ -32,7 +32,7 @@ class WorldPoser:
         self.device = self.gaussians.device
         self.head = bundle.head.to(self.device)
         self.faces = self.head.faces
-        self.graphs = (self.device.type == "cuda") if graphs is None else bool(graphs)
+        self.graphs = self.device.type == "cuda" and (graphs is None or bool(graphs))
         self._graphs: dict = {}
         self.graph_error: str | None = None   # why graphs were turned off, if they were
 
@@ -88,5 +88,8 @@ class WorldPoser:
         return static, graph, out
 
     def __call__(self, params: FlameParams) -> WorldGaussians:
-        """World Gaussians for a single-timestep ``params``."""
-        return self.pose_and_place(params)[0]
+        """World Gaussians for a single-timestep ``params`` (their own tensors, not a graph's buffers)."""
+        w = self.pose_and_place(params)[0]
+        if not self.graphs:
+            return w
+        return WorldGaussians(w.means.clone(), w.quats.clone(), w.scales.clone(), w.opacities, w.sh, w.sh_degree)

@@ -15,7 +15,7 @@ Rig keys (V head vertices, F faces, E expressions, J=5 joints):
 - ``parents (J,)``, ``weights (V,J)`` skinning weights, ``joint_names``, ``expr_names``.
 
 Gaussian keys (N Gaussians):
-- ``gs_color (N,3)`` RGB from the SH DC term; ``gs_sh_rest (N,K-1,3)`` float16, the higher SH bands; ``gs_opacity (N,)`` sigmoid'ed;
+- ``gs_color (N,3)`` RGB from the SH DC term; ``gs_sh_rest (N,K-1,3)`` float16, the higher SH bands; ``gs_base_color (N,3)`` the DC colour unclamped (the preview adds the bands to it, then clamps, as the renderer does); ``gs_opacity (N,)`` sigmoid'ed;
 - ``gs_scale (N,)`` largest world scale at rest; ``gs_scale_rel (N,)`` largest
   ``exp(scaling)`` (world scale = k * this, k the face scaling);
 - ``gs_binding (N,)`` int32; ``gs_xyz (N,3)``, ``gs_scaling (N,3)``, ``gs_rotation (N,4)`` local;
@@ -107,6 +107,8 @@ def gaussian_arrays(bundle: AvatarBundle, gaussians=None) -> dict:
             # the view-dependent bands (N,K-1,3), so Blender's preview can show what a camera sees (half floats:
             # a few MB per 100k Gaussians)
             "gs_sh_rest": rest.astype(np.float16),
+            # the DC colour before clamping: the renderer clamps after adding the bands
+            "gs_base_color": (dc * SH_C0 + 0.5).numpy().astype(np.float32),
             "gs_opacity": torch.sigmoid(g.opacity[:, 0]).numpy().astype(np.float32),
             "gs_scale": scale.numpy().astype(np.float32),
             "gs_scale_rel": rel.numpy().astype(np.float32),

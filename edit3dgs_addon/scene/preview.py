@@ -82,7 +82,8 @@ def bake_view_colors(obj, rig: RigFile, scene, depsgraph=None) -> str:
         obj.data["edit3dgs_colour_view"] = ""
         return ""
     eye = obj.matrix_world.inverted() @ cam.evaluated_get(depsgraph).matrix_world.translation
-    rgb = view_colors(rig["gs_color"], rest, means, np.array(eye, np.float32))
+    base = rig.data.get("gs_base_color")  # unclamped (older rig files: the clamped colour)
+    rgb = view_colors(rig["gs_color"] if base is None else base, rest, means, np.array(eye, np.float32))
     rgba = np.concatenate([srgb_to_linear(rgb), rig["gs_opacity"][:, None]], 1).astype(np.float32)
     obj.data.attributes["gs_color"].data.foreach_set("color", rgba.ravel())
     obj.data["edit3dgs_colour_view"] = f"{cam.name} @ {scene.frame_current}"

@@ -267,7 +267,8 @@ def test_progress_text_has_the_stage_and_a_time_estimate():
 def test_one_overall_bar_across_stages_and_rounds():
     from edit3dgs_addon.overall import Overall
 
-    ov = Overall(rounds=2, editor="region", now=0.0)
+    # re-editing every round (reedit_each_round): render, edit, refit per round
+    ov = Overall(rounds=2, editor="region", now=0.0, reedit=True)
     assert ov.fraction == 0.0 and ov.text() == "starting"
     seen, t = [], 0.0
     for r in range(2):
@@ -281,6 +282,17 @@ def test_one_overall_bar_across_stages_and_rounds():
     assert all(b >= a for a, b in zip(seen, seen[1:])), "the bar went back"
     assert abs(seen[61] - 0.475) < 1e-9 and 0.9 < seen[-1] < 1.0  # half of all rounds after round 1; save at the end
     assert ov.round == 1
+    # the backend's default (the panel's): render and edit once, then one refit per round
+    ov = Overall(rounds=2, editor="region", now=0.0)
+    seen = []
+    for stage, total in (("render", 4), ("edit", 8), ("refit 1/2", 50), ("refit 2/2", 50)):
+        for d in range(1, total + 1):
+            ov.update(stage, d, total, now=1.0)
+            seen.append(ov.fraction)
+    assert all(b >= a for a, b in zip(seen, seen[1:])), "the bar went back"
+    end_round1, end_round2 = seen[4 + 8 + 50 - 1], seen[-1]
+    assert end_round2 - end_round1 > 0.3, "the second refit moves the bar"
+    assert abs(end_round2 - 0.95) < 1e-9 and ov.round == 1   # all but the save
     # the stage, its count, where the whole job is, and the time left for the whole job
     ov2 = Overall(rounds=1, editor="region", now=0.0)
     ov2.update("render", 4, 4, now=1.0)
@@ -305,10 +317,18 @@ def test_cpu_threads_preference_reaches_the_backend(ext):
     prefs = bpy.context.preferences.addons[ext.__name__].preferences
 
     def backend_env():
+        import time
+
         b = rt.backend()
         b.start()
-        raw = open(f"/proc/{b.proc.pid}/environ", "rb").read().split(b"\0")
-        return b, dict(x.decode().split("=", 1) for x in raw if b"=" in x)
+        # Right after the fork, before the exec, /proc shows the parent's environment: wait for the exec.
+        deadline = time.monotonic() + 10
+        while True:
+            raw = open(f"/proc/{b.proc.pid}/environ", "rb").read().split(b"\0")
+            env = dict(x.decode().split("=", 1) for x in raw if b"=" in x)
+            if "EDIT3DGS_THREADS" in env or time.monotonic() > deadline:
+                return b, env
+            time.sleep(0.05)
 
     try:
         prefs.cpu_threads = 1
