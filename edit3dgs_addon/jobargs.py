@@ -3,25 +3,6 @@
 from __future__ import annotations
 
 
-def parse_ints(text: str) -> list[int] | None:
-    """'0,4,8' or '0-20:5' (stop exclusive) -> ints; '' -> None (the backend's default)."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        rng, _, step = part.partition(":")
-        if "-" in rng:
-            a, b = rng.split("-", 1)
-            out += list(range(int(a), int(b), int(step or 1)))
-        else:
-            out.append(int(rng))
-    return out
-
-
 def parse_names(text) -> list[str] | None:
     """'eyes, mouth' (or a set of names, as an ENUM_FLAG property gives) -> names; nothing -> None."""
     if not isinstance(text, str):
@@ -61,8 +42,8 @@ def edit_settings(ui: dict, prefs: dict) -> dict:
     if ui.get("use_frame_range"):
         start, end = int(ui.get("frame_start", 0)), int(ui.get("frame_end", 7))
         settings["timesteps"] = list(range(start, end + 1, max(1, int(ui.get("frame_step", 1)))))
-    elif parse_ints(ui.get("timesteps", "")) is not None:
-        settings["timesteps"] = parse_ints(ui["timesteps"])
+    elif (ui.get("timesteps") or "").strip():
+        settings["timesteps"] = ui["timesteps"].strip()   # the backend reads '0,4,8' / '0-40:10' (EditSettings.from_dict)
     elif "num_timesteps" in ui:
         settings["num_timesteps"] = int(ui["num_timesteps"])
     regions = parse_names(ui.get("local_regions", ""))

@@ -165,3 +165,17 @@ def test_the_same_choices_through_the_cli_parser_and_the_panel_resolve_equal(dev
     cli_side = settings_from_args(a, device=device)
     assert asdict(panel) == asdict(cli_side)
     assert (panel.rounds, panel.scale, panel.views_per_iter, panel.editor_options["steps"]) == (3, 0.3, 5, 9)
+
+
+def test_index_lists_as_text_are_read_by_the_one_parser():
+    """Blender sends the artist's timesteps text as typed; EditSettings reads it with the CLI's parser (one
+    parser, one set of errors), so '5-2' is an error naming the setting, never an empty edit."""
+    from edit3dgs.errors import Edit3DGSError
+    from edit3dgs.loop import EditSettings
+
+    s = EditSettings.from_dict({"prompt": "make the hair blue", "timesteps": "0-8:4", "cameras": "0, 12"})
+    assert s.timesteps == [0, 4] and s.cameras == [0, 12]
+    for bad in ("5-2", "a", "0,,4", "-1"):
+        with pytest.raises(Edit3DGSError) as e:
+            EditSettings.from_dict({"prompt": "make the hair blue", "timesteps": bad})
+        assert "edit setting 'timesteps'" in str(e.value) and "--" not in str(e.value)

@@ -24,7 +24,7 @@ from .cameras import Camera
 from .errors import CancelledError, Edit3DGSError
 from .fit import LR_PRESETS, BindingDensify, RefitConfig, TargetBatch, refit
 from .metrics import finite, psnr, ssim
-from .validate import limit
+from .validate import limit, parse_int_list
 
 DEFAULT_NUM_TIMESTEPS = 8
 AUTO = "auto"  # a device-dependent setting not chosen yet: EditSettings.resolved(device) fills it in
@@ -107,6 +107,9 @@ class EditSettings:
             raise Edit3DGSError("edit setting 'prompt'", "an instruction such as 'make the hair blue'",
                                 repr(d.get("prompt", "nothing")))
         given = {k: v for k, v in d.items() if v is not None or k in cls._NONE_IS_A_CHOICE}
+        for k in ("cameras", "timesteps"):   # index lists may come as text ('0,4,8', '0-40:10'), e.g. from Blender
+            if isinstance(given.get(k), str):
+                given[k] = parse_int_list(given[k], f"edit setting '{k}'")
         for k in AUTO_FIELDS:
             given.setdefault(k, AUTO)
         s = cls(**given)

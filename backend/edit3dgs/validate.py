@@ -208,3 +208,41 @@ def read_npz(path: os.PathLike | str, what: str, keys=None) -> dict:
                 raise Edit3DGSError(path, f"{what} (a readable .npz; member '{name}')",
                                     f"{type(exc).__name__}: {str(exc)[:120]}") from None
     return out
+
+
+def parse_int_list(text: str | None, what: str) -> list[int] | None:
+    """'0,5,10' or '0-20:5' (start-stop:step, stop exclusive) -> list of ints.
+
+    Validated, never reinterpreted: an empty list or item, a range that is empty or reversed, a
+    step below 1, a negative number or text that is not a number is the one-line error.
+    """
+    if text is None:
+        return None
+    form = "a list like '0,4,8' or a range like '0-40:10' (start below stop, step 1 or more)"
+    lim = limit("MAX_LIST_ITEMS", 100_000)
+    out: list[int] = []
+    for part in text.split(","):
+        item = part.strip()
+        try:
+            rng, colon, step = item.partition(":")
+            if "-" in rng:
+                a, b = rng.split("-", 1)
+                a, b, k = int(a), int(b), int(step) if colon else 1
+                if min(a, b) < 0 or k < 1 or a >= b:
+                    raise ValueError
+                n = (b - a + k - 1) // k
+            else:
+                if colon:
+                    raise ValueError
+                v = int(rng)
+                if v < 0:
+                    raise ValueError
+                a, b, k, n = v, v + 1, 1, 1
+        except ValueError:
+            where = "" if item == text.strip() else (" (an empty item)" if not item else f" (item {item!r})")
+            raise Edit3DGSError(what, form, repr(text) + where) from None
+        if len(out) + n > lim:  # counted before it is expanded: '0-10000000000' allocates nothing
+            raise Edit3DGSError(what, f"at most {lim:,} items {limit_note('MAX_LIST_ITEMS')}",
+                                f"{len(out) + n:,} in {text[:60]!r}")
+        out += range(a, b, k)
+    return out

@@ -75,7 +75,7 @@ def test_edit_settings_mapping():
               mask_text="eyes, teeth", mask_dilation=2, mask_strength=0.8, local_regions="hair, ears", cameras=[0, 4],
               temporal_keys=True)
     s = jobargs.edit_settings(ui, {"device": "cpu", "editor_model": "/models/ip2p"})
-    assert s["prompt"] == "make the hair blue" and s["timesteps"] == [0, 4] and s["regions"] == ["hair", "ears"]
+    assert s["prompt"] == "make the hair blue" and s["timesteps"] == "0-8:4" and s["regions"] == ["hair", "ears"]
     assert s["iters_per_batch"] == 10 and s["cameras"] == [0, 4] and s["rounds"] == 2 and s["views_per_iter"] == 2
     o = s["editor_options"]
     assert o["steps"] == 12 and o["inpaint_regions"] == ["eye_region", "eyes"] and o["mask_source"] == "detector"
