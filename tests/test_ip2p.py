@@ -652,3 +652,23 @@ def test_editor_options_and_errors(tiny_ip2p_dir):
             make_editor("ip2p", **bad)
     with pytest.raises(Edit3DGSError):
         make_editor("ip2p").regions_for("  ")
+
+
+def test_vae_encode_and_decode_answer_a_cancel(models):
+    """A cancel reaches the VAE between chunks (a full-size VAE takes seconds per chunk on a CPU)."""
+    from edit3dgs import cancel
+    from edit3dgs.edit.ip2p import decode_latents, encode_images
+    from edit3dgs.errors import CancelledError
+
+    imgs = torch.rand(8, 32, 32, 3)
+    calls = []
+
+    def stop_after_one():   # the second chunk is refused
+        calls.append(1)
+        return len(calls) > 1
+
+    for fn, x in ((encode_images, imgs), (decode_latents, encode_images(models, imgs))):
+        calls.clear()
+        with cancel.watching(stop_after_one), pytest.raises(CancelledError):
+            fn(models, x, chunk=4)
+        assert len(calls) == 2

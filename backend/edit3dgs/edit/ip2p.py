@@ -387,9 +387,12 @@ def encode_prompt(models: IP2PModels, prompt: str) -> tuple[torch.Tensor, torch.
 
 def encode_images(models: IP2PModels, images: torch.Tensor, chunk: int = 4) -> torch.Tensor:
     """Images (B,H,W,3) in [0,1] -> VAE latents (B,4,h,w), ``.mode()``, not scaled."""
+    from ..cancel import check
+
     out = []
     with models.use(models.vae) as vae:
         for s in range(0, images.shape[0], chunk):
+            check()   # a cancel point per chunk (seconds each on a CPU at full size)
             x = images[s:s + chunk].permute(0, 3, 1, 2).to(models.device, models.dtype) * 2 - 1
             out.append(vae.encode(x).latent_dist.mode())
     return torch.cat(out)
@@ -399,8 +402,11 @@ def decode_latents(models: IP2PModels, latents: torch.Tensor, chunk: int = 4) ->
     """Scaled latents (B,4,h,w) -> images (B,H,W,3) float32 in [0,1]."""
     out = []
     sf = models.vae.config.scaling_factor
+    from ..cancel import check
+
     with models.use(models.vae) as vae:
         for s in range(0, latents.shape[0], chunk):
+            check()
             x = vae.decode((latents[s:s + chunk] / sf).to(models.dtype)).sample
             out.append(((x.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1))
     return torch.cat(out)
