@@ -398,9 +398,8 @@ def refit(gaussians: GaussianAvatar, faces: torch.Tensor, batches: Sequence[Targ
     rng = random.Random(cfg.seed)
     bg = torch.tensor(cfg.background, dtype=torch.float32, device=dev)
     stacked = [stack(b.cameras, dev) for b in batches]
-    # FLAME parameters are fixed during a refit: each batch's face frames are computed once, gathered
-    # for the trainable Gaussians once per binding (densification changes it), and the frozen
-    # Gaussians are placed once per batch; an iteration places only the trainable ones.
+    # FLAME parameters are fixed during a refit: each batch's face frames are computed once (TrainState.world
+    # reuses them).
     with torch.no_grad():
         frames = [posed_frames(b.verts.to(dev), faces) for b in batches]
     order: list[int] = []

@@ -119,20 +119,19 @@ def speed_settings(device: torch.device):
     if device.type != "cuda":
         yield
         return
-    from contextlib import ExitStack
+    from contextlib import nullcontext
 
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [getattr(SDPBackend, n) for n in CUDA_SDPA_ORDER if hasattr(SDPBackend, n)]
+    try:
+        attention = sdpa_kernel(order, set_priority=True) if order else nullcontext()
+    except TypeError:       # PyTorch < 2.6: no priorities, keep its own order
+        attention = nullcontext()
     old = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = CUDA_CUDNN_BENCHMARK
     try:
-        with ExitStack() as stack:
-            if CUDA_SDPA_ORDER:
-                from torch.nn.attention import SDPBackend, sdpa_kernel
-
-                order = [getattr(SDPBackend, n) for n in CUDA_SDPA_ORDER if hasattr(SDPBackend, n)]
-                try:
-                    stack.enter_context(sdpa_kernel(order, set_priority=True))
-                except TypeError:       # PyTorch < 2.6: no priorities, keep its own order
-                    pass
+        with attention:
             yield
     finally:
         torch.backends.cudnn.benchmark = old
