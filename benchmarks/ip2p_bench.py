@@ -192,6 +192,12 @@ VARIANTS = {
     "no_cudnn_benchmark": {"cudnn_benchmark": False},
     "sdpa_default": {"sdpa_order": ()},
     "sdpa_flash": {"sdpa_order": ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")},
+    # --compile-unet: the UNet's blocks without multi-view attention through torch.compile
+    "compiled": {"compile": True},
+    "compiled_dynamic": {"compile": True, "dynamic": None},
+    "compiled_channels_last": {"compile": True, "channels_last": True},
+    "compiled_unet": {"compile": True, "scope": "unet"},
+    "compiled_blocks": {"compile": True, "scope": "blocks"},
 }
 
 
@@ -205,25 +211,49 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
     vs = rig_views(views, hw[1], hw[0])
     lh, lw = (x // models.vae_scale_factor for x in ip2p.diffusion_size(*hw, min(hw), models.size_multiple))
     tflop = unet_tflop(models, lh, lw)
-    keep = (ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER)
+    keep = (ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER, ip2p.COMPILE_DYNAMIC, ip2p.COMPILE_SCOPE)
     res = {"latent": [lh, lw], "unet_tflop_per_pass": round(tflop, 3), "passes": views * steps * 3}
     for name in names:
         v = VARIANTS[name]
         ip2p.CUDA_CHANNELS_LAST = v.get("channels_last", keep[0])
         ip2p.CUDA_CUDNN_BENCHMARK = v.get("cudnn_benchmark", keep[1])
         ip2p.CUDA_SDPA_ORDER = v.get("sdpa_order", keep[2])
+        ip2p.COMPILE_DYNAMIC = v.get("dynamic", keep[3])
         ip2p.tune(models)
+        ip2p.set_compiled(models, False)
+        ip2p.COMPILE_SCOPE = v.get("scope", keep[4])
+        if v.get("compile"):
+            torch._dynamo.reset()   # each compiled variant compiles from scratch (inductor's disk cache aside)
+            ip2p.set_compiled(models, True)
         st = IP2PSettings(steps=steps, batch_size=v.get("batch_size", batch), multiview=True, inpaint=False, resolution=min(hw))
-        edit_images(models, imgs, "warm up", IP2PSettings(**{**st.__dict__, "steps": 2}), views=vs)
+        _, warm, _ = timed(lambda: edit_images(models, imgs, "warm up", IP2PSettings(**{**st.__dict__, "steps": 2}),
+                                               views=vs), dev)
+        from torch._dynamo.utils import counters
+
+        graphs = counters["stats"]["unique_graphs"]
         _, dt, peak = timed(lambda: edit_images(models, imgs, "make him look older", st, views=vs), dev)
-        res[name] = {"seconds": round(dt, 3), "tflop_per_s": round(tflop * res["passes"] / dt, 1), "peak_gib": round(peak, 2)}
+        res[name] = {"seconds": round(dt, 3), "tflop_per_s": round(tflop * res["passes"] / dt, 1), "peak_gib": round(peak, 2),
+                     "warm_up_s": round(warm, 1), "compiled_graphs": graphs,
+                     "graphs_compiled_while_timed": counters["stats"]["unique_graphs"] - graphs}
         print(name, json.dumps(res[name]), flush=True)
-    ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER = keep
+    ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER, ip2p.COMPILE_DYNAMIC, ip2p.COMPILE_SCOPE = keep
     ip2p.tune(models)
+    ip2p.set_compiled(models, False)
     return res
 
 
-def bench_episode(device, steps: int) -> dict:
+def warm_episode_shapes(models, steps: int) -> None:
+    """A 2-step multi-view edit of 16 views at the episode's image size and batch: the compiled blocks'
+    shapes (the episode's renders are 550x802 -> 512x768 for the diffusion)."""
+    from edit3dgs.edit.ip2p import IP2PSettings, edit_images
+
+    imgs = torch.rand(16, 802, 550, 3, device=models.device)
+    edit_images(models, imgs, "warm up", IP2PSettings(steps=2, inpaint=False), views=rig_views(16, 550, 802))
+    if models.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_episode(device, steps: int, compile_unet: bool = False) -> dict:
     from edit3dgs.builtin import make_avatar
     from edit3dgs.bundle import open_avatar
     from edit3dgs.loop import EditSession, EditSettings
@@ -234,7 +264,8 @@ def bench_episode(device, steps: int) -> dict:
     t_make = time.perf_counter() - t0
     b = open_avatar(tmp / "ada", device=device)
     s = EditSettings(prompt="make him look older", editor="ip2p", cameras=list(range(16)), num_timesteps=10,
-                     device=str(device), editor_options={"model": BENCH_MODEL, "device": str(device), "steps": steps})
+                     device=str(device), editor_options={"model": BENCH_MODEL, "device": str(device), "steps": steps,
+                                                     "compile_unet": compile_unet})
     sess = EditSession(b, s)
     # Warm the rasteriser first (gsplat compiles its CUDA extension at first use, ~90 s, once per machine).
     from edit3dgs.render_avatar import render_frames
@@ -258,6 +289,12 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=16, help="views per UNet call")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--episode", action="store_true", help="also time a whole ip2p edit (16 cameras x 10 timesteps)")
+    ap.add_argument("--compile-scope", choices=("blocks", "unet", "best"), default=None,
+                    help="what --compile-unet compiles; best: the faster of the compiled_blocks and compiled_unet variants "
+                         "timed by --variants in this run")
+    ap.add_argument("--compile-unet", choices=("off", "on", "both"), default="off",
+                    help="the episode (and the per-view/multi-view timing) with the UNet's blocks compiled; "
+                         "both: eager, then compiled, in this process (compiled after a warm-up edit at the same shapes)")
     ap.add_argument("--skip-views", action="store_true")
     ap.add_argument("--profile", type=Path, default=None, help="also profile a short edit; tables written to this folder")
     ap.add_argument("--smoke", action="store_true", help="a small architecture: checks that the script runs (CPU)")
@@ -274,11 +311,26 @@ def main() -> int:
               "unet_params_M": round(n / 1e6, 1), "build_s": round(time.perf_counter() - t0, 1),
               "views": a.views, "steps": a.steps, "size": a.size, "torch": torch.__version__}
     print(json.dumps(report), flush=True)
-    if not a.skip_views:
-        report["edit_16_views"] = bench_views(models, a.views, a.steps, a.size, a.batch)
-        print(json.dumps(report["edit_16_views"]), flush=True)
+    from edit3dgs.edit import ip2p
+
+    modes = {"off": [False], "on": [True], "both": [False, True]}[a.compile_unet]
+    if a.compile_scope and a.compile_scope != "best":
+        ip2p.COMPILE_SCOPE = a.compile_scope
     if a.variants:
         report["variants"] = bench_variants(models, a.variants.split(","), a.views, a.steps, (a.height, a.width), a.batch)
+        timed_scopes = {sc: report["variants"][f"compiled_{sc}"]["seconds"] for sc in ("blocks", "unet")
+                        if f"compiled_{sc}" in report["variants"]}
+        if a.compile_scope == "best" and timed_scopes:
+            ip2p.COMPILE_SCOPE = min(timed_scopes, key=timed_scopes.get)
+    report["compile_scope"] = ip2p.COMPILE_SCOPE
+    print("compile scope", ip2p.COMPILE_SCOPE, flush=True)
+    if not a.skip_views:
+        for on in modes:
+            ip2p.set_compiled(models, on)
+            key = "edit_16_views" + ("_compiled" if on else "")
+            report[key] = bench_views(models, a.views, a.steps, a.size, a.batch)
+            print(key, json.dumps(report[key]), flush=True)
+        ip2p.set_compiled(models, False)
     if a.profile is not None:
         try:
             report["profile_top_ms"] = profile_multiview(models, a.views, a.width, a.batch, a.profile, height=a.height)
@@ -286,8 +338,15 @@ def main() -> int:
             report["profile_top_ms"] = f"profiling failed: {exc!r}"
         print(json.dumps(report["profile_top_ms"]), flush=True)
     if a.episode:
-        report["episode"] = bench_episode(dev, a.steps)
-        print(json.dumps(report["episode"]), flush=True)
+        for on in modes:
+            key = "episode" + ("_compiled" if on else "")
+            if on:   # compile at the episode's shapes first (16 views of the episode's size, its batch)
+                ip2p.set_compiled(models, True)
+                t0 = time.perf_counter()
+                warm_episode_shapes(models, a.steps)
+                report["episode_compile_warm_up_s"] = round(time.perf_counter() - t0, 1)
+            report[key] = bench_episode(dev, a.steps, compile_unet=on)
+            print(key, json.dumps(report[key]), flush=True)
     print(json.dumps(report, indent=1))
     return 0
 

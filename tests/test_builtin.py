@@ -117,6 +117,29 @@ def test_world_poser_matches_posing_then_binding(builtin_avatar_dir):
     torch.testing.assert_close(g.quats, ref.quats)
 
 
+def test_compiled_posing_is_one_graph_with_the_eager_results(builtin_avatar_dir):
+    """--compile-posing: FLAME posing + the binding transform trace into one torch.compile graph (no graph
+    break: a break would leave the small kernels it exists to fuse) and give the eager world Gaussians.
+    Backend aot_eager: inductor's tracing without its code generation (minutes on a CPU)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from edit3dgs.posing import WorldPoser
+
+    b = open_avatar(builtin_avatar_dir)
+    seq = b.params.select([0, 4, 9])
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        out = WorldPoser(b, compile="aot_eager").pose_and_place(seq)
+        assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"], dict(counters["graph_break"])
+    finally:
+        torch._dynamo.reset()
+    for o, r in zip(out, WorldPoser(b).pose_and_place(seq)):
+        for x, y in ((o.means, r.means), (o.quats, r.quats), (o.scales, r.scales)):
+            torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5)
+
+
 def test_world_poser_sequence_matches_per_timestep(builtin_avatar_dir):
     from edit3dgs.render_avatar import WorldPoser
 

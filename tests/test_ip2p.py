@@ -448,6 +448,70 @@ def test_multiview_edit_with_the_real_unet_across_timesteps(models):
         assert not torch.allclose(per_view.images, out.images)
 
 
+@pytest.mark.parametrize("scope", ["blocks", "unet"])
+def test_compiled_unet_edits_as_the_eager_unet_and_leaves_the_multiview_attention_eager(tiny_ip2p_dir, monkeypatch,
+                                                                                        scope):
+    """--compile-unet: the UNet goes through torch.compile (scope "blocks": the residual, sampling and
+    feed-forward blocks; "unet": all of it, broken around the self-attention layers); the self-attention layers
+    (whose multi-view processors keep Python state per call) stay eager and still see every call; the
+    multi-view edit is the eager one; the flag reaches the loader; turning it off runs eagerly again.
+    (Backend aot_eager: the same tracing as inductor without its C++/Triton code generation, a minute on a CPU.)"""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from edit3dgs.cli.edit import add_ip2p_args, ip2p_options_from_args
+    from edit3dgs.edit import make_editor
+
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_ip2p_args(p)
+    ed = make_editor("ip2p", **ip2p_options_from_args(p.parse_args(["--model", str(tiny_ip2p_dir), "--compile-unet"])))
+    assert ed.memory["compile_unet"] is True and not make_editor("ip2p").memory["compile_unet"]
+
+    monkeypatch.setattr(ip2p, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(ip2p, "COMPILE_SCOPE", scope)
+    cams = ring_cameras(6)
+    pts = torch.as_tensor(np.random.default_rng(2).uniform(-0.1, 0.1, (300, 3)), dtype=torch.float32)
+    views = [View(c, 0, pts) for c in cams]
+    imgs = torch.rand(6, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    s = IP2PSettings(steps=3, resolution=32, chunk_size=3, min_timestep=0, inpaint=False, batch_size=4)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        m = load_ip2p(str(tiny_ip2p_dir), device="cpu")
+        assert not m.compiled
+        eager = edit_images(m, imgs, "make it blue", s, views=views)
+        plans = []
+        plan = m.mv.plan
+        monkeypatch.setattr(m.mv, "plan", lambda *a, **k: plans.append(a[1:3]) or plan(*a, **k))
+        m = load_ip2p(str(tiny_ip2p_dir), device="cpu", compile_unet=True)
+        compiled = {type(x).__name__ for x in m.unet.modules() if getattr(x, "_compiled_call_impl", None) is not None}
+        if scope == "blocks":
+            assert compiled == {"ResnetBlock2D", "Downsample2D", "Upsample2D", "FeedForward"} & {
+                type(x).__name__ for x in m.unet.modules()} and "ResnetBlock2D" in compiled
+        else:
+            assert compiled == {"UNet2DConditionModel"}
+        out = edit_images(m, imgs, "make it blue", s, views=views)
+        assert counters["stats"]["unique_graphs"] > 0
+        # the only graph breaks: around the self-attention layers kept eager
+        assert all("torch.compiler.disable" in why for why in counters["graph_break"]), list(counters["graph_break"])
+        assert bool(counters["graph_break"]) == (scope == "unet")
+        assert plans, "the multi-view processors ran (eagerly) inside the compiled UNet"
+        assert out.key_views == eager.key_views
+        torch.testing.assert_close(out.images, eager.images, atol=1e-5, rtol=0)
+        graphs = counters["stats"]["unique_graphs"]
+        m = load_ip2p(str(tiny_ip2p_dir), device="cpu")     # off again: eager, nothing compiled any more
+        assert not m.compiled and not any(getattr(x, "_compiled_call_impl", None) for x in m.unet.modules())
+        assert not any("forward" in x.__dict__ for x in m.unet.modules())
+        torch.testing.assert_close(edit_images(m, imgs, "make it blue", s, views=views).images, eager.images,
+                                   atol=0, rtol=0)
+        assert counters["stats"]["unique_graphs"] == graphs
+    finally:
+        ip2p.set_compiled(m, False)
+        torch._dynamo.reset()
+
+
 def test_binding_correspondences_follow_the_moving_head():
     cam = ring_cameras(1)[0]
     rng = np.random.default_rng(1)

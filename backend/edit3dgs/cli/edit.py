@@ -122,6 +122,9 @@ def add_ip2p_args(parser) -> None:
     add("--vae-tiling", action="store_true", default=None, help="VAE in tiles (large images)")
     add("--cpu-offload", action="store_true", default=None,
         help="keep models on the CPU, move each to the GPU while it runs")
+    add("--compile-unet", action="store_true", default=None,
+        help="torch.compile the UNet's convolution and feed-forward blocks: about 1.3x faster diffusion on a GPU "
+             "after a compile of about a minute at the first edit of each image size (cached on disk)")
 
 
 def ip2p_options_from_args(args) -> dict:
@@ -129,7 +132,8 @@ def ip2p_options_from_args(args) -> dict:
     defaults, ``IP2PSettings``', for the rest; a ``--device`` other than auto is passed on)."""
     get = lambda name: getattr(args, name, None)  # noqa: E731
     opts = {k: get(k) for k in (*IP2P_FLAG_HELP, "model", "dtype", "mask_source", "detector_model", "sam_model",
-                                "reedit_strength", "attention_slicing", "vae_tiling", "cpu_offload")}
+                                "reedit_strength", "attention_slicing", "vae_tiling", "cpu_offload",
+                                "compile_unet")}
     opts["inpaint_regions"] = [r.strip() for r in (get("inpaint_regions") or "").split(",") if r.strip()] or None
     if get("device") not in (None, "auto"):
         opts["device"] = get("device")

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..errors import CancelledError, Edit3DGSError
 from .base import EditRequest, Editor, Progress, no_progress
 from .inpaint import latent_masks, reinject
-from .mv_attention import MultiViewContext, View, install
+from .mv_attention import MultiViewAttnProcessor, MultiViewContext, View, install
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 # ``--model builtin``: the small Instruct-Pix2Pix trained on the built-in head (``edit3dgs train-editor``).
@@ -69,6 +69,7 @@ class IP2PModels:
     source: str
     offload: bool = False
     resolution: int = 512               # native short side (edit3dgs_model.json; 512 for Stable Diffusion 1.5)
+    compiled: str | bool = False        # the scope compiled with torch.compile (``set_compiled``), or False
 
     @property
     def vae_scale_factor(self) -> int:
@@ -110,6 +111,59 @@ def tune(models: "IP2PModels") -> "IP2PModels":
         fmt = torch.channels_last if CUDA_CHANNELS_LAST else torch.contiguous_format
         models.unet.to(memory_format=fmt)
         models.vae.to(memory_format=fmt)
+    return models
+
+
+# ``set_compiled`` (opt-in: ``--compile-unet``): torch.compile of the UNet's blocks that hold no multi-view
+# attention -- its residual blocks, down/up-samplers and feed-forward layers, where the time outside the
+# matrix products goes (GroupNorm, SiLU, GEGLU, adds and layout conversions: about half of a step on an
+# H200, benchmarks/results/ip2p_speed_h200.txt). The self-attention layers stay eager: their multi-view
+# processors keep per-call Python state (key views, match plans) that a compiled graph would have to
+# guard on and recompile for. Each block is compiled once per input shape (static shapes, so one edit's
+# few shapes); inductor keeps the compiled code on disk, so later processes start faster.
+COMPILED_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D", "FeedForward")
+COMPILE_BACKEND = "inductor"
+COMPILE_DYNAMIC: bool | None = False
+COMPILE_RECOMPILE_LIMIT = 256         # distinct (graph, shape) pairs: a few dozen per image size and batch
+# "blocks": the blocks above, each compiled on its own. "unet": the whole UNet, with the multi-view
+# self-attention layers excluded (torch.compiler.disable): the graph breaks around them, so everything
+# between two of them is one graph (cross-attention, norms and projections fuse too).
+COMPILE_SCOPE = "blocks"
+
+
+def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
+    """Run the UNet's blocks without multi-view attention through ``torch.compile`` (``on``), or eagerly
+    again (``on=False``; compiled code stays cached for the process). Results are the eager ones up to
+    float rounding (tests/test_ip2p.py). The first edit at a new image size or batch compiles (about half a
+    minute for the full-size UNet on an H200); later ones run at once."""
+    on = bool(on)
+    if on == bool(models.compiled):
+        return models
+    unet = models.unet
+    if on:
+        import torch._dynamo
+
+        for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                     "accumulated_cache_size_limit"):
+            if getattr(torch._dynamo.config, name, COMPILE_RECOMPILE_LIMIT) < COMPILE_RECOMPILE_LIMIT:
+                setattr(torch._dynamo.config, name, COMPILE_RECOMPILE_LIMIT)
+        opts = dict(backend=COMPILE_BACKEND, dynamic=COMPILE_DYNAMIC)
+        if COMPILE_SCOPE == "unet":
+            for m in unet.modules():
+                if isinstance(getattr(m, "processor", None), MultiViewAttnProcessor):
+                    m.forward = torch.compiler.disable(m.forward)   # eager, with its per-call state
+            unet.compile(**opts)
+        else:
+            for m in unet.modules():
+                if type(m).__name__ in COMPILED_BLOCKS:
+                    m.compile(**opts)
+        models.compiled = COMPILE_SCOPE
+    else:
+        for m in unet.modules():
+            m._compiled_call_impl = None
+            if "forward" in m.__dict__:    # the multi-view layers' disabled forward
+                del m.forward
+        models.compiled = False
     return models
 
 
@@ -183,13 +237,14 @@ def ddim_scheduler(src: str):
 
 
 def load_ip2p(model: str = DEFAULT_MODEL, device: str | torch.device = "auto", dtype=None,
-              attention_slicing: bool = False, vae_tiling: bool = False, cpu_offload: bool = False) -> IP2PModels:
+              attention_slicing: bool = False, vae_tiling: bool = False, cpu_offload: bool = False,
+              compile_unet: bool = False) -> IP2PModels:
     """Instruct-Pix2Pix components from a model id (Hugging Face cache) or a local diffusers folder.
 
     Safetensors only. Loaded models are cached per (model, device, dtype, offload) for the
     process, so later edits start at once. Memory options: ``attention_slicing`` (one batch
     entry per attention call), ``vae_tiling`` (VAE in tiles), ``cpu_offload`` (each component
-    on the device only while it runs).
+    on the device only while it runs). Speed: ``compile_unet`` (``set_compiled``).
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dev, dtype)
@@ -242,7 +297,7 @@ def load_ip2p(model: str = DEFAULT_MODEL, device: str | torch.device = "auto", d
         m.vae.enable_tiling()
     else:
         m.vae.disable_tiling()
-    return m
+    return set_compiled(m, compile_unet)
 
 
 def clear_cache() -> None:
@@ -613,7 +668,8 @@ class InstructPix2PixEditor(Editor):
                  detector_model: str | None = None, sam_model: str | None = None,
                  detector_queries: Sequence[str] | None = None, box_threshold: float = 0.3, text_threshold: float = 0.25,
                  reedit_strength: float | None = None, attention_slicing: bool = False, vae_tiling: bool = False,
-                 cpu_offload: bool = False, settings: IP2PSettings | None = None, **options):
+                 cpu_offload: bool = False, compile_unet: bool = False, settings: IP2PSettings | None = None,
+                 **options):
         """``options``: ``IP2PSettings`` fields, its defaults for the rest (the one table of them); a
         ``seed`` left out or None: the loop gives each round its own."""
         if mask_source not in ("flame", "detector"):
@@ -622,7 +678,8 @@ class InstructPix2PixEditor(Editor):
             raise Edit3DGSError("--reedit-strength", "a noise strength in (0, 1]", repr(reedit_strength))
         seed = options.pop("seed", None)
         self.model, self.device, self.dtype = model, device, dtype
-        self.memory = dict(attention_slicing=attention_slicing, vae_tiling=vae_tiling, cpu_offload=cpu_offload)
+        self.memory = dict(attention_slicing=attention_slicing, vae_tiling=vae_tiling, cpu_offload=cpu_offload,
+                           compile_unet=bool(compile_unet))
         self.settings = replace(settings or IP2PSettings(), **options, **({} if seed is None else {"seed": seed}))
         self.fixed_seed = seed is not None
         self.inpaint_regions = list(inpaint_regions)
