@@ -1,7 +1,9 @@
 """'Set Up Backend' through the real operator with a fake Python whose pip fails, hangs or succeeds (no network):
 a wheels folder installs with no index; a failure shows as failed (not a full bar) and changes nothing; Cancel
 ends the running step within 2 s; the diffusion extras only for the Instruct-Pix2Pix editor; no network without
-Online Access."""
+Online Access. And once for real: ``python build.py wheels`` makes the folder (the real CPU torch, every
+dependency of the backend, setuptools), the real operator installs the extension's bundled backend from it into
+a fresh venv with no index and no network, and that backend imports an avatar and edits it through the bridge."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import time
 import bpy
 import pytest
 
-from conftest import EXT_MODULE
+from conftest import EXT_MODULE, REPO, configure_edit, import_avatar, pump
 
 FAKE_PYTHON = """#!/bin/sh
 # a base Python: '-m venv DIR' makes DIR/bin/python, a Python whose pip does what $FAKE_PIP says
@@ -206,3 +208,112 @@ def test_real_pip_installs_from_a_wheels_folder_with_no_index(tmp_path):
     check = subprocess.run([py, "-c", "import torch, tinydep, edit3dgs; print(torch.FAKE)"], capture_output=True,
                            text=True)
     assert check.returncode == 0 and check.stdout.strip() == "True", check.stderr
+
+
+def test_wheels_folder_follows_the_targets_markers(tmp_path):
+    """pip download evaluates markers on the machine it runs on: build.py walks the folder with the target's
+    markers, so a folder for Windows gets tqdm's colorama even when made on Linux."""
+    sys.path.insert(0, str(REPO))
+    import build
+
+    _wheel(tmp_path, "tqdm", "4.70.1", {}, requires=('colorama; platform_system == "Windows"',
+                                                     'ipywidgets>=6; extra == "notebook"'))
+    _wheel(tmp_path, "torch", "2.13.0+cpu", {}, requires=("filelock",))
+    _wheel(tmp_path, "filelock", "3.0", {})
+    roots = ["torch==2.13.0+cpu", "tqdm>=4.60"]
+    for tag, missing in ((None, []), ("manylinux_2_28_x86_64", []), ("macosx_11_0_arm64", []),
+                         ("win_amd64", ["colorama (needed by tqdm 4.70.1)"])):
+        got, used = build.folder_requirements(tmp_path, roots, build.target_environment(tag, "3.11"))
+        assert got == missing, tag
+        assert sorted(w.name.split("-")[0] for w in used) == ["filelock", "torch", "tqdm"], tag
+    _wheel(tmp_path, "colorama", "0.4.6", {})
+    assert build.folder_requirements(tmp_path, ["tqdm"], build.target_environment("win_amd64", "3.11"))[0] == []
+    assert build.folder_requirements(tmp_path, ["torch>=2.14"], build.target_environment(None, "3.11"))[0] == \
+        ["torch>=2.14 (needed by the backend)"]
+
+
+@pytest.fixture(scope="module")
+def wheels_folder(tmp_path_factory):
+    """The folder an artist makes with the README's command (pip download: needs the package index once; pip's
+    cache makes later runs fast). Deleted afterwards (about 260 MB)."""
+    import shutil
+    import subprocess
+
+    out = tmp_path_factory.mktemp("wheels") / "edit3dgs-wheels"
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, str(REPO / "build.py"), "wheels", "--out", str(out)],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, (f"`python build.py wheels --out {out}` failed (it downloads from the package index "
+                                 f"and PyTorch's CPU index):\n{(res.stdout + res.stderr)[-4000:]}")
+    print(f"wheels folder made in {time.monotonic() - t0:.1f} s: {res.stdout.splitlines()[-1]}")
+    yield out
+    shutil.rmtree(out.parent, ignore_errors=True)
+
+
+def test_real_setup_from_a_wheels_folder_then_import_and_edit(scene, ext, wheels_folder, monkeypatch, tmp_path):
+    """Set Up Backend for real from the folder build.py makes: Blender's Python makes the venv, the real CPU torch
+    and every dependency come from the folder, the extension's bundled backend is built from its source with the
+    folder's setuptools; pip may reach nothing else (its configuration and PIP_* are cleared; an index and a proxy
+    that answer nothing are set). Then the add-on's backend runs on that venv: import the built-in avatar (made by
+    the venv's own `edit3dgs` command) and a region edit, through the bridge."""
+    import shutil
+    import subprocess
+
+    rt = sys.modules[EXT_MODULE + ".runtime"]
+    installer = sys.modules[EXT_MODULE + ".installer"]
+    prefs = bpy.context.preferences.addons[EXT_MODULE].preferences
+    before = prefs.backend_python
+    venv = rt.user_dir() / "venv"
+    shutil.rmtree(venv, ignore_errors=True)  # the fake tests' venv
+    (rt.user_dir() / "logs" / "setup.log").unlink(missing_ok=True)
+    for key in [k for k in os.environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(key)
+    nowhere = "http://127.0.0.1:9"  # the discard port: nothing answers
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no pip.conf (this machine's adds find-links and indexes)
+    monkeypatch.setenv("PIP_INDEX_URL", nowhere + "/simple/")
+    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(key, nowhere)
+    prefs.wheels_dir = str(wheels_folder)
+    try:
+        t0 = time.monotonic()
+        runner = run_setup(rt, timeout=600)
+        took = time.monotonic() - t0
+        log = runner.log_path.read_text()
+        assert runner.state == "done" and runner.factor == 1.0, f"{runner.error}\n{log[-4000:]}"
+        print(f"Set Up Backend from the wheels folder: {took:.1f} s")
+        venv_py = installer.venv_python(venv)
+        assert prefs.backend_python == str(venv_py)
+        # from the folder and the bundled source only: pip looked at no index
+        assert "Looking in indexes" not in log and f"Looking in links: {wheels_folder}" in log, log[-4000:]
+        sources = [line.split()[1] for line in log.splitlines() if line.startswith("Processing ")]
+        assert sources and all(src.startswith((str(wheels_folder), str(rt.user_dir()))) for src in sources), sources
+        listed = subprocess.run([str(venv_py), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True)
+        got = dict(line.split("==") for line in listed.stdout.split())
+        assert got.get("torch", "").endswith("+cpu") and got.get("edit3dgs") == "0.1.0", got
+        assert not [n for n in got if n.startswith("nvidia")] and "diffusers" not in got, got
+        for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "PIP_INDEX_URL"):
+            monkeypatch.delenv(key)
+
+        # the venv's own command makes the built-in avatar
+        avatar = tmp_path / "ada"
+        res = subprocess.run([str(venv_py.parent / "edit3dgs"), "make-avatar", "--out", str(avatar), "--frames", "8",
+                              "--gaussians-per-face", "2"], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        # the add-on's backend on the new venv (the environment's interpreter would win over the preference)
+        monkeypatch.delenv("EDIT3DGS_BACKEND_PYTHON")
+        b = rt.backend()
+        assert b.python == str(venv_py)
+        objs = import_avatar(avatar)
+        assert "preview" in objs
+        configure_edit(prompt="make the hair blue")
+        assert bpy.ops.edit3dgs.run_edit() == {"FINISHED"}
+        s = scene.edit3dgs
+        pump(ext, lambda: not s.running, timeout=300)
+        assert s.status == "DONE", s.report
+        assert len(objs["preview"].edit3dgs.versions) == 2
+        assert rt.state.backend.python == str(venv_py), "the edit ran on another backend"
+    finally:
+        rt.shutdown()  # the next test starts the usual backend again
+        prefs.wheels_dir, prefs.backend_python = "", before
+        rt.state.last_setup = None
+        shutil.rmtree(venv, ignore_errors=True)
