@@ -174,12 +174,26 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 '''
 
 
-def test_real_pip_installs_from_a_wheels_folder_with_no_index(tmp_path):
+def decoy_pip_sources(folder, monkeypatch) -> None:
+    """What an artist's pip may be set up with: links holding a torch that would win (a higher version), an
+    index and a proxy that answer nothing. Set Up Backend from a Wheels Folder must use none of them."""
+    folder.mkdir()
+    _wheel(folder, "torch", "2.13.0+decoy", {"torch/__init__.py": "raise ImportError('the decoy torch')\n"})
+    nowhere = "http://127.0.0.1:9"  # the discard port: nothing answers
+    monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
+    monkeypatch.setenv("PIP_INDEX_URL", nowhere + "/simple/")
+    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(key, nowhere)
+
+
+def test_real_pip_installs_from_a_wheels_folder_with_no_index(tmp_path, monkeypatch):
     """The commands Set Up Backend runs, with the real venv and pip, from a folder of wheels: torch and the
-    backend's dependencies come from the folder, the backend is built from its source, nothing from an index."""
+    backend's dependencies come from the folder, the backend is built from its source, nothing from an index
+    or from the links pip is configured with."""
     import inspect
 
     from edit3dgs_addon import installer
+    decoy_pip_sources(tmp_path / "decoy", monkeypatch)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     _wheel(wheels, "torch", installer.TORCH.split("==")[1], {"torch/__init__.py": "FAKE = True\n"})
@@ -196,12 +210,13 @@ def test_real_pip_installs_from_a_wheels_folder_with_no_index(tmp_path):
         "    return 'edit3dgs-0.1.0-py3-none-any.whl'\n")
     venv = tmp_path / "venv"
     cmds = installer.setup_commands(sys.executable, venv, backend, wheels=wheels, gpu=False, system="Linux")
-    runner = installer.StepRunner(cmds, tmp_path / "setup.log")
+    runner = installer.StepRunner(cmds, tmp_path / "setup.log", wheels=True)
     end = time.monotonic() + 240
     while runner.poll()[0] == "running" and time.monotonic() < end:
         time.sleep(0.1)
     log = (tmp_path / "setup.log").read_text()
     assert runner.state == "done", runner.error + "\n" + log[-3000:]
+    assert_from_the_folder_alone(log, wheels, tmp_path)
     py = str(installer.venv_python(venv))
     import subprocess
 
@@ -230,6 +245,13 @@ def test_wheels_folder_follows_the_targets_markers(tmp_path):
     assert build.folder_requirements(tmp_path, ["tqdm"], build.target_environment("win_amd64", "3.11"))[0] == []
     assert build.folder_requirements(tmp_path, ["torch>=2.14"], build.target_environment(None, "3.11"))[0] == \
         ["torch>=2.14 (needed by the backend)"]
+
+
+def assert_from_the_folder_alone(log: str, wheels, *also) -> None:
+    links = [line for line in log.splitlines() if line.startswith(("Looking in links", "Looking in indexes"))]
+    assert links and set(links) == {f"Looking in links: {wheels}"}, links
+    sources = [line.split()[1] for line in log.splitlines() if line.startswith("Processing ")]
+    assert sources and all(src.startswith(tuple(map(str, (wheels, *also)))) for src in sources), sources
 
 
 @pytest.fixture(scope="module")
@@ -266,13 +288,7 @@ def test_real_setup_from_a_wheels_folder_then_import_and_edit(scene, ext, wheels
     venv = rt.user_dir() / "venv"
     shutil.rmtree(venv, ignore_errors=True)  # the fake tests' venv
     (rt.user_dir() / "logs" / "setup.log").unlink(missing_ok=True)
-    for key in [k for k in os.environ if k.startswith("PIP_")]:
-        monkeypatch.delenv(key)
-    nowhere = "http://127.0.0.1:9"  # the discard port: nothing answers
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no pip.conf (this machine's adds find-links and indexes)
-    monkeypatch.setenv("PIP_INDEX_URL", nowhere + "/simple/")
-    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.setenv(key, nowhere)
+    decoy_pip_sources(tmp_path / "decoy", monkeypatch)
     prefs.wheels_dir = str(wheels_folder)
     try:
         t0 = time.monotonic()
@@ -283,19 +299,19 @@ def test_real_setup_from_a_wheels_folder_then_import_and_edit(scene, ext, wheels
         print(f"Set Up Backend from the wheels folder: {took:.1f} s")
         venv_py = installer.venv_python(venv)
         assert prefs.backend_python == str(venv_py)
-        # from the folder and the bundled source only: pip looked at no index
-        assert "Looking in indexes" not in log and f"Looking in links: {wheels_folder}" in log, log[-4000:]
-        sources = [line.split()[1] for line in log.splitlines() if line.startswith("Processing ")]
-        assert sources and all(src.startswith((str(wheels_folder), str(rt.user_dir()))) for src in sources), sources
+        # from the folder and the bundled source only: no index, no configured links
+        assert_from_the_folder_alone(log, wheels_folder, rt.user_dir())
         listed = subprocess.run([str(venv_py), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True)
         got = dict(line.split("==") for line in listed.stdout.split())
         assert got.get("torch", "").endswith("+cpu") and got.get("edit3dgs") == "0.1.0", got
         assert not [n for n in got if n.startswith("nvidia")] and "diffusers" not in got, got
-        for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "PIP_INDEX_URL"):
+        for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "PIP_INDEX_URL",
+                    "PIP_FIND_LINKS"):
             monkeypatch.delenv(key)
 
         # the venv's own command makes the built-in avatar
         avatar = tmp_path / "ada"
+        t1 = time.monotonic()
         res = subprocess.run([str(venv_py.parent / "edit3dgs"), "make-avatar", "--out", str(avatar), "--frames", "8",
                               "--gaussians-per-face", "2"], capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -303,8 +319,10 @@ def test_real_setup_from_a_wheels_folder_then_import_and_edit(scene, ext, wheels
         monkeypatch.delenv("EDIT3DGS_BACKEND_PYTHON")
         b = rt.backend()
         assert b.python == str(venv_py)
+        t2 = time.monotonic()
         objs = import_avatar(avatar)
         assert "preview" in objs
+        t3 = time.monotonic()
         configure_edit(prompt="make the hair blue")
         assert bpy.ops.edit3dgs.run_edit() == {"FINISHED"}
         s = scene.edit3dgs
@@ -312,6 +330,7 @@ def test_real_setup_from_a_wheels_folder_then_import_and_edit(scene, ext, wheels
         assert s.status == "DONE", s.report
         assert len(objs["preview"].edit3dgs.versions) == 2
         assert rt.state.backend.python == str(venv_py), "the edit ran on another backend"
+        print(f"on the new venv: make-avatar {t2 - t1:.1f} s, import {t3 - t2:.1f} s, edit {time.monotonic() - t3:.1f} s")
     finally:
         rt.shutdown()  # the next test starts the usual backend again
         prefs.wheels_dir, prefs.backend_python = "", before
