@@ -97,6 +97,7 @@ class StepRunner:
     def __init__(self, commands, log_path: Path, wheels: bool = False):
         self.commands = list(commands)
         self.wheels = bool(wheels)
+        self._step_start = 0  # where the running step's output starts in the log
         self.log_path = Path(log_path)
         self.index = -1
         self.proc: subprocess.Popen | None = None
@@ -126,11 +127,25 @@ class StepRunner:
         label, argv = self.commands[self.index]
         self._log.write(f"\n--- {label}: {' '.join(argv)}\n".encode())
         self._log.flush()
+        self._step_start = self._log.tell()
         try:
             self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=step_env(self.wheels))
         except OSError as exc:
             self._fail(f"{label}: {exc}")
+
+    def _step_error(self) -> str:
+        """pip's last 'ERROR:' line of the step that failed (what is missing, most often), for the status line."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._step_start)
+                lines = fh.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        said = next((ln[len("ERROR:"):].strip() for ln in reversed(lines) if ln.startswith("ERROR:")), "")
+        if self.wheels and said.startswith("No matching distribution found for"):
+            said += " in the Wheels Folder"
+        return said[:200]
 
     def _fail(self, msg: str, state: str = "failed") -> None:
         self.state, self.error = state, f"{msg} (log: {self.log_path})"
@@ -143,7 +158,8 @@ class StepRunner:
             code = self.proc.poll()
             if code is not None:
                 if code != 0:
-                    self._fail(f"{self.label} failed (exit status {code})")
+                    said = self._step_error()
+                    self._fail(f"{self.label} failed (exit status {code})" + (f": {said}" if said else ""))
                 else:
                     self._next()
         return self.state, self.index, self.label
