@@ -227,10 +227,11 @@ def test_real_pip_installs_from_a_wheels_folder_with_no_index(tmp_path, monkeypa
 
 
 def test_wheels_folder_follows_the_targets_markers(tmp_path):
-    """pip download evaluates markers on the machine it runs on: build.py walks the folder with the target's
+    """pip download evaluates markers on the machine it runs on: wheels.py walks the folder with the target's
     markers, so a folder for Windows gets tqdm's colorama even when made on Linux."""
-    sys.path.insert(0, str(REPO))
-    import build
+    import subprocess
+
+    from edit3dgs_addon import wheels as build
 
     _wheel(tmp_path, "tqdm", "4.70.1", {}, requires=('colorama; platform_system == "Windows"',
                                                      'ipywidgets>=6; extra == "notebook"'))
@@ -246,6 +247,8 @@ def test_wheels_folder_follows_the_targets_markers(tmp_path):
     assert build.folder_requirements(tmp_path, ["tqdm"], build.target_environment("win_amd64", "3.11"))[0] == []
     assert build.folder_requirements(tmp_path, ["torch>=2.14"], build.target_environment(None, "3.11"))[0] == \
         ["torch>=2.14 (needed by the backend)"]
+    res = subprocess.run([sys.executable, str(REPO / "build.py"), "wheels", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "usage: build.py wheels" in res.stdout and "--platform" in res.stdout, res.stderr
 
 
 def assert_from_the_folder_alone(log: str, wheels, *also) -> None:
@@ -256,18 +259,20 @@ def assert_from_the_folder_alone(log: str, wheels, *also) -> None:
 
 
 @pytest.fixture(scope="module")
-def wheels_folder(tmp_path_factory):
-    """The folder an artist makes with the README's command (pip download: needs the package index once; pip's
-    cache makes later runs fast). Deleted afterwards (about 260 MB)."""
+def wheels_folder(ext, tmp_path_factory):
+    """The folder an artist makes with the README's command, here the installed extension's copy of it (`python
+    build.py wheels` runs the same file from the repository): pip download needs the package index and PyTorch's
+    CPU index once, pip's cache makes later runs fast. Deleted afterwards (about 260 MB)."""
     import shutil
     import subprocess
+    from pathlib import Path
 
+    script = Path(ext.__file__).parent / "wheels.py"
     out = tmp_path_factory.mktemp("wheels") / "edit3dgs-wheels"
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, str(REPO / "build.py"), "wheels", "--out", str(out)],
-                         capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, (f"`python build.py wheels --out {out}` failed (it downloads from the package index "
-                                 f"and PyTorch's CPU index):\n{(res.stdout + res.stderr)[-4000:]}")
+    res = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, (f"`python {script} --out {out}` failed (it downloads from the package index and "
+                                 f"PyTorch's CPU index):\n{(res.stdout + res.stderr)[-4000:]}")
     print(f"wheels folder made in {time.monotonic() - t0:.1f} s: {res.stdout.splitlines()[-1]}")
     yield out
     shutil.rmtree(out.parent, ignore_errors=True)
