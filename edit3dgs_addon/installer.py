@@ -57,7 +57,8 @@ def setup_commands(base_python: str, venv: Path, backend_dir: Path, extras: str 
     ``wheels``: a folder of wheels to install from with no network (pip ``--no-index --find-links``; it must
     hold torch, the backend's dependencies and setuptools: ``python build.py wheels --out DIR`` makes one; run
     the commands with ``StepRunner(..., wheels=True)`` so that the folder is the only source); else the package
-    index and PyTorch's index for this machine's build. ``extras``: "diffusion" for the Instruct-Pix2Pix editor (diffusers, transformers)."""
+    index and PyTorch's index for this machine's build. ``extras``: "diffusion" for the Instruct-Pix2Pix editor
+    (diffusers, transformers)."""
     py = str(venv_python(venv))
     pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
     cmds = [("create venv", [base_python, "-m", "venv", str(venv)])]

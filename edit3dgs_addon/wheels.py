@@ -134,7 +134,8 @@ def wheels(out: Path, torch_build: str = "cpu", platform_tag: str | None = None,
     if torch_build == "cuda" and system == "Darwin":
         sys.exit("wheels: --torch cuda: PyTorch has no CUDA build for macOS (leave --torch out there)")
     _, index = inst.torch_choice(system=system, gpu=torch_build == "cuda")
-    tags = ["--only-binary=:all:", "--python-version", python_version] + (["--platform", platform_tag] if platform_tag else [])
+    tags = ["--only-binary=:all:", "--python-version", python_version]
+    tags += ["--platform", platform_tag] if platform_tag else []
     out.mkdir(parents=True, exist_ok=True)
     # 1. torch alone from its own index (PyPI's Linux torch is the CUDA build and pulls the multi-GB CUDA stack)
     with tempfile.TemporaryDirectory(dir=out, prefix=".torch-") as tmp:
@@ -155,9 +156,14 @@ def wheels(out: Path, torch_build: str = "cpu", platform_tag: str | None = None,
     roots = [f"torch=={torch_version}", *project["project"]["dependencies"],
              *(project["project"]["optional-dependencies"]["diffusion"] if diffusion else []),
              *project["build-system"]["requires"]]  # building the bundled backend: setuptools (>= 70.1 needs no wheel)
-    _pip_download(["-d", str(out), "--find-links", str(out), *tags, *roots], "the backend's dependencies")
-    # 3. what pip left out for another platform's markers, until nothing is missing
-    for _ in range(8):
+    # For another platform or Python pip's resolver would read the markers of this one (missing tqdm's colorama
+    # for Windows, or asking for torch's Linux-only nvidia packages there): then each wheel alone, and the walk
+    # below follows the dependencies with the target's markers.
+    here = platform_tag is None and python_version == "%d.%d" % sys.version_info[:2]
+    _pip_download(["-d", str(out), "--find-links", str(out), *tags, *roots] + ([] if here else ["--no-deps"]),
+                  "the backend's dependencies")
+    # 3. what is still missing for the target's markers, until nothing is
+    for _ in range(30):
         missing, used = folder_requirements(out, roots, env)
         if not missing:
             break
@@ -177,7 +183,8 @@ def backend_pyproject() -> Path:
     for p in (HERE / "backend" / "pyproject.toml", HERE.parent / "backend" / "pyproject.toml"):
         if p.is_file():
             return p
-    sys.exit(f"wheels: expected the backend's pyproject.toml in {HERE / 'backend'} or {HERE.parent / 'backend'}, found none")
+    sys.exit(f"wheels: expected the backend's pyproject.toml in {HERE / 'backend'} or {HERE.parent / 'backend'}, "
+             "found none")
 
 
 def main(argv=None, prog: str | None = None) -> int:

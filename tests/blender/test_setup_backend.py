@@ -336,7 +336,8 @@ def test_real_setup_from_a_wheels_folder_then_import_and_edit(scene, ext, wheels
         assert s.status == "DONE", s.report
         assert len(objs["preview"].edit3dgs.versions) == 2
         assert rt.state.backend.python == str(venv_py), "the edit ran on another backend"
-        print(f"on the new venv: make-avatar {t2 - t1:.1f} s, import {t3 - t2:.1f} s, edit {time.monotonic() - t3:.1f} s")
+        print(f"on the new venv: make-avatar {t2 - t1:.1f} s, import {t3 - t2:.1f} s, "
+              f"edit {time.monotonic() - t3:.1f} s")
     finally:
         rt.shutdown()  # the next test starts the usual backend again
         prefs.wheels_dir, prefs.backend_python = "", before
