@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Build the installable Blender extension: ``python build.py`` -> ``dist/edit3dgs-<version>.zip``.
 
+``python build.py wheels --out DIR`` makes a folder of wheels that "Set Up Backend" installs from with no
+network (the add-on's "Wheels Folder"; ``--help`` for its options): edit3dgs_addon/wheels.py, which the
+extension carries too (``python wheels.py --out DIR`` in the installed extension's folder).
+
 Layout inside the zip (the extension's package root):
     blender_manifest.toml, __init__.py and the modules of edit3dgs_addon/,
     operators/ and panels/ (subpackages), backend/ (the backend's source and
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -72,14 +77,26 @@ def check_zip(out: Path) -> None:
     with zipfile.ZipFile(out) as z:
         names = set(z.namelist())
     need = {"blender_manifest.toml", "__init__.py", "operators/__init__.py", "panels/__init__.py",
-            "backend/pyproject.toml", "backend/edit3dgs/server.py"}
+            "backend/pyproject.toml", "backend/edit3dgs/server.py", "installer.py", "wheels.py"}
     missing = sorted(need - names)
     if missing:
         sys.exit(f"build: {out}: expected {', '.join(missing)} in the zip, found none")
 
 
+def wheels_main(argv) -> int:
+    """``python build.py wheels ...``: edit3dgs_addon/wheels.py (shipped in the extension too) with its options."""
+    spec = importlib.util.spec_from_file_location("edit3dgs_wheels", ROOT / "edit3dgs_addon" / "wheels.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(argv, prog="build.py wheels")
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["wheels"]:
+        return wheels_main(argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="python build.py wheels --help: the Wheels Folder's options")
     ap.add_argument("--out-dir", default=str(ROOT / "dist"))
     a = ap.parse_args(argv)
     ident, version = manifest_version()

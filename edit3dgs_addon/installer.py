@@ -55,8 +55,10 @@ def setup_commands(base_python: str, venv: Path, backend_dir: Path, extras: str 
     """[(label, argv)] to create the venv and install the backend into it.
 
     ``wheels``: a folder of wheels to install from with no network (pip ``--no-index --find-links``; it must
-    hold torch, the backend's dependencies and setuptools); else the package index and PyTorch's index for
-    this machine's build. ``extras``: "diffusion" for the Instruct-Pix2Pix editor (diffusers, transformers)."""
+    hold torch, the backend's dependencies and setuptools: ``python build.py wheels --out DIR`` makes one; run
+    the commands with ``StepRunner(..., wheels=True)`` so that the folder is the only source); else the package
+    index and PyTorch's index for this machine's build. ``extras``: "diffusion" for the Instruct-Pix2Pix editor
+    (diffusers, transformers)."""
     py = str(venv_python(venv))
     pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
     cmds = [("create venv", [base_python, "-m", "venv", str(venv)])]
@@ -74,11 +76,29 @@ def setup_commands(base_python: str, venv: Path, backend_dir: Path, extras: str 
     return cmds
 
 
-class StepRunner:
-    """Runs [(label, argv)] in order; ``poll()`` -> (state, step index, label), state in running/done/failed."""
+def step_env(wheels: bool = False) -> dict:
+    """The environment of the setup's steps: never Blender's PYTHONPATH/PYTHONHOME. From a Wheels Folder pip
+    also reads no configuration file and no PIP_* variable: a pip.conf's or PIP_FIND_LINKS's links would add to
+    the folder (``--find-links`` adds to them, ``--no-index`` keeps them) and make a folder that lacks a package
+    look complete; the online setup keeps them (an artist's mirror, proxy or certificate)."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.pop("PYTHONHOME", None)
+    if wheels:
+        for key in [k for k in env if k.upper().startswith("PIP_")]:
+            del env[key]
+        env["PIP_CONFIG_FILE"] = os.devnull
+    return env
 
-    def __init__(self, commands, log_path: Path):
+
+class StepRunner:
+    """Runs [(label, argv)] in order; ``poll()`` -> (state, step index, label), state in running/done/failed.
+    ``wheels``: the steps install from a Wheels Folder alone (see ``step_env``)."""
+
+    def __init__(self, commands, log_path: Path, wheels: bool = False):
         self.commands = list(commands)
+        self.wheels = bool(wheels)
+        self._step_start = 0  # where the running step's output starts in the log
         self.log_path = Path(log_path)
         self.index = -1
         self.proc: subprocess.Popen | None = None
@@ -108,13 +128,25 @@ class StepRunner:
         label, argv = self.commands[self.index]
         self._log.write(f"\n--- {label}: {' '.join(argv)}\n".encode())
         self._log.flush()
-        env = dict(os.environ)
-        env.pop("PYTHONPATH", None)
-        env.pop("PYTHONHOME", None)
+        self._step_start = self._log.tell()
         try:
-            self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=step_env(self.wheels))
         except OSError as exc:
             self._fail(f"{label}: {exc}")
+
+    def _step_error(self) -> str:
+        """pip's last 'ERROR:' line of the step that failed (what is missing, most often), for the status line."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._step_start)
+                lines = fh.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        said = next((ln[len("ERROR:"):].strip() for ln in reversed(lines) if ln.startswith("ERROR:")), "")
+        if self.wheels and said.startswith("No matching distribution found for"):
+            said += " in the Wheels Folder"
+        return said[:200]
 
     def _fail(self, msg: str, state: str = "failed") -> None:
         self.state, self.error = state, f"{msg} (log: {self.log_path})"
@@ -127,7 +159,8 @@ class StepRunner:
             code = self.proc.poll()
             if code is not None:
                 if code != 0:
-                    self._fail(f"{self.label} failed (exit status {code})")
+                    said = self._step_error()
+                    self._fail(f"{self.label} failed (exit status {code})" + (f": {said}" if said else ""))
                 else:
                     self._next()
         return self.state, self.index, self.label

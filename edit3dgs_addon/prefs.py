@@ -18,8 +18,9 @@ class Edit3DGSPreferences(bpy.types.AddonPreferences):
         description="Interpreter with edit3dgs installed (EDIT3DGS_BACKEND_PYTHON overrides it)")
     wheels_dir: StringProperty(
         name="Wheels Folder", subtype="DIR_PATH", default="",
-        description="Set Up Backend installs from this folder of wheels with no network (torch, the backend's "
-                    "packages and setuptools; e.g. made with 'pip download'). Empty: the package index (online)")
+        description="Set Up Backend installs from this folder of wheels alone, with no network (torch, the "
+                    "backend's packages and setuptools: made by 'python wheels.py --out FOLDER' in this extension's "
+                    "folder on a machine online). Empty: the package index (online)")
     setup_ip2p: BoolProperty(
         name="Instruct-Pix2Pix Support", default=False,
         description="Set Up Backend also installs the diffusion packages the Instruct-Pix2Pix editor needs "

@@ -61,7 +61,7 @@ class EDIT3DGS_OT_setup_backend(bpy.types.Operator):
         staged = installer.stage_backend(source, user / "backend_src")
         extras = "diffusion" if _with_ip2p(context) else ""
         cmds = installer.setup_commands(installer.base_python(), venv, staged, extras=extras, wheels=wheels or None)
-        runtime.state.setup = installer.StepRunner(cmds, user / "logs" / "setup.log")
+        runtime.state.setup = installer.StepRunner(cmds, user / "logs" / "setup.log", wheels=bool(wheels))
         runtime.state.setup_target = str(installer.venv_python(venv))
         runtime.ensure_timer()
         where = f"from the wheels in {wheels}" if wheels else "from the package index"

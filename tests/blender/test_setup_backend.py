@@ -1,7 +1,9 @@
 """'Set Up Backend' through the real operator with a fake Python whose pip fails, hangs or succeeds (no network):
 a wheels folder installs with no index; a failure shows as failed (not a full bar) and changes nothing; Cancel
 ends the running step within 2 s; the diffusion extras only for the Instruct-Pix2Pix editor; no network without
-Online Access."""
+Online Access. And once for real: ``python build.py wheels`` makes the folder (the real CPU torch, every
+dependency of the backend, setuptools), the real operator installs the extension's bundled backend from it into
+a fresh venv with no index and no network, and that backend imports an avatar and edits it through the bridge."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import time
 import bpy
 import pytest
 
-from conftest import EXT_MODULE
+from conftest import EXT_MODULE, REPO, configure_edit, import_avatar, pump
 
 FAKE_PYTHON = """#!/bin/sh
 # a base Python: '-m venv DIR' makes DIR/bin/python, a Python whose pip does what $FAKE_PIP says
@@ -82,6 +84,7 @@ def test_failed_setup_from_a_wheels_folder_shows_failed(scene, fake, monkeypatch
     assert runner.state == "failed" and runner.factor < 1.0, (runner.state, runner.factor)
     text, icon = prefs_mod.setup_status(runner)
     assert text.startswith("Setup failed at step 2/4: install torch") and "exit status 1" in text, text
+    assert "No matching distribution found for torch in the Wheels Folder" in text, text  # pip's own words
     assert icon == "ERROR"
     assert fake["prefs"].backend_python == fake["before"], "a failed setup changed the backend in use"
     # the preferences show it failed, not a full bar, with Set Up Backend ready again
@@ -172,12 +175,26 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 '''
 
 
-def test_real_pip_installs_from_a_wheels_folder_with_no_index(tmp_path):
+def decoy_pip_sources(folder, monkeypatch) -> None:
+    """What an artist's pip may be set up with: links holding a torch that would win (a higher version), an
+    index and a proxy that answer nothing. Set Up Backend from a Wheels Folder must use none of them."""
+    folder.mkdir()
+    _wheel(folder, "torch", "2.13.0+decoy", {"torch/__init__.py": "raise ImportError('the decoy torch')\n"})
+    nowhere = "http://127.0.0.1:9"  # the discard port: nothing answers
+    monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
+    monkeypatch.setenv("PIP_INDEX_URL", nowhere + "/simple/")
+    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(key, nowhere)
+
+
+def test_real_pip_installs_from_a_wheels_folder_with_no_index(tmp_path, monkeypatch):
     """The commands Set Up Backend runs, with the real venv and pip, from a folder of wheels: torch and the
-    backend's dependencies come from the folder, the backend is built from its source, nothing from an index."""
+    backend's dependencies come from the folder, the backend is built from its source, nothing from an index
+    or from the links pip is configured with."""
     import inspect
 
     from edit3dgs_addon import installer
+    decoy_pip_sources(tmp_path / "decoy", monkeypatch)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     _wheel(wheels, "torch", installer.TORCH.split("==")[1], {"torch/__init__.py": "FAKE = True\n"})
@@ -194,15 +211,135 @@ def test_real_pip_installs_from_a_wheels_folder_with_no_index(tmp_path):
         "    return 'edit3dgs-0.1.0-py3-none-any.whl'\n")
     venv = tmp_path / "venv"
     cmds = installer.setup_commands(sys.executable, venv, backend, wheels=wheels, gpu=False, system="Linux")
-    runner = installer.StepRunner(cmds, tmp_path / "setup.log")
+    runner = installer.StepRunner(cmds, tmp_path / "setup.log", wheels=True)
     end = time.monotonic() + 240
     while runner.poll()[0] == "running" and time.monotonic() < end:
         time.sleep(0.1)
     log = (tmp_path / "setup.log").read_text()
     assert runner.state == "done", runner.error + "\n" + log[-3000:]
+    assert_from_the_folder_alone(log, wheels, tmp_path)
     py = str(installer.venv_python(venv))
     import subprocess
 
     check = subprocess.run([py, "-c", "import torch, tinydep, edit3dgs; print(torch.FAKE)"], capture_output=True,
                            text=True)
     assert check.returncode == 0 and check.stdout.strip() == "True", check.stderr
+
+
+def test_wheels_folder_follows_the_targets_markers(tmp_path):
+    """pip download evaluates markers on the machine it runs on: wheels.py walks the folder with the target's
+    markers, so a folder for Windows gets tqdm's colorama even when made on Linux."""
+    import subprocess
+
+    from edit3dgs_addon import wheels as build
+
+    _wheel(tmp_path, "tqdm", "4.70.1", {}, requires=('colorama; platform_system == "Windows"',
+                                                     'ipywidgets>=6; extra == "notebook"'))
+    _wheel(tmp_path, "torch", "2.13.0+cpu", {}, requires=("filelock",))
+    _wheel(tmp_path, "filelock", "3.0", {})
+    roots = ["torch==2.13.0+cpu", "tqdm>=4.60"]
+    for tag, missing in ((None, []), ("manylinux_2_28_x86_64", []), ("macosx_11_0_arm64", []),
+                         ("win_amd64", ["colorama (needed by tqdm 4.70.1)"])):
+        got, used = build.folder_requirements(tmp_path, roots, build.target_environment(tag, "3.11"))
+        assert got == missing, tag
+        assert sorted(w.name.split("-")[0] for w in used) == ["filelock", "torch", "tqdm"], tag
+    _wheel(tmp_path, "colorama", "0.4.6", {})
+    assert build.folder_requirements(tmp_path, ["tqdm"], build.target_environment("win_amd64", "3.11"))[0] == []
+    assert build.folder_requirements(tmp_path, ["torch>=2.14"], build.target_environment(None, "3.11"))[0] == \
+        ["torch>=2.14 (needed by the backend)"]
+    res = subprocess.run([sys.executable, str(REPO / "build.py"), "wheels", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "usage: build.py wheels" in res.stdout and "--platform" in res.stdout, res.stderr
+
+
+def assert_from_the_folder_alone(log: str, wheels, *also) -> None:
+    links = [line for line in log.splitlines() if line.startswith(("Looking in links", "Looking in indexes"))]
+    assert links and set(links) == {f"Looking in links: {wheels}"}, links
+    sources = [line.split()[1] for line in log.splitlines() if line.startswith("Processing ")]
+    assert sources and all(src.startswith(tuple(map(str, (wheels, *also)))) for src in sources), sources
+
+
+@pytest.fixture(scope="module")
+def wheels_folder(ext, tmp_path_factory):
+    """The folder an artist makes with the README's command, here the installed extension's copy of it (`python
+    build.py wheels` runs the same file from the repository): pip download needs the package index and PyTorch's
+    CPU index once, pip's cache makes later runs fast. Deleted afterwards (about 260 MB)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    script = Path(ext.__file__).parent / "wheels.py"
+    out = tmp_path_factory.mktemp("wheels") / "edit3dgs-wheels"
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, (f"`python {script} --out {out}` failed (it downloads from the package index and "
+                                 f"PyTorch's CPU index):\n{(res.stdout + res.stderr)[-4000:]}")
+    print(f"wheels folder made in {time.monotonic() - t0:.1f} s: {res.stdout.splitlines()[-1]}")
+    yield out
+    shutil.rmtree(out.parent, ignore_errors=True)
+
+
+def test_real_setup_from_a_wheels_folder_then_import_and_edit(scene, ext, wheels_folder, monkeypatch, tmp_path):
+    """Set Up Backend for real from the folder build.py makes: Blender's Python makes the venv, the real CPU torch
+    and every dependency come from the folder, the extension's bundled backend is built from its source with the
+    folder's setuptools; pip may reach nothing else (its configuration and PIP_* are cleared; an index and a proxy
+    that answer nothing are set). Then the add-on's backend runs on that venv: import the built-in avatar (made by
+    the venv's own `edit3dgs` command) and a region edit, through the bridge."""
+    import shutil
+    import subprocess
+
+    rt = sys.modules[EXT_MODULE + ".runtime"]
+    installer = sys.modules[EXT_MODULE + ".installer"]
+    prefs = bpy.context.preferences.addons[EXT_MODULE].preferences
+    before = prefs.backend_python
+    venv = rt.user_dir() / "venv"
+    shutil.rmtree(venv, ignore_errors=True)  # the fake tests' venv
+    (rt.user_dir() / "logs" / "setup.log").unlink(missing_ok=True)
+    decoy_pip_sources(tmp_path / "decoy", monkeypatch)
+    prefs.wheels_dir = str(wheels_folder)
+    try:
+        t0 = time.monotonic()
+        runner = run_setup(rt, timeout=600)
+        took = time.monotonic() - t0
+        log = runner.log_path.read_text()
+        assert runner.state == "done" and runner.factor == 1.0, f"{runner.error}\n\nThe setup's log:\n{log[-4000:]}"
+        print(f"Set Up Backend from the wheels folder: {took:.1f} s")
+        venv_py = installer.venv_python(venv)
+        assert prefs.backend_python == str(venv_py)
+        # from the folder and the bundled source only: no index, no configured links
+        assert_from_the_folder_alone(log, wheels_folder, rt.user_dir())
+        listed = subprocess.run([str(venv_py), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True)
+        got = dict(line.split("==") for line in listed.stdout.split())
+        assert got.get("torch", "").endswith("+cpu") and got.get("edit3dgs") == "0.1.0", got
+        assert not [n for n in got if n.startswith("nvidia")] and "diffusers" not in got, got
+        for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "PIP_INDEX_URL",
+                    "PIP_FIND_LINKS"):
+            monkeypatch.delenv(key)
+
+        # the venv's own command makes the built-in avatar
+        avatar = tmp_path / "ada"
+        t1 = time.monotonic()
+        res = subprocess.run([str(venv_py.parent / "edit3dgs"), "make-avatar", "--out", str(avatar), "--frames", "8",
+                              "--gaussians-per-face", "2"], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        # the add-on's backend on the new venv (the environment's interpreter would win over the preference)
+        monkeypatch.delenv("EDIT3DGS_BACKEND_PYTHON")
+        b = rt.backend()
+        assert b.python == str(venv_py)
+        t2 = time.monotonic()
+        objs = import_avatar(avatar)
+        assert "preview" in objs
+        t3 = time.monotonic()
+        configure_edit(prompt="make the hair blue")
+        assert bpy.ops.edit3dgs.run_edit() == {"FINISHED"}
+        s = scene.edit3dgs
+        pump(ext, lambda: not s.running, timeout=300)
+        assert s.status == "DONE", s.report
+        assert len(objs["preview"].edit3dgs.versions) == 2
+        assert rt.state.backend.python == str(venv_py), "the edit ran on another backend"
+        print(f"on the new venv: make-avatar {t2 - t1:.1f} s, import {t3 - t2:.1f} s, "
+              f"edit {time.monotonic() - t3:.1f} s")
+    finally:
+        rt.shutdown()  # the next test starts the usual backend again
+        prefs.wheels_dir, prefs.backend_python = "", before
+        rt.state.last_setup = None
+        shutil.rmtree(venv, ignore_errors=True)
