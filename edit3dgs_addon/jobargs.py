@@ -85,6 +85,8 @@ def ip2p_options(ui: dict, prefs: dict) -> dict:
     for key, pref in (("model", "editor_model"), ("detector_model", "detector_model"), ("sam_model", "sam_model")):
         if prefs.get(pref):
             options[key] = prefs[pref]
+    if prefs.get("compile_unet"):
+        options["compile_unet"] = True
     if ui.get("ip2p_model") == "builtin":   # the panel's choice wins over the preferences' folder
         options["model"] = "builtin"
     return options

@@ -31,6 +31,10 @@ class Edit3DGSPreferences(bpy.types.AddonPreferences):
     cpu_threads: IntProperty(name="CPU Threads", default=0, min=0, max=256,
                              description="Threads the backend computes with on the CPU (0: Auto, the cores other "
                                          "programs leave free, measured before each job). Restarts the backend")
+    compile_unet: BoolProperty(
+        name="Compile Diffusion Model", default=False,
+        description="Instruct-Pix2Pix on a GPU: compile its UNet with torch.compile. Editing is faster after a "
+                    "compile of about a minute at the first edit of each image size; the backend keeps it")
     editor_model: StringProperty(name="Editor Model", default="",
                                  description="Instruct-Pix2Pix model id or folder (empty: the backend's default)")
     detector_model: StringProperty(name="Grounding DINO", default="",
@@ -69,6 +73,7 @@ class Edit3DGSPreferences(bpy.types.AddonPreferences):
                 col.label(text=text, icon=icon, translate=False)
         col.prop(self, "device")
         col.prop(self, "cpu_threads")
+        col.prop(self, "compile_unet")
         box = col.box()
         box.label(text="Models")
         box.prop(self, "editor_model")

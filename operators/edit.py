@@ -35,7 +35,7 @@ def job_settings(context, prev) -> dict:
     """The ``settings`` of the edit job the panel would start now (see jobargs.edit_settings)."""
     p = runtime.prefs()
     prefs = {"device": p.device, "editor_model": p.editor_model, "detector_model": p.detector_model,
-             "sam_model": p.sam_model} if p else {}
+             "sam_model": p.sam_model, "compile_unet": p.compile_unet} if p else {}
     ui = panel_values(context.scene.edit3dgs)
     ui["cameras"] = _key_view_indices(context, prev)
     return edit_settings(ui, prefs)

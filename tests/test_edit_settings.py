@@ -154,17 +154,19 @@ def test_the_same_choices_through_the_cli_parser_and_the_panel_resolve_equal(dev
           "scale": 0.3, "seed": 11, "local_regions": "hair, skin", "cameras": [1, 2, 9], "num_timesteps": 5,
           "steps": 9, "guidance_text": 5.5, "guidance_image": 1.25, "temporal_keys": True, "preserve_eyes": False,
           "mask_strength": 0.6, "mask_source": "FLAME", "ip2p_model": "builtin"}
-    prefs = {"device": device, "editor_model": "/models/ip2p", "detector_model": "/models/gd", "sam_model": "/models/sam"}
+    prefs = {"device": device, "editor_model": "/models/ip2p", "detector_model": "/models/gd", "sam_model": "/models/sam",
+             "compile_unet": True}
     flags = ("--editor", "ip2p", "--rounds", "3", "--iters-per-batch", "7", "--views-per-iter", "5", "--scale", "0.3",
              "--seed", "11", "--regions", "hair,skin", "--cameras", "1,2,9", "--num-timesteps", "5", "--device", device,
              "--steps", "9", "--guidance-text", "5.5", "--guidance-image", "1.25", "--temporal-keys",
              "--inpaint-regions", "lips", "--inpaint-strength", "0.6", "--mask-source", "flame", "--model", "builtin",
-             "--detector-model", "/models/gd", "--sam-model", "/models/sam")
+             "--detector-model", "/models/gd", "--sam-model", "/models/sam", "--compile-unet")
     a = build_parser().parse_args(["edit", "--avatar", "ava", "--prompt", "make him look older", *flags])
     panel = EditSettings.from_dict(jobargs.edit_settings(ui, prefs)).resolved(device)
     cli_side = settings_from_args(a, device=device)
     assert asdict(panel) == asdict(cli_side)
     assert (panel.rounds, panel.scale, panel.views_per_iter, panel.editor_options["steps"]) == (3, 0.3, 5, 9)
+    assert panel.editor_options["compile_unet"] is True
 
 
 def test_index_lists_as_text_are_read_by_the_one_parser():
