@@ -209,7 +209,6 @@ class EDIT3DGS_PT_history(_Panel, bpy.types.Panel):
         if versions.versions_root(context.scene) is None:
             col.label(text="Not saved yet: Run asks where versions go", icon="INFO")
         col.operator("edit3dgs.save_version_as", icon="FILE_TICK")
-        col.operator("edit3dgs.bake_view_colors", icon="CAMERA_DATA")
 
 
 class EDIT3DGS_PT_motion(_Panel, bpy.types.Panel):

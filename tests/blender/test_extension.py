@@ -139,6 +139,69 @@ def test_preview_follows_rig_at_two_frames(scene, ext, avatar_dir, tmp_path):
     print("max position error per frame:", errs)
 
 
+def test_preview_colour_follows_the_camera_per_frame(scene, ext, avatar_dir):
+    """The view-dependent colour is evaluated by the Follow Rig nodes toward the active camera at every frame (no
+    handlers): with the camera and the rig animated, every point's colour at two frames is the backend's
+    (shcolor.view_colors toward that frame's camera, then sRGB -> scene-linear), within float32 rounding."""
+    import sys
+
+    from edit3dgs_addon.rigfile import load
+    from edit3dgs_addon.shcolor import srgb_to_linear, view_colors
+
+    preview = sys.modules[EXT_MODULE + ".scene.preview"]
+    objs = import_avatar(avatar_dir)
+    arm, head, prev = objs["armature"], objs["head"], objs["preview"]
+    rig = load(prev.edit3dgs.versions[0].npz, need_rig=False)
+    n = rig.n_gaussians
+    rng = np.random.default_rng(0)
+    rig.data["gs_sh_rest"] = rng.normal(0, 0.15, (n, 15, 3)).astype(np.float16)  # strong in every band
+    rig.data["gs_base_color"] = rig["gs_base_color"] + rng.normal(0, 0.3, (n, 3)).astype(np.float32)  # some out of range
+    preview.write_attributes(prev.data, rig)
+    cam = scene.camera  # the first key view; at frame 11 it moves to where the back view (cam12) is
+    assert cam is not None and cam.type == "CAMERA"
+    back = next(o for o in objs["all"] if o.name.endswith("cam12"))
+    for frame, loc in ((3, cam.location.copy()), (11, back.location.copy())):
+        pose_rig(arm, head, POSES[frame])
+        key_rig(arm, head, frame)
+        cam.location = loc
+        cam.keyframe_insert("location", frame=frame)
+    base, rest = rig["gs_base_color"], rig["gs_sh_rest"].astype(np.float32)
+    seen = {}
+    for frame in (3, 11):
+        scene.frame_set(frame)
+        dg = bpy.context.evaluated_depsgraph_get()
+        eye = np.array(prev.matrix_world.inverted() @ cam.evaluated_get(dg).matrix_world.translation, np.float32)
+        got = preview.evaluated_colors(prev, dg)
+        want = srgb_to_linear(view_colors(base, rest, preview.evaluated_positions(prev, dg), eye))
+        err = float(np.abs(got[:, :3] - want).max())
+        print(f"frame {frame}: camera at {np.round(eye, 3)} (avatar space), max colour error {err:.2e}")
+        assert err < 1e-5, (frame, err)
+        assert np.array_equal(got[:, 3], rig["gs_opacity"].astype(np.float32))
+        seen[frame] = got
+    # the two frames' colours really differ (a preview coloured once could not match both)
+    assert np.abs(seen[3] - seen[11]).max() > 0.3
+    # no active camera: the view-independent colours (the mesh's)
+    scene.camera = None
+    got = preview.evaluated_colors(prev, bpy.context.evaluated_depsgraph_get())
+    assert np.array_equal(got, preview.read_colors(prev.data))
+    scene.camera = cam
+    # rig files of SH degree 2, 1 and 0: the bands of the version before are gone (they read as zero)
+    full = rig["gs_sh_rest"]
+    for bands in (8, 3, 0):
+        rig.data["gs_sh_rest"] = full[:, :bands]
+        preview.write_attributes(prev.data, rig)
+        dg = bpy.context.evaluated_depsgraph_get()
+        eye = np.array(prev.matrix_world.inverted() @ cam.evaluated_get(dg).matrix_world.translation, np.float32)
+        want = srgb_to_linear(view_colors(base, rest[:, :bands], preview.evaluated_positions(prev, dg), eye))
+        assert sum(a.name.startswith("gs_sh_") for a in prev.data.attributes) == bands
+        assert np.abs(preview.evaluated_colors(prev, dg)[:, :3] - want).max() < 1e-5, bands
+    # a preview from an older add-on (no base colour): the colours it was given
+    prev.data.attributes.remove(prev.data.attributes["gs_base_color"])
+    prev.data.update()
+    got = preview.evaluated_colors(prev, bpy.context.evaluated_depsgraph_get())
+    assert np.array_equal(got, preview.read_colors(prev.data))
+
+
 def test_camera_matches_transforms(scene, ext, avatar_dir):
     import json
 
