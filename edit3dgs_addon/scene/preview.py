@@ -6,8 +6,11 @@ point on its bound face of the *deformed* rig mesh (formats.md §1):
     v0, v1, v2 = corners 3b, 3b+1, 3b+2 of the rig mesh (Object Info, relative)
     a0 = normalize(v1 - v0); a1 = normalize(a0 x (v2 - v0)); a2 = -normalize(a1 x a0)
     k = (|v1 - v0| + |a2 . (v2 - v0)|) / 2
-    point = center + k (a0 x_l + a1 y_l + a2 z_l),   radius = k * exp(max local log-scale)
-then turns them into a point cloud coloured as the backend renders it from the
+    point = center + k (a0 x_l + a1 y_l + a2 z_l),   sigma = k * exp(max local log-scale)
+then turns them into a point cloud, a sphere of radius ``extent * sigma`` per
+Gaussian (where its alpha falls below 1/255, as the backend cuts it off) whose
+material fades as the Gaussian does (alpha = opacity exp(-d^2 / 2 sigma^2) at
+the ray's distance d from the centre), coloured as the backend renders it from the
 scene's active camera, evaluated in the same tree at every frame: the SH bands
 toward the camera added to the unclamped base colour, clamped, sRGB -> scene-linear
 (``shcolor.view_colors`` and ``srgb_to_linear``, node for node).
@@ -19,7 +22,7 @@ import bpy
 import numpy as np
 
 from ..rigfile import RigFile
-from ..shcolor import C1, C2, C3, srgb_to_linear
+from ..shcolor import C1, C2, C3, gaussian_extent, srgb_to_linear
 
 NODE_GROUP = "Edit3DGS Gaussian preview"
 MATERIAL = "Edit3DGS Gaussians"
@@ -39,7 +42,7 @@ ATTRIBUTES = {
 
 
 SH_ATTRIBUTES = tuple(f"gs_sh_{k:02d}" for k in range(1, 16))  # the SH bands above DC, one RGB vector each
-NODES_VERSION = 2  # the node group's layout; an older one (a .blend saved by an older add-on) is rebuilt
+NODES_VERSION = 2  # the node group's and the material's layout; older ones (from an older add-on) are rebuilt
 
 
 def _array_for(rig: RigFile, key: str) -> np.ndarray:
@@ -72,6 +75,7 @@ def write_attributes(me: bpy.types.Mesh, rig: RigFile) -> None:
         me.vertices.foreach_set("co", rig["faces_center"].astype(np.float32).ravel())
     for name, (key, typ, field) in ATTRIBUTES.items():
         _set(me, name, typ, field, _array_for(rig, key))
+    _set(me, "gs_extent", "FLOAT", "value", gaussian_extent(rig["gs_opacity"]))
     base = rig.data.get("gs_base_color")  # older rig files: the clamped colour
     _set(me, "gs_base_color", "FLOAT_VECTOR", "vector",
          np.ascontiguousarray(rig["gs_color"] if base is None else base, np.float32).ravel())
@@ -216,7 +220,8 @@ def _node_group() -> bpy.types.NodeTree:
     L.new(world, setpos.inputs["Position"])
     topts = B.node("GeometryNodeMeshToPoints", mode="VERTICES")
     L.new(setpos.outputs["Geometry"], topts.inputs["Mesh"])
-    L.new(math("MULTIPLY", k, named("gs_scale_rel", "FLOAT")), topts.inputs["Radius"])
+    sigma = math("MULTIPLY", k, named("gs_scale_rel", "FLOAT"))  # of the largest axis
+    L.new(math("MULTIPLY", sigma, named("gs_extent", "FLOAT")), topts.inputs["Radius"])
 
     # the colour seen from the active camera, per point and per frame (no handlers): the SH bands toward it
     cam = B.node("GeometryNodeObjectInfo", transform_space="RELATIVE")  # its location in this object's space
@@ -245,25 +250,37 @@ def _node_group() -> bpy.types.NodeTree:
 
 
 def _material() -> bpy.types.Material:
+    """Emission of ``gs_color`` over Transparent with the Gaussian's alpha along each ray: opacity *
+    exp(-d^2 / 2 sigma^2), d the ray's distance from the point's centre (Point Info), sigma = radius / extent."""
     mat = bpy.data.materials.get(MATERIAL)
-    if mat is not None:
+    if mat is not None and mat.get("edit3dgs_nodes") == NODES_VERSION:
         return mat
-    mat = bpy.data.materials.new(MATERIAL)
+    if mat is None:
+        mat = bpy.data.materials.new(MATERIAL)
     if bpy.app.version < (5, 0, 0) or mat.node_tree is None:
         mat.use_nodes = True  # always on (and deprecated) from Blender 5.0
     nt = mat.node_tree
     nt.nodes.clear()
-    attr = nt.nodes.new("ShaderNodeAttribute")
-    attr.attribute_type, attr.attribute_name = "GEOMETRY", "gs_color"
-    emit = nt.nodes.new("ShaderNodeEmission")
-    transp = nt.nodes.new("ShaderNodeBsdfTransparent")
-    mix = nt.nodes.new("ShaderNodeMixShader")
-    out = nt.nodes.new("ShaderNodeOutputMaterial")
-    nt.links.new(attr.outputs["Color"], emit.inputs["Color"])
-    nt.links.new(attr.outputs["Alpha"], mix.inputs[0])
-    nt.links.new(transp.outputs[0], mix.inputs[1])
-    nt.links.new(emit.outputs[0], mix.inputs[2])
-    nt.links.new(mix.outputs[0], out.inputs["Surface"])
+    B = _Builder(nt)
+    color = B.node("ShaderNodeAttribute", attribute_type="GEOMETRY", attribute_name="gs_color")
+    extent = B.node("ShaderNodeAttribute", attribute_type="GEOMETRY", attribute_name="gs_extent").outputs[2]
+    point, geo = B.node("ShaderNodePointInfo"), B.node("ShaderNodeNewGeometry")
+    # d^2 = |(P - centre) x I|^2 with I the unit direction toward the viewer
+    c = B.vmath("CROSS_PRODUCT", B.vmath("SUBTRACT", geo.outputs["Position"], point.outputs["Position"]),
+                geo.outputs["Incoming"])
+    inv_sigma = B.math("DIVIDE", extent, point.outputs["Radius"])
+    q = B.math("MULTIPLY", B.vmath("DOT_PRODUCT", c, c), B.math("MULTIPLY", inv_sigma, inv_sigma))
+    alpha = B.math("MULTIPLY", color.outputs["Alpha"], B.math("EXPONENT", B.math("MULTIPLY", q, -0.5)))
+    # once per Gaussian: a ray leaving a sphere (its back face; EEVEE draws both) passes through
+    alpha = B.math("MULTIPLY", alpha, B.math("SUBTRACT", 1.0, geo.outputs["Backfacing"]))
+    emit, transp = B.node("ShaderNodeEmission"), B.node("ShaderNodeBsdfTransparent")
+    mix, out = B.node("ShaderNodeMixShader"), B.node("ShaderNodeOutputMaterial")
+    B.L.new(color.outputs["Color"], emit.inputs["Color"])
+    B.L.new(alpha, mix.inputs[0])
+    B.L.new(transp.outputs[0], mix.inputs[1])
+    B.L.new(emit.outputs[0], mix.inputs[2])
+    B.L.new(mix.outputs[0], out.inputs["Surface"])
+    mat["edit3dgs_nodes"] = NODES_VERSION
     return mat
 
 

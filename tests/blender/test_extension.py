@@ -119,11 +119,14 @@ def test_import_rig_preview_cameras(scene, ext, avatar_dir, tmp_path):
         assert a in me.attributes, a
     assert prev.modifiers[0].type == "NODES"
     assert any(n.type == "ATTRIBUTE" and n.attribute_name == "gs_color" for n in prev.material_slots[0].material.node_tree.nodes)
-    # the point cloud is drawn with radii from the Gaussians' scale
+    # the point cloud is drawn with radii from the Gaussians' scale: each sphere ends where the Gaussian's alpha
+    # falls below 1/255, min(3.33, sqrt(2 ln(255 opacity))) sigmas of its largest axis from its centre
     import sys
 
+    from edit3dgs_addon.shcolor import gaussian_extent
+
     r = sys.modules[EXT_MODULE + ".scene.preview"].evaluated_radii(prev, bpy.context.evaluated_depsgraph_get())
-    assert np.allclose(r, rig["gs_scale"], rtol=1e-4, atol=1e-7)
+    assert np.allclose(r, rig["gs_scale"] * gaussian_extent(rig["gs_opacity"]), rtol=1e-4, atol=1e-7)
     # cameras
     coll = bpy.data.collections["Key Views"]
     assert len(coll.objects) == 16 and all(o.type == "CAMERA" for o in coll.objects)

@@ -3,13 +3,15 @@ frame agree on the edited region's mean colour (issue 12, item 2)."""
 
 from __future__ import annotations
 
+import time
+
 import bpy
 import numpy as np
 
 from conftest import configure_edit, import_avatar, pump
 from test_shot import read_png
 
-TOLERANCE = 0.10  # per channel, of the channel's full range (display values in [0, 1])
+TOLERANCE = 0.10  # per channel, of the backend's own value (|ours - theirs| <= 0.10 |theirs|)
 
 
 def backend_shot(ext, scene, path) -> np.ndarray:
@@ -32,11 +34,13 @@ def cycles_render(scene, path, animation=False) -> np.ndarray | None:
     r.image_settings.file_format = "PNG"
     r.image_settings.color_mode = "RGBA"
     r.filepath = str(path)
+    t = time.perf_counter()
     if animation:  # frame_start..frame_end, to path with #### the frame number
         assert bpy.ops.render.render(animation=True) == {"FINISHED"}
-        return None
-    assert bpy.ops.render.render(write_still=True) == {"FINISHED"}
-    return read_png(str(path))
+    else:
+        assert bpy.ops.render.render(write_still=True) == {"FINISHED"}
+    print(f"Cycles: {time.perf_counter() - t:.2f} s")
+    return None if animation else read_png(str(path))
 
 
 def region_mean(img, mask) -> np.ndarray:
@@ -68,7 +72,7 @@ def test_cycles_render_of_the_preview_matches_the_backends_render(scene, ext, av
     print(f"edited region ({int(mask.sum())} px): backend {np.round(want, 3)}, Cycles preview {np.round(got, 3)} "
           f"(relative {np.round(np.abs(got - want) / want, 3)}); the edit moved it by {np.round(moved_want, 3)} in "
           f"the backend's render, {np.round(moved_got, 3)} in the preview's")
-    assert (np.abs(got - want) <= TOLERANCE).all(), (want, got)
+    assert (np.abs(got - want) <= TOLERANCE * np.abs(want)).all(), (want, got)
     # the edit shows in the preview as much as in the backend's render (no edit invisible in the preview)
     assert np.linalg.norm(moved_got - moved_want) <= 0.2 * np.linalg.norm(moved_want), (moved_want, moved_got)
 
@@ -123,6 +127,6 @@ def test_animation_render_follows_the_camera_and_the_rig(scene, ext, avatar_dir,
         frames[f] = region_mean(theirs, head), region_mean(ours, head)
         print(f"frame {f}: backend {np.round(frames[f][0], 3)}, Cycles preview {np.round(frames[f][1], 3)}")
     for f, (want, got) in frames.items():
-        assert (np.abs(got - want) <= TOLERANCE).all(), (f, want, got)
+        assert (np.abs(got - want) <= TOLERANCE * np.abs(want)).all(), (f, want, got)
     # the two frames really differ (so a preview coloured once could not match both)
-    assert np.abs(frames[1][0] - frames[2][0]).max() > 2 * TOLERANCE, frames
+    assert (np.abs(frames[1][0] - frames[2][0]) > 2 * TOLERANCE * frames[2][0]).any(), frames
