@@ -7,6 +7,8 @@ gsplat). The rig file holds the DC colour (``gs_color``, SH0 + 0.5 clamped)
 and the higher bands (``gs_sh_rest``); ``view_colors`` adds the bands seen
 from one camera. Those are display (sRGB) values; a FLOAT_COLOR attribute
 holds scene-linear ones (``srgb_to_linear``), so the preview is not washed out.
+The preview's Geometry Nodes compute the same per point and frame
+(scene/preview.py); these functions are their reference in the tests.
 
 Each Gaussian's alpha is ``opacity * exp(-d^2 / 2 sigma^2)``, cut off where it
 falls below 1/255: at ``gaussian_extent(opacity)`` sigmas, at most 3.33
