@@ -271,7 +271,8 @@ def _material() -> bpy.types.Material:
     inv_sigma = B.math("DIVIDE", extent, point.outputs["Radius"])
     q = B.math("MULTIPLY", B.vmath("DOT_PRODUCT", c, c), B.math("MULTIPLY", inv_sigma, inv_sigma))
     alpha = B.math("MULTIPLY", color.outputs["Alpha"], B.math("EXPONENT", B.math("MULTIPLY", q, -0.5)))
-    # once per Gaussian: a ray leaving a sphere (its back face; EEVEE draws both) passes through
+    # once per Gaussian: a ray leaving its sphere (the back face) passes through (Cycles never hits the same
+    # point twice in a row; a rasterizer drawing back faces would)
     alpha = B.math("MULTIPLY", alpha, B.math("SUBTRACT", 1.0, geo.outputs["Backfacing"]))
     emit, transp = B.node("ShaderNodeEmission"), B.node("ShaderNodeBsdfTransparent")
     mix, out = B.node("ShaderNodeMixShader"), B.node("ShaderNodeOutputMaterial")

@@ -205,6 +205,33 @@ def test_preview_colour_follows_the_camera_per_frame(scene, ext, avatar_dir):
     assert np.array_equal(got, preview.read_colors(prev.data))
 
 
+def test_older_preview_nodes_are_rebuilt_in_place(scene, ext, avatar_dir):
+    """A .blend saved by an older add-on: Apply brings the preview's node group and material up to date in place
+    (the modifier keeps its rig), and the preview's points and colours are this version's."""
+    import sys
+
+    preview = sys.modules[EXT_MODULE + ".scene.preview"]
+    objs = import_avatar(avatar_dir)
+    prev = objs["preview"]
+    dg = bpy.context.evaluated_depsgraph_get()
+    pos, col, rad = (f(prev, dg).copy() for f in (preview.evaluated_positions, preview.evaluated_colors,
+                                                   preview.evaluated_radii))
+    mod = prev.modifiers[0]
+    ng, mat = mod.node_group, prev.material_slots[0].material
+    for idblock in (ng, mat):  # as an older add-on left them
+        del idblock["edit3dgs_nodes"]
+    ng.nodes.clear()
+    mat.node_tree.nodes.clear()
+    assert bpy.ops.edit3dgs.apply_edit(index=0) == {"FINISHED"}
+    assert mod.node_group == ng and prev.material_slots[0].material == mat
+    assert ng["edit3dgs_nodes"] == mat["edit3dgs_nodes"] == preview.NODES_VERSION
+    assert any(n.type == "POINT_INFO" for n in mat.node_tree.nodes)
+    dg = bpy.context.evaluated_depsgraph_get()
+    assert np.array_equal(preview.evaluated_positions(prev, dg), pos)
+    assert np.array_equal(preview.evaluated_colors(prev, dg), col)
+    assert np.array_equal(preview.evaluated_radii(prev, dg), rad)
+
+
 def test_camera_matches_transforms(scene, ext, avatar_dir):
     import json
 
