@@ -7,12 +7,22 @@ gsplat). The rig file holds the DC colour (``gs_color``, SH0 + 0.5 clamped)
 and the higher bands (``gs_sh_rest``); ``view_colors`` adds the bands seen
 from one camera. Those are display (sRGB) values; a FLOAT_COLOR attribute
 holds scene-linear ones (``srgb_to_linear``), so the preview is not washed out.
+The preview's Geometry Nodes compute the same per point and frame
+(scene/preview.py); these functions are their reference in the tests.
+
+Each Gaussian's alpha is ``opacity * exp(-d^2 / 2 sigma^2)``, cut off where it
+falls below 1/255: at ``gaussian_extent(opacity)`` sigmas, at most 3.33
+(backend/edit3dgs/render/torch_raster.py and gsplat); the preview's spheres
+end there.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+# Copied from backend/edit3dgs/render/torch_raster.py (ALPHA_MIN, EXTENT_MAX); tests/test_preview_colors.py checks
+ALPHA_MIN = 1.0 / 255.0
+EXTENT_MAX = 3.33
 C1 = 0.4886025119029199
 C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
 C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154, -0.4570457994644658,
@@ -23,6 +33,13 @@ def srgb_to_linear(c: np.ndarray) -> np.ndarray:
     """Display (sRGB-encoded) values in [0, 1] -> scene-linear (the IEC 61966-2-1 curve)."""
     c = np.clip(np.asarray(c, np.float32), 0.0, 1.0)
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def gaussian_extent(opacity: np.ndarray) -> np.ndarray:
+    """How many sigmas from its centre a Gaussian of ``opacity`` is drawn: min(3.33, sqrt(2 ln(255 o))),
+    beyond which its alpha is below 1/255 (0 where the opacity itself is)."""
+    o = np.asarray(opacity, np.float32)
+    return np.minimum(EXTENT_MAX, np.sqrt(2.0 * np.log(np.maximum(o / ALPHA_MIN, 1.0)))).astype(np.float32)
 
 
 def sh_rest(rest: np.ndarray, dirs: np.ndarray) -> np.ndarray:

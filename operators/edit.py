@@ -191,8 +191,8 @@ def _apply(context, prev, index: int):
     rig = load(bpy.path.abspath(v.npz), need_rig=False)
     preview_mod.write_attributes(prev.data, rig)
     h.applied = index
+    preview_mod.ensure_nodes()  # a .blend from an older add-on: its preview's nodes and material brought up to date
     prev.update_tag()
-    preview_mod.bake_view_colors(prev, rig, context.scene)  # as the backend renders it from the scene camera
     return v
 
 
@@ -406,45 +406,9 @@ class EDIT3DGS_OT_compare_version(bpy.types.Operator):
         obj["edit3dgs_role"] = "compare"
         for c in prev.users_collection:
             c.objects.link(obj)
-        preview_mod.bake_view_colors(obj, rig, context.scene)  # before the offset: seen as the applied one is
         obj.location.x += self.offset
         prev.edit3dgs.compare_with = prev.edit3dgs.version_index
         note(context, f"Comparing {v.name} (right) with the applied version", "DONE")
-        return {"FINISHED"}
-
-
-class EDIT3DGS_OT_bake_view_colors(bpy.types.Operator):
-    """Colour the preview as the backend renders it from the scene camera at this frame (the Gaussians' colour
-    depends on the view); Apply and Import do this for you"""
-
-    bl_idname = "edit3dgs.bake_view_colors"
-    bl_label = "Colours from Camera"
-    bl_options = {"REGISTER", "UNDO"}
-
-    @classmethod
-    def poll(cls, context):
-        prev, why = has_versions(context, "colour")
-        if prev is None:
-            return deny(cls, why)
-        cam = context.scene.camera
-        if cam is None or cam.type != "CAMERA":
-            return deny(cls, "Set the scene's active camera")
-        return True
-
-    def execute(self, context):
-        prev = preview_object(context)
-        h = prev.edit3dgs
-        v = h.versions[h.applied]
-        try:
-            rig = load(bpy.path.abspath(v.npz), need_rig=False)
-        except (RigFileError, OSError) as exc:
-            return fail(self, context, f"Cannot colour the preview: {exc} (Apply the version to rebuild it)")
-        preview_mod.write_attributes(prev.data, rig)
-        cam = preview_mod.bake_view_colors(prev, rig, context.scene)
-        if not cam:
-            note(context, f"{v.name} has no view-dependent colour: the preview shows its colours as they are", "DONE")
-        else:
-            note(context, f"Preview coloured as seen from '{cam}' at frame {context.scene.frame_current}", "DONE")
         return {"FINISHED"}
 
 
@@ -508,5 +472,4 @@ class EDIT3DGS_OT_preview_masks(bpy.types.Operator):
 
 
 CLASSES = (EDIT3DGS_OT_run_edit, EDIT3DGS_OT_cancel_edit, EDIT3DGS_OT_apply_edit, EDIT3DGS_OT_save_version_as,
-           EDIT3DGS_OT_revert_edit, EDIT3DGS_OT_bake_view_colors,
-           EDIT3DGS_OT_compare_version, EDIT3DGS_OT_preview_masks)
+           EDIT3DGS_OT_revert_edit, EDIT3DGS_OT_compare_version, EDIT3DGS_OT_preview_masks)

@@ -12,7 +12,6 @@ from .. import runtime
 from ..bridge import BridgeError
 from ..rigfile import RigFileError, load
 from ..scene.avatar import build_avatar, set_up_scene
-from ..scene.preview import bake_view_colors
 from .common import deny, fail, note
 
 
@@ -105,7 +104,6 @@ class EDIT3DGS_OT_import_avatar(bpy.types.Operator):
             changed = set_up_scene(context.scene, objs["cameras"], rig.meta.get("fps"))
             if changed:
                 msg += "; scene: " + ", ".join(changed)
-        bake_view_colors(prev, rig, context.scene)  # as the backend renders it from the scene camera
         note(context, msg, "IMPORTED")
         self.report({"INFO"}, msg)
         return {"FINISHED"}

@@ -209,7 +209,8 @@ class EDIT3DGS_PT_history(_Panel, bpy.types.Panel):
         if versions.versions_root(context.scene) is None:
             col.label(text="Not saved yet: Run asks where versions go", icon="INFO")
         col.operator("edit3dgs.save_version_as", icon="FILE_TICK")
-        col.operator("edit3dgs.bake_view_colors", icon="CAMERA_DATA")
+        if context.scene.camera is None:  # the preview's view-dependent colours follow the active camera
+            self.layout.label(text="No active camera: the preview shows view-independent colours", icon="INFO")
 
 
 class EDIT3DGS_PT_motion(_Panel, bpy.types.Panel):

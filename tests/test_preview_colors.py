@@ -51,3 +51,19 @@ def test_rig_file_carries_the_unclamped_base_colour(tmp_path):
     want = g.features_dc[:, 0].numpy() * 0.28209479177387814 + 0.5
     assert np.allclose(arr["gs_base_color"], want, atol=1e-6)
     assert arr["gs_color"].max() <= 1 and arr["gs_color"].min() >= 0
+
+
+def test_gaussian_extent_is_the_renderers_cutoff():
+    """The preview's spheres end where the backend stops drawing a Gaussian (alpha below 1/255)."""
+    from edit3dgs.render import torch_raster
+    from edit3dgs_addon import shcolor
+    from edit3dgs_addon.shcolor import gaussian_extent
+
+    assert shcolor.ALPHA_MIN == torch_raster.ALPHA_MIN and shcolor.EXTENT_MAX == torch_raster.EXTENT_MAX
+    o = np.array([0.5 / 255, 1 / 255, 0.01, 0.3, 0.95, 0.999], np.float32)
+    want = torch.sqrt(2.0 * torch.log(torch.from_numpy(o).clamp_min(torch_raster.ALPHA_MIN) / torch_raster.ALPHA_MIN))
+    want = want.clamp(max=torch_raster.EXTENT_MAX).numpy()
+    assert np.allclose(gaussian_extent(o), want, atol=1e-6)
+    # beyond the extent the alpha is below 1/255 (up to the 3.33 cap)
+    e = gaussian_extent(o)
+    assert np.all(o * np.exp(-0.5 * e**2) <= shcolor.ALPHA_MIN * 1.0001)

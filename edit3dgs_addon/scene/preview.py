@@ -6,8 +6,14 @@ point on its bound face of the *deformed* rig mesh (formats.md §1):
     v0, v1, v2 = corners 3b, 3b+1, 3b+2 of the rig mesh (Object Info, relative)
     a0 = normalize(v1 - v0); a1 = normalize(a0 x (v2 - v0)); a2 = -normalize(a1 x a0)
     k = (|v1 - v0| + |a2 . (v2 - v0)|) / 2
-    point = center + k (a0 x_l + a1 y_l + a2 z_l),   radius = k * exp(max local log-scale)
-then turns them into a point cloud drawn with the Gaussians' colours.
+    point = center + k (a0 x_l + a1 y_l + a2 z_l),   sigma = k * exp(max local log-scale)
+then turns them into a point cloud, a sphere of radius ``extent * sigma`` per
+Gaussian (where its alpha falls below 1/255, as the backend cuts it off) whose
+material fades as the Gaussian does (alpha = opacity exp(-d^2 / 2 sigma^2) at
+the ray's distance d from the centre), coloured as the backend renders it from the
+scene's active camera, evaluated in the same tree at every frame: the SH bands
+toward the camera added to the unclamped base colour, clamped, sRGB -> scene-linear
+(``shcolor.view_colors`` and ``srgb_to_linear``, node for node).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import bpy
 import numpy as np
 
 from ..rigfile import RigFile
-from ..shcolor import srgb_to_linear, view_colors
+from ..shcolor import C1, C2, C3, gaussian_extent, srgb_to_linear
 
 NODE_GROUP = "Edit3DGS Gaussian preview"
 MATERIAL = "Edit3DGS Gaussians"
@@ -35,6 +41,10 @@ ATTRIBUTES = {
 }
 
 
+SH_ATTRIBUTES = tuple(f"gs_sh_{k:02d}" for k in range(1, 16))  # the SH bands above DC, one RGB vector each
+NODES_VERSION = 2  # the node group's and the material's layout; older ones (from an older add-on) are rebuilt
+
+
 def _array_for(rig: RigFile, key: str) -> np.ndarray:
     a = rig[key]
     if key == "gs_color":  # scene-linear RGBA (the Gaussians' colours are sRGB values), opacity as alpha
@@ -42,8 +52,21 @@ def _array_for(rig: RigFile, key: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int32 if a.dtype.kind in "iu" else np.float32).ravel()
 
 
+def _set(me: bpy.types.Mesh, name: str, typ: str, field: str, values: np.ndarray) -> None:
+    attr = me.attributes.get(name)
+    if attr is None or attr.data_type != typ or attr.domain != "POINT":
+        if attr is not None:
+            me.attributes.remove(attr)
+        attr = me.attributes.new(name, typ, "POINT")
+    attr.data.foreach_set(field, values)
+
+
 def write_attributes(me: bpy.types.Mesh, rig: RigFile) -> None:
-    """Set the Gaussians' attributes in place (resizing the vertex set when the count changed)."""
+    """Set the Gaussians' attributes in place (resizing the vertex set when the count changed).
+
+    ``gs_color`` is the view-independent colour (scene-linear, opacity as alpha); the Follow Rig modifier
+    replaces it on the point cloud with the colour seen from the active camera, from ``gs_base_color``
+    (display values, unclamped) and the SH bands ``gs_sh_01..15`` (those the rig file has)."""
     n = rig.n_gaussians
     if len(me.vertices) != n:
         me.clear_geometry()
@@ -51,44 +74,21 @@ def write_attributes(me: bpy.types.Mesh, rig: RigFile) -> None:
     if "faces_center" in rig.data:
         me.vertices.foreach_set("co", rig["faces_center"].astype(np.float32).ravel())
     for name, (key, typ, field) in ATTRIBUTES.items():
-        attr = me.attributes.get(name)
-        if attr is None or attr.data_type != typ or attr.domain != "POINT":
-            if attr is not None:
-                me.attributes.remove(attr)
-            attr = me.attributes.new(name, typ, "POINT")
-        attr.data.foreach_set(field, _array_for(rig, key))
+        _set(me, name, typ, field, _array_for(rig, key))
+    _set(me, "gs_extent", "FLOAT", "value", gaussian_extent(rig["gs_opacity"]))
+    base = rig.data.get("gs_base_color")  # older rig files: the clamped colour
+    _set(me, "gs_base_color", "FLOAT_VECTOR", "vector",
+         np.ascontiguousarray(rig["gs_color"] if base is None else base, np.float32).ravel())
+    rest = rig.data.get("gs_sh_rest")
+    bands = 0 if rest is None else rest.shape[1]
+    for k, name in enumerate(SH_ATTRIBUTES):
+        if k < bands:
+            _set(me, name, "FLOAT_VECTOR", "vector", np.ascontiguousarray(rest[:, k], np.float32).ravel())
+        elif name in me.attributes:  # fewer bands than the version before: a missing one reads as zero
+            me.attributes.remove(me.attributes[name])
     me.color_attributes.active_color = me.color_attributes["gs_color"]
     me["edit3dgs_regions"] = [str(r) for r in rig["region_names"]]
     me.update()
-
-
-def bake_view_colors(obj, rig: RigFile, scene, depsgraph=None) -> str:
-    """Colour the preview as the backend renders it from the scene's camera at the current frame: the
-    Gaussians' view-dependent colour (SH bands) toward that camera. Returns the camera's name ('' when the
-    rig file has no bands or the scene no camera: the colours stay the view-independent ones)."""
-    cam = scene.camera
-    rest = rig.data.get("gs_sh_rest")
-    if cam is None or rest is None or not rest.shape[1] or len(rest) != len(obj.data.vertices):
-        obj.data["edit3dgs_colour_view"] = ""
-        return ""
-    depsgraph = depsgraph or bpy.context.evaluated_depsgraph_get()
-    depsgraph.update()
-    try:
-        means = evaluated_pointcloud_positions(obj, depsgraph)
-    except LookupError:  # the artist removed or changed the Follow Rig modifier: the view-independent colours
-        obj.data["edit3dgs_colour_view"] = ""
-        return ""
-    if len(means) != len(rest):
-        obj.data["edit3dgs_colour_view"] = ""
-        return ""
-    eye = obj.matrix_world.inverted() @ cam.evaluated_get(depsgraph).matrix_world.translation
-    base = rig.data.get("gs_base_color")  # unclamped (older rig files: the clamped colour)
-    rgb = view_colors(rig["gs_color"] if base is None else base, rest, means, np.array(eye, np.float32))
-    rgba = np.concatenate([srgb_to_linear(rgb), rig["gs_opacity"][:, None]], 1).astype(np.float32)
-    obj.data.attributes["gs_color"].data.foreach_set("color", rgba.ravel())
-    obj.data["edit3dgs_colour_view"] = f"{cam.name} @ {scene.frame_current}"
-    obj.data.update()
-    return cam.name
 
 
 def read_colors(me: bpy.types.Mesh) -> np.ndarray:
@@ -97,115 +97,198 @@ def read_colors(me: bpy.types.Mesh) -> np.ndarray:
     return out.reshape(-1, 4)
 
 
-def _node_group() -> bpy.types.NodeTree:
-    ng = bpy.data.node_groups.get(NODE_GROUP)
-    if ng is not None:
-        return ng
-    ng = bpy.data.node_groups.new(NODE_GROUP, "GeometryNodeTree")
-    ng.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
-    ng.interface.new_socket(RIG_SOCKET, in_out="INPUT", socket_type="NodeSocketObject")
-    ng.interface.new_socket("Material", in_out="INPUT", socket_type="NodeSocketMaterial")
-    ng.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
-    N, L = ng.nodes, ng.links
-    x = [0]
+class _Builder:
+    """Adds linked nodes to a node tree; inputs are sockets or constants."""
 
-    def node(idname, **props):
-        n = N.new(idname)
+    def __init__(self, tree):
+        self.N, self.L, self.x = tree.nodes, tree.links, 0
+
+    def node(self, idname, **props):
+        n = self.N.new(idname)
         for k, v in props.items():
             setattr(n, k, v)
-        n.location = (x[0], 0)
-        x[0] += 40
+        n.location = (self.x, 0)
+        self.x += 40
         return n
 
-    def vmath(op, a, b=None, scale=None):
-        n = node("ShaderNodeVectorMath", operation=op)
-        L.new(a, n.inputs[0])
-        if b is not None:
-            L.new(b, n.inputs[1])
-        if scale is not None:
-            if isinstance(scale, (int, float)):
-                n.inputs[3].default_value = scale
-            else:
-                L.new(scale, n.inputs[3])
-        return n
-
-    def math(op, a, b=None, c=None):
-        n = node("ShaderNodeMath", operation=op)
-        for i, v in enumerate((a, b, c)):
+    def _inputs(self, n, *args):
+        for i, v in enumerate(args):
             if v is None:
                 continue
-            if isinstance(v, (int, float)):
+            if isinstance(v, (int, float, tuple)):
                 n.inputs[i].default_value = v
             else:
-                L.new(v, n.inputs[i])
-        return n.outputs[0]
+                self.L.new(v, n.inputs[i])
+        return n
 
-    def named(name, dtype):
-        n = node("GeometryNodeInputNamedAttribute", data_type=dtype)
+    def math(self, op, a, b=None, c=None):
+        return self._inputs(self.node("ShaderNodeMath", operation=op), a, b, c).outputs[0]
+
+    def vmath(self, op, a, b=None, c=None, scale=None):
+        n = self._inputs(self.node("ShaderNodeVectorMath", operation=op), a, b, c)
+        if scale is not None:
+            self._inputs(n, None, None, None, scale)
+        return n.outputs[1 if op in ("DOT_PRODUCT", "LENGTH", "DISTANCE") else 0]
+
+    def named(self, name, dtype, output="Attribute"):
+        n = self.node("GeometryNodeInputNamedAttribute", data_type=dtype)
         n.inputs["Name"].default_value = name
-        return n.outputs["Attribute"]
+        return n.outputs[output]
 
-    gin, gout = node("NodeGroupInput"), node("NodeGroupOutput")
-    info = node("GeometryNodeObjectInfo", transform_space="RELATIVE")
+    def separate(self, v):
+        n = self.node("ShaderNodeSeparateXYZ")
+        self.L.new(v, n.inputs[0])
+        return n.outputs[0], n.outputs[1], n.outputs[2]
+
+
+def sh_color_nodes(B: _Builder, position, eye):
+    """Nodes for the backend's colour of each point seen from ``eye`` (shcolor.view_colors, then
+    srgb_to_linear): (r, g, b) scene-linear sockets."""
+    x, y, z = B.separate(B.vmath("NORMALIZE", B.vmath("SUBTRACT", position, eye)))
+    m = B.math
+    xx, yy, zz = m("MULTIPLY", x, x), m("MULTIPLY", y, y), m("MULTIPLY", z, z)
+    xy, yz, xz = m("MULTIPLY", x, y), m("MULTIPLY", y, z), m("MULTIPLY", x, z)
+    s = m("ADD", xx, yy)  # xx + yy
+    d = m("SUBTRACT", xx, yy)  # xx - yy
+    q = m("MULTIPLY_ADD", zz, 4.0, m("MULTIPLY", s, -1.0))  # 4zz - xx - yy
+    basis = [  # the order and constants of backend/edit3dgs/render/sh.py (shcolor.sh_rest)
+        m("MULTIPLY", y, -C1), m("MULTIPLY", z, C1), m("MULTIPLY", x, -C1),
+        m("MULTIPLY", xy, C2[0]), m("MULTIPLY", yz, C2[1]),
+        m("MULTIPLY", m("MULTIPLY_ADD", zz, 2.0, m("MULTIPLY", s, -1.0)), C2[2]),
+        m("MULTIPLY", xz, C2[3]), m("MULTIPLY", d, C2[4]),
+        m("MULTIPLY", m("MULTIPLY", y, m("MULTIPLY_ADD", xx, 3.0, m("MULTIPLY", yy, -1.0))), C3[0]),
+        m("MULTIPLY", m("MULTIPLY", xy, z), C3[1]),
+        m("MULTIPLY", m("MULTIPLY", y, q), C3[2]),
+        m("MULTIPLY", m("MULTIPLY", z, m("MULTIPLY_ADD", zz, 2.0, m("MULTIPLY", s, -3.0))), C3[3]),
+        m("MULTIPLY", m("MULTIPLY", x, q), C3[4]),
+        m("MULTIPLY", m("MULTIPLY", z, d), C3[5]),
+        m("MULTIPLY", m("MULTIPLY", x, m("MULTIPLY_ADD", yy, -3.0, xx)), C3[6]),
+    ]
+    acc = B.named("gs_base_color", "FLOAT_VECTOR")
+    for name, w in zip(SH_ATTRIBUTES, basis):  # a band the rig file lacks reads as zero
+        acc = B.vmath("MULTIPLY_ADD", B.named(name, "FLOAT_VECTOR"), w, acc)
+    acc = B.vmath("MINIMUM", B.vmath("MAXIMUM", acc, (0.0, 0.0, 0.0)), (1.0, 1.0, 1.0))
+    out = []
+    for c in B.separate(acc):  # sRGB -> scene-linear, the IEC curve (shcolor.srgb_to_linear)
+        lo = m("DIVIDE", c, 12.92)
+        hi = m("POWER", m("MULTIPLY_ADD", c, 1.0 / 1.055, 0.055 / 1.055), 2.4)
+        out.append(m("MULTIPLY_ADD", m("LESS_THAN", c, 0.04045), m("SUBTRACT", lo, hi), hi))
+    return out
+
+
+def _node_group() -> bpy.types.NodeTree:
+    ng = bpy.data.node_groups.get(NODE_GROUP)
+    if ng is not None and ng.get("edit3dgs_nodes") == NODES_VERSION:
+        return ng
+    if ng is None:
+        ng = bpy.data.node_groups.new(NODE_GROUP, "GeometryNodeTree")
+    names = {(i.in_out, i.name) for i in ng.interface.items_tree if hasattr(i, "in_out")}
+    for name, io, typ in (("Geometry", "INPUT", "NodeSocketGeometry"), (RIG_SOCKET, "INPUT", "NodeSocketObject"),
+                          ("Material", "INPUT", "NodeSocketMaterial"), ("Geometry", "OUTPUT", "NodeSocketGeometry")):
+        if (io, name) not in names:  # an older group keeps its sockets (and the modifiers their inputs)
+            ng.interface.new_socket(name, in_out=io, socket_type=typ)
+    ng.nodes.clear()
+    B = _Builder(ng)
+    L, math, vmath, named = B.L, B.math, B.vmath, B.named
+
+    gin, gout = B.node("NodeGroupInput"), B.node("NodeGroupOutput")
+    info = B.node("GeometryNodeObjectInfo", transform_space="RELATIVE")
     L.new(gin.outputs[RIG_SOCKET], info.inputs["Object"])
-    pos = node("GeometryNodeInputPosition").outputs[0]
+    pos = B.node("GeometryNodeInputPosition").outputs[0]
     b = named("binding", "INT")
     corners = []
     for i in range(3):
-        s = node("GeometryNodeSampleIndex", data_type="FLOAT_VECTOR", domain="CORNER")
+        s = B.node("GeometryNodeSampleIndex", data_type="FLOAT_VECTOR", domain="CORNER")
         L.new(info.outputs["Geometry"], s.inputs["Geometry"])
         L.new(pos, s.inputs["Value"])
         L.new(math("MULTIPLY_ADD", b, 3.0, float(i)), s.inputs["Index"])
         corners.append(s.outputs["Value"])
     v0, v1, v2 = corners
-    e1 = vmath("SUBTRACT", v1, v0).outputs[0]
-    e2 = vmath("SUBTRACT", v2, v0).outputs[0]
-    a0 = vmath("NORMALIZE", e1).outputs[0]
-    a1 = vmath("NORMALIZE", vmath("CROSS_PRODUCT", a0, e2).outputs[0]).outputs[0]
-    a2n = vmath("NORMALIZE", vmath("CROSS_PRODUCT", a1, a0).outputs[0]).outputs[0]  # a2 = -a2n
-    k = math("MULTIPLY", math("ADD", vmath("LENGTH", e1).outputs[1],
-                              math("ABSOLUTE", vmath("DOT_PRODUCT", a2n, e2).outputs[1])), 0.5)
-    center = vmath("SCALE", vmath("ADD", vmath("ADD", v0, v1).outputs[0], v2).outputs[0], scale=1.0 / 3.0).outputs[0]
-    sep = node("ShaderNodeSeparateXYZ")
-    L.new(named("gs_xyz", "FLOAT_VECTOR"), sep.inputs[0])
-    local = vmath("ADD", vmath("SCALE", a0, scale=sep.outputs[0]).outputs[0],
-                  vmath("SCALE", a1, scale=sep.outputs[1]).outputs[0]).outputs[0]
-    local = vmath("SUBTRACT", local, vmath("SCALE", a2n, scale=sep.outputs[2]).outputs[0]).outputs[0]
-    world = vmath("ADD", center, vmath("SCALE", local, scale=k).outputs[0]).outputs[0]
-    setpos = node("GeometryNodeSetPosition")
+    e1 = vmath("SUBTRACT", v1, v0)
+    e2 = vmath("SUBTRACT", v2, v0)
+    a0 = vmath("NORMALIZE", e1)
+    a1 = vmath("NORMALIZE", vmath("CROSS_PRODUCT", a0, e2))
+    a2n = vmath("NORMALIZE", vmath("CROSS_PRODUCT", a1, a0))  # a2 = -a2n
+    k = math("MULTIPLY", math("ADD", vmath("LENGTH", e1), math("ABSOLUTE", vmath("DOT_PRODUCT", a2n, e2))), 0.5)
+    center = vmath("SCALE", vmath("ADD", vmath("ADD", v0, v1), v2), scale=1.0 / 3.0)
+    xl, yl, zl = B.separate(named("gs_xyz", "FLOAT_VECTOR"))
+    local = vmath("ADD", vmath("SCALE", a0, scale=xl), vmath("SCALE", a1, scale=yl))
+    local = vmath("SUBTRACT", local, vmath("SCALE", a2n, scale=zl))
+    world = vmath("ADD", center, vmath("SCALE", local, scale=k))
+    setpos = B.node("GeometryNodeSetPosition")
     L.new(gin.outputs["Geometry"], setpos.inputs["Geometry"])
     L.new(world, setpos.inputs["Position"])
-    topts = node("GeometryNodeMeshToPoints", mode="VERTICES")
+    topts = B.node("GeometryNodeMeshToPoints", mode="VERTICES")
     L.new(setpos.outputs["Geometry"], topts.inputs["Mesh"])
-    L.new(math("MULTIPLY", k, named("gs_scale_rel", "FLOAT")), topts.inputs["Radius"])
-    setmat = node("GeometryNodeSetMaterial")
-    L.new(topts.outputs["Points"], setmat.inputs["Geometry"])
+    sigma = math("MULTIPLY", k, named("gs_scale_rel", "FLOAT"))  # of the largest axis
+    L.new(math("MULTIPLY", sigma, named("gs_extent", "FLOAT")), topts.inputs["Radius"])
+
+    # the colour seen from the active camera, per point and per frame (no handlers): the SH bands toward it
+    cam = B.node("GeometryNodeObjectInfo", transform_space="RELATIVE")  # its location in this object's space
+    L.new(B.node("GeometryNodeInputActiveCamera").outputs[0], cam.inputs["Object"])
+    r, g, bl = sh_color_nodes(B, B.node("GeometryNodeInputPosition").outputs[0], cam.outputs["Location"])
+    rgba = B.node("FunctionNodeCombineColor", mode="RGB")
+    for i, v in enumerate((r, g, bl, named("gs_opacity", "FLOAT"))):
+        L.new(v, rgba.inputs[i])
+    store = B.node("GeometryNodeStoreNamedAttribute", data_type="FLOAT_COLOR", domain="POINT")
+    store.inputs["Name"].default_value = "gs_color"
+    L.new(topts.outputs["Points"], store.inputs["Geometry"])
+    L.new(rgba.outputs[0], store.inputs["Value"])
+    # with no active camera (its scale reads as zero), or on a preview from an older add-on (no base colour),
+    # the points keep the view-independent colours write_attributes gave them
+    both = B.node("FunctionNodeBooleanMath", operation="AND")
+    L.new(named("gs_base_color", "FLOAT_VECTOR", "Exists"), both.inputs[0])
+    L.new(math("GREATER_THAN", vmath("LENGTH", cam.outputs["Scale"]), 0.0), both.inputs[1])
+    L.new(both.outputs[0], store.inputs["Selection"])
+
+    setmat = B.node("GeometryNodeSetMaterial")
+    L.new(store.outputs["Geometry"], setmat.inputs["Geometry"])
     L.new(gin.outputs["Material"], setmat.inputs["Material"])
     L.new(setmat.outputs["Geometry"], gout.inputs[0])
+    ng["edit3dgs_nodes"] = NODES_VERSION
     return ng
 
 
 def _material() -> bpy.types.Material:
+    """Emission of ``gs_color`` over Transparent with the Gaussian's alpha along each ray: opacity *
+    exp(-d^2 / 2 sigma^2), d the ray's distance from the point's centre (Point Info), sigma = radius / extent."""
     mat = bpy.data.materials.get(MATERIAL)
-    if mat is not None:
+    if mat is not None and mat.get("edit3dgs_nodes") == NODES_VERSION:
         return mat
-    mat = bpy.data.materials.new(MATERIAL)
+    if mat is None:
+        mat = bpy.data.materials.new(MATERIAL)
     if bpy.app.version < (5, 0, 0) or mat.node_tree is None:
         mat.use_nodes = True  # always on (and deprecated) from Blender 5.0
     nt = mat.node_tree
     nt.nodes.clear()
-    attr = nt.nodes.new("ShaderNodeAttribute")
-    attr.attribute_type, attr.attribute_name = "GEOMETRY", "gs_color"
-    emit = nt.nodes.new("ShaderNodeEmission")
-    transp = nt.nodes.new("ShaderNodeBsdfTransparent")
-    mix = nt.nodes.new("ShaderNodeMixShader")
-    out = nt.nodes.new("ShaderNodeOutputMaterial")
-    nt.links.new(attr.outputs["Color"], emit.inputs["Color"])
-    nt.links.new(attr.outputs["Alpha"], mix.inputs[0])
-    nt.links.new(transp.outputs[0], mix.inputs[1])
-    nt.links.new(emit.outputs[0], mix.inputs[2])
-    nt.links.new(mix.outputs[0], out.inputs["Surface"])
+    B = _Builder(nt)
+    color = B.node("ShaderNodeAttribute", attribute_type="GEOMETRY", attribute_name="gs_color")
+    extent = B.node("ShaderNodeAttribute", attribute_type="GEOMETRY", attribute_name="gs_extent").outputs[2]
+    point, geo = B.node("ShaderNodePointInfo"), B.node("ShaderNodeNewGeometry")
+    # d^2 = |(P - centre) x I|^2 with I the unit direction toward the viewer
+    c = B.vmath("CROSS_PRODUCT", B.vmath("SUBTRACT", geo.outputs["Position"], point.outputs["Position"]),
+                geo.outputs["Incoming"])
+    inv_sigma = B.math("DIVIDE", extent, point.outputs["Radius"])
+    q = B.math("MULTIPLY", B.vmath("DOT_PRODUCT", c, c), B.math("MULTIPLY", inv_sigma, inv_sigma))
+    alpha = B.math("MULTIPLY", color.outputs["Alpha"], B.math("EXPONENT", B.math("MULTIPLY", q, -0.5)))
+    # once per Gaussian: a ray leaving its sphere (the back face) passes through (Cycles never hits the same
+    # point twice in a row; a rasterizer drawing back faces would)
+    alpha = B.math("MULTIPLY", alpha, B.math("SUBTRACT", 1.0, geo.outputs["Backfacing"]))
+    emit, transp = B.node("ShaderNodeEmission"), B.node("ShaderNodeBsdfTransparent")
+    mix, out = B.node("ShaderNodeMixShader"), B.node("ShaderNodeOutputMaterial")
+    B.L.new(color.outputs["Color"], emit.inputs["Color"])
+    B.L.new(alpha, mix.inputs[0])
+    B.L.new(transp.outputs[0], mix.inputs[1])
+    B.L.new(emit.outputs[0], mix.inputs[2])
+    B.L.new(mix.outputs[0], out.inputs["Surface"])
+    mat["edit3dgs_nodes"] = NODES_VERSION
     return mat
+
+
+def ensure_nodes() -> None:
+    """Bring the preview's node group and material up to date (in place: every preview using them follows)."""
+    _node_group()
+    _material()
 
 
 def build_preview(rig: RigFile, name: str, collection, rig_mesh_obj) -> bpy.types.Object:
@@ -225,36 +308,43 @@ def build_preview(rig: RigFile, name: str, collection, rig_mesh_obj) -> bpy.type
     return obj
 
 
-def evaluated_pointcloud_positions(obj, depsgraph) -> np.ndarray:
-    """Positions (N,3) of the evaluated preview points, in the object's space (FLAME axes)."""
+def _evaluated_pointcloud(obj, depsgraph):
+    """(keep-alive, point cloud) of the evaluated preview; hold the first while reading the second."""
     ev = obj.evaluated_get(depsgraph)
     if hasattr(ev, "evaluated_geometry"):  # Blender 4.4+
-        geo = ev.evaluated_geometry()  # keep it alive while reading its point cloud
-        return _positions(geo.pointcloud)
+        geo = ev.evaluated_geometry()
+        return geo, geo.pointcloud
     for inst in depsgraph.object_instances:  # Blender 4.2: the point cloud is a separate evaluated instance
         o = inst.object
         if o.type == "POINTCLOUD" and o.original == obj.original:
-            return _positions(o.data)
+            return o, o.data
     raise LookupError(f"{obj.name}: no evaluated point cloud")
 
 
-def _positions(pc) -> np.ndarray:
-    out = np.empty(len(pc.points) * 3, np.float32)
-    pc.attributes["position"].data.foreach_get("vector", out)
-    return out.reshape(-1, 3)
+def evaluated_attribute(obj, depsgraph, name: str) -> np.ndarray:
+    """An attribute of the evaluated preview's points: (N,) or (N, width)."""
+    keep, pc = _evaluated_pointcloud(obj, depsgraph)
+    attr = pc.attributes[name]
+    field, width = {"FLOAT": ("value", 1), "INT": ("value", 1), "FLOAT_VECTOR": ("vector", 3),
+                    "FLOAT_COLOR": ("color", 4)}[attr.data_type]
+    out = np.empty(len(pc.points) * width, np.int32 if attr.data_type == "INT" else np.float32)
+    attr.data.foreach_get(field, out)
+    del keep
+    return out if width == 1 else out.reshape(-1, width)
+
+
+def evaluated_pointcloud_positions(obj, depsgraph) -> np.ndarray:
+    """Positions (N,3) of the evaluated preview points, in the object's space (FLAME axes)."""
+    return evaluated_attribute(obj, depsgraph, "position")
 
 
 def evaluated_radii(obj, depsgraph) -> np.ndarray:
-    ev = obj.evaluated_get(depsgraph)
-    if hasattr(ev, "evaluated_geometry"):
-        geo = ev.evaluated_geometry()  # keep it alive while reading
-        pc = geo.pointcloud
-    else:
-        pc = next(i.object.data for i in depsgraph.object_instances
-                  if i.object.type == "POINTCLOUD" and i.object.original == obj.original)
-    out = np.empty(len(pc.points), np.float32)
-    pc.attributes["radius"].data.foreach_get("value", out)
-    return out
+    return evaluated_attribute(obj, depsgraph, "radius")
+
+
+def evaluated_colors(obj, depsgraph) -> np.ndarray:
+    """(N,4) the colours the material reads: scene-linear RGB seen from the active camera, opacity as alpha."""
+    return evaluated_attribute(obj, depsgraph, "gs_color")
 
 
 evaluated_positions = evaluated_pointcloud_positions

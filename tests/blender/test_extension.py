@@ -119,11 +119,14 @@ def test_import_rig_preview_cameras(scene, ext, avatar_dir, tmp_path):
         assert a in me.attributes, a
     assert prev.modifiers[0].type == "NODES"
     assert any(n.type == "ATTRIBUTE" and n.attribute_name == "gs_color" for n in prev.material_slots[0].material.node_tree.nodes)
-    # the point cloud is drawn with radii from the Gaussians' scale
+    # the point cloud is drawn with radii from the Gaussians' scale: each sphere ends where the Gaussian's alpha
+    # falls below 1/255, min(3.33, sqrt(2 ln(255 opacity))) sigmas of its largest axis from its centre
     import sys
 
+    from edit3dgs_addon.shcolor import gaussian_extent
+
     r = sys.modules[EXT_MODULE + ".scene.preview"].evaluated_radii(prev, bpy.context.evaluated_depsgraph_get())
-    assert np.allclose(r, rig["gs_scale"], rtol=1e-4, atol=1e-7)
+    assert np.allclose(r, rig["gs_scale"] * gaussian_extent(rig["gs_opacity"]), rtol=1e-4, atol=1e-7)
     # cameras
     coll = bpy.data.collections["Key Views"]
     assert len(coll.objects) == 16 and all(o.type == "CAMERA" for o in coll.objects)
@@ -137,6 +140,96 @@ def test_preview_follows_rig_at_two_frames(scene, ext, avatar_dir, tmp_path):
     objs = import_avatar(avatar_dir)
     errs = check_follows_rig(objs, avatar_dir, tmp_path)
     print("max position error per frame:", errs)
+
+
+def test_preview_colour_follows_the_camera_per_frame(scene, ext, avatar_dir):
+    """The view-dependent colour is evaluated by the Follow Rig nodes toward the active camera at every frame (no
+    handlers): with the camera and the rig animated, every point's colour at two frames is the backend's
+    (shcolor.view_colors toward that frame's camera, then sRGB -> scene-linear), within float32 rounding."""
+    import sys
+
+    from edit3dgs_addon.rigfile import load
+    from edit3dgs_addon.shcolor import srgb_to_linear, view_colors
+
+    preview = sys.modules[EXT_MODULE + ".scene.preview"]
+    objs = import_avatar(avatar_dir)
+    arm, head, prev = objs["armature"], objs["head"], objs["preview"]
+    rig = load(prev.edit3dgs.versions[0].npz, need_rig=False)
+    n = rig.n_gaussians
+    rng = np.random.default_rng(0)
+    rig.data["gs_sh_rest"] = rng.normal(0, 0.15, (n, 15, 3)).astype(np.float16)  # strong in every band
+    rig.data["gs_base_color"] = rig["gs_base_color"] + rng.normal(0, 0.3, (n, 3)).astype(np.float32)  # some out of range
+    preview.write_attributes(prev.data, rig)
+    cam = scene.camera  # the first key view; at frame 11 it moves to where the back view (cam12) is
+    assert cam is not None and cam.type == "CAMERA"
+    back = next(o for o in objs["all"] if o.name.endswith("cam12"))
+    for frame, loc in ((3, cam.location.copy()), (11, back.location.copy())):
+        pose_rig(arm, head, POSES[frame])
+        key_rig(arm, head, frame)
+        cam.location = loc
+        cam.keyframe_insert("location", frame=frame)
+    base, rest = rig["gs_base_color"], rig["gs_sh_rest"].astype(np.float32)
+    seen = {}
+    for frame in (3, 11):
+        scene.frame_set(frame)
+        dg = bpy.context.evaluated_depsgraph_get()
+        eye = np.array(prev.matrix_world.inverted() @ cam.evaluated_get(dg).matrix_world.translation, np.float32)
+        got = preview.evaluated_colors(prev, dg)
+        want = srgb_to_linear(view_colors(base, rest, preview.evaluated_positions(prev, dg), eye))
+        err = float(np.abs(got[:, :3] - want).max())
+        print(f"frame {frame}: camera at {np.round(eye, 3)} (avatar space), max colour error {err:.2e}")
+        assert err < 1e-5, (frame, err)
+        assert np.array_equal(got[:, 3], rig["gs_opacity"].astype(np.float32))
+        seen[frame] = got
+    # the two frames' colours really differ (a preview coloured once could not match both)
+    assert np.abs(seen[3] - seen[11]).max() > 0.3
+    # no active camera: the view-independent colours (the mesh's)
+    scene.camera = None
+    got = preview.evaluated_colors(prev, bpy.context.evaluated_depsgraph_get())
+    assert np.array_equal(got, preview.read_colors(prev.data))
+    scene.camera = cam
+    # rig files of SH degree 2, 1 and 0: the bands of the version before are gone (they read as zero)
+    full = rig["gs_sh_rest"]
+    for bands in (8, 3, 0):
+        rig.data["gs_sh_rest"] = full[:, :bands]
+        preview.write_attributes(prev.data, rig)
+        dg = bpy.context.evaluated_depsgraph_get()
+        eye = np.array(prev.matrix_world.inverted() @ cam.evaluated_get(dg).matrix_world.translation, np.float32)
+        want = srgb_to_linear(view_colors(base, rest[:, :bands], preview.evaluated_positions(prev, dg), eye))
+        assert sum(a.name.startswith("gs_sh_") for a in prev.data.attributes) == bands
+        assert np.abs(preview.evaluated_colors(prev, dg)[:, :3] - want).max() < 1e-5, bands
+    # a preview from an older add-on (no base colour): the colours it was given
+    prev.data.attributes.remove(prev.data.attributes["gs_base_color"])
+    prev.data.update()
+    got = preview.evaluated_colors(prev, bpy.context.evaluated_depsgraph_get())
+    assert np.array_equal(got, preview.read_colors(prev.data))
+
+
+def test_older_preview_nodes_are_rebuilt_in_place(scene, ext, avatar_dir):
+    """A .blend saved by an older add-on: Apply brings the preview's node group and material up to date in place
+    (the modifier keeps its rig), and the preview's points and colours are this version's."""
+    import sys
+
+    preview = sys.modules[EXT_MODULE + ".scene.preview"]
+    objs = import_avatar(avatar_dir)
+    prev = objs["preview"]
+    dg = bpy.context.evaluated_depsgraph_get()
+    pos, col, rad = (f(prev, dg).copy() for f in (preview.evaluated_positions, preview.evaluated_colors,
+                                                   preview.evaluated_radii))
+    mod = prev.modifiers[0]
+    ng, mat = mod.node_group, prev.material_slots[0].material
+    for idblock in (ng, mat):  # as an older add-on left them
+        del idblock["edit3dgs_nodes"]
+    ng.nodes.clear()
+    mat.node_tree.nodes.clear()
+    assert bpy.ops.edit3dgs.apply_edit(index=0) == {"FINISHED"}
+    assert mod.node_group == ng and prev.material_slots[0].material == mat
+    assert ng["edit3dgs_nodes"] == mat["edit3dgs_nodes"] == preview.NODES_VERSION
+    assert any(n.type == "POINT_INFO" for n in mat.node_tree.nodes)
+    dg = bpy.context.evaluated_depsgraph_get()
+    assert np.array_equal(preview.evaluated_positions(prev, dg), pos)
+    assert np.array_equal(preview.evaluated_colors(prev, dg), col)
+    assert np.array_equal(preview.evaluated_radii(prev, dg), rad)
 
 
 def test_camera_matches_transforms(scene, ext, avatar_dir):

@@ -74,3 +74,10 @@ def test_panels_draw_in_every_state(scene, ext, avatar_dir):
             assert (drawn["EDIT3DGS_PT_masks"] is None) == (editor == "region")
             assert ("prop", "views_per_iter") in drawn["EDIT3DGS_PT_editor"]
             assert ("prop", "iteration_multiplier") not in drawn["EDIT3DGS_PT_editor"]
+    # the preview's colours follow the active camera: without one the History panel says what it shows
+    history = draw_all(bpy.context)["EDIT3DGS_PT_history"]
+    assert not any(k == "label" and "No active camera" in t for k, t in history)
+    cam, scene.camera = scene.camera, None
+    history = draw_all(bpy.context)["EDIT3DGS_PT_history"]
+    assert any(k == "label" and "No active camera" in t for k, t in history)
+    scene.camera = cam
