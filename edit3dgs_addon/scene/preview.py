@@ -286,9 +286,19 @@ def _material() -> bpy.types.Material:
 
 
 def ensure_nodes() -> None:
-    """Bring the preview's node group and material up to date (in place: every preview using them follows)."""
-    _node_group()
-    _material()
+    """Bring the preview's node group and material up to date (in place: every preview using them follows),
+    and every mesh they draw: a preview or Compare copy from an older add-on gets the sphere extent the new
+    nodes read (from its own opacities; without it its points would have radius 0 and vanish). Its colours
+    stay the view-independent ones until it is applied again (it has no SH bands)."""
+    ng, _ = _node_group(), _material()
+    for obj in bpy.data.objects:
+        me = obj.data
+        if (obj.type == "MESH" and "gs_extent" not in me.attributes and "gs_opacity" in me.attributes
+                and any(m.type == "NODES" and m.node_group == ng for m in obj.modifiers)):
+            opacity = np.empty(len(me.vertices), np.float32)
+            me.attributes["gs_opacity"].data.foreach_get("value", opacity)
+            _set(me, "gs_extent", "FLOAT", "value", gaussian_extent(opacity))
+            me.update()
 
 
 def build_preview(rig: RigFile, name: str, collection, rig_mesh_obj) -> bpy.types.Object:
@@ -296,6 +306,7 @@ def build_preview(rig: RigFile, name: str, collection, rig_mesh_obj) -> bpy.type
     write_attributes(me, rig)
     obj = bpy.data.objects.new(f"{name}_gaussians", me)
     collection.objects.link(obj)
+    ensure_nodes()   # an older .blend's other previews follow the rebuilt nodes too
     mat = _material()
     obj.data.materials.append(mat)
     mod = obj.modifiers.new("Follow rig", "NODES")

@@ -218,6 +218,13 @@ def test_older_preview_nodes_are_rebuilt_in_place(scene, ext, avatar_dir):
                                                    preview.evaluated_radii))
     mod = prev.modifiers[0]
     ng, mat = mod.node_group, prev.material_slots[0].material
+    # a second preview (another avatar, or a Compare copy) from the older add-on: no extent, no SH bands
+    older = prev.copy()
+    older.data = prev.data.copy()
+    bpy.context.scene.collection.objects.link(older)
+    for name in ("gs_extent", "gs_base_color", *preview.SH_ATTRIBUTES):
+        if name in older.data.attributes:
+            older.data.attributes.remove(older.data.attributes[name])
     for idblock in (ng, mat):  # as an older add-on left them
         del idblock["edit3dgs_nodes"]
     ng.nodes.clear()
@@ -230,6 +237,9 @@ def test_older_preview_nodes_are_rebuilt_in_place(scene, ext, avatar_dir):
     assert np.array_equal(preview.evaluated_positions(prev, dg), pos)
     assert np.array_equal(preview.evaluated_colors(prev, dg), col)
     assert np.array_equal(preview.evaluated_radii(prev, dg), rad)
+    # the older preview did not vanish: this version's radii, and its view-independent colours
+    assert np.array_equal(preview.evaluated_radii(older, dg), rad)
+    assert np.array_equal(preview.evaluated_colors(older, dg), preview.read_colors(older.data))
 
 
 def test_camera_matches_transforms(scene, ext, avatar_dir):
