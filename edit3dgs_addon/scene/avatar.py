@@ -56,9 +56,13 @@ def first_key_view(cams):
     return min(views, key=lambda o: int(o["edit3dgs_camera_index"]), default=None)
 
 
+TRANSPARENT_BOUNCES = 256
+
+
 def set_up_scene(scene, cams, fps: float | None) -> list[str]:
     """The scene as the avatar was captured: its first key view as the active camera, that camera's
-    resolution and pixel aspect, the Standard view transform, and the sequence's frame rate. Returns what changed, in words."""
+    resolution and pixel aspect, the Standard view transform, enough transparent bounces for Cycles to see through
+    the Gaussians, and the sequence's frame rate. Returns what changed, in words."""
     done = []
     cam = first_key_view(cams)
     if cam is not None:
@@ -75,6 +79,12 @@ def set_up_scene(scene, cams, fps: float | None) -> list[str]:
         # (Filmic/AgX would tone-map them).
         vs.view_transform, vs.look = "Standard", "None"
         done.append("Standard view transform")
+    cycles = getattr(scene, "cycles", None)
+    if cycles is not None and cycles.transparent_max_bounces < TRANSPARENT_BOUNCES:
+        # each Gaussian is a sphere that fades out (scene/preview.py): a ray through the head crosses
+        # hundreds; at Cycles' default of 8 it stops early and the render comes out dark
+        cycles.transparent_max_bounces = TRANSPARENT_BOUNCES
+        done.append(f"Cycles transparent bounces {TRANSPARENT_BOUNCES}")
     if fps:
         whole = max(1, round(fps))
         scene.render.fps, scene.render.fps_base = whole, whole / float(fps)  # 29.97: 30 / 1.001

@@ -29,7 +29,7 @@ def cycles_render(scene, path, animation=False) -> np.ndarray | None:
     scene.cycles.device = "CPU"
     scene.cycles.samples = 4
     scene.cycles.use_denoising = False
-    scene.cycles.transparent_max_bounces = 1024
+    # transparent bounces: as Import set them (at Cycles' default of 8 the preview renders dark)
     r.film_transparent = True
     r.image_settings.file_format = "PNG"
     r.image_settings.color_mode = "RGBA"
