@@ -117,6 +117,54 @@ def test_world_poser_matches_posing_then_binding(builtin_avatar_dir):
     torch.testing.assert_close(g.quats, ref.quats)
 
 
+def test_an_uploaded_sequence_poses_in_pieces_as_the_parameters_do(builtin_avatar_dir):
+    """WorldPoser.upload + timesteps_of (the render command's one copy to the device, chunks as views of it) pose
+    every timestep as selecting those FLAME parameters does; every per-frame field is cut (the per-frame offsets
+    too), the static ones are shared."""
+    from dataclasses import replace
+
+    from edit3dgs.posing import WorldPoser
+
+    b = open_avatar(builtin_avatar_dir)
+    ts = [0, 3, 4, 7, 9]
+    rng = np.random.default_rng(0)
+    params = replace(b.params, dynamic_offset=rng.normal(0, 1e-3, (b.params.num_timesteps, b.head.n_verts, 3))
+                     .astype(np.float32))
+    poser = WorldPoser(b)
+    seq = poser.upload(params.select(ts))
+    for start, stop in ((0, 2), (2, 5), (4, 5)):
+        got = poser.pose_and_place(poser.timesteps_of(seq, start, stop))
+        want = poser.pose_and_place(params.select(ts[start:stop]))
+        assert len(got) == len(want) == stop - start
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g.means, w.means, atol=0, rtol=0)
+            torch.testing.assert_close(g.quats, w.quats, atol=0, rtol=0)
+    piece = poser.timesteps_of(seq, 2, 5)   # every per-frame field cut, the rest (shape, static offset) shared
+    for k, v in piece.items():
+        assert (v.shape[0] == 3 and torch.equal(v, seq[k][2:5])) if seq[k].shape[0] == len(ts) else v is seq[k], k
+    assert piece["dynamic_offset"].shape[0] == 3 and piece["shape"] is seq["shape"]
+
+
+def test_render_in_chunks_with_a_padded_last_chunk_writes_the_one_chunk_images(builtin_avatar_dir, cli, tmp_path,
+                                                                                monkeypatch):
+    """`edit3dgs render` poses timesteps in chunks of an uploaded sequence, the last chunk padded to the others'
+    length: the images are those of posing every timestep in one chunk, each under its own timestep's name."""
+    from edit3dgs import render as render_mod
+    from edit3dgs.bundle import open_avatar as open_b
+    from edit3dgs.images import load_png as load_image
+
+    n = open_b(builtin_avatar_dir).gaussians.num_gaussians
+    args = ("render", "--avatar", builtin_avatar_dir, "--cameras", builtin_avatar_dir / "cameras.json",
+            "--camera-ids", "0", "--timesteps", "0,3,5", "--scale", "0.25", "--device", "cpu")
+    assert cli(*args, "--out", tmp_path / "one")[0] == 0
+    monkeypatch.setattr(render_mod, "MAX_PAIRS", 2 * n)     # chunks of two timesteps: [0, 3], [5 (+5)]
+    assert cli(*args, "--out", tmp_path / "two")[0] == 0
+    for t in (0, 3, 5):
+        a, b = (load_image(tmp_path / d / f"{t:05d}_00.png") for d in ("one", "two"))
+        assert np.abs(a - b).max() <= 1 / 255 and (np.abs(a - b) > 0).mean() < 1e-3, (t, np.abs(a - b).max())
+    assert not np.array_equal(load_image(tmp_path / "one" / "00000_00.png"), load_image(tmp_path / "one" / "00005_00.png"))
+
+
 def test_compiled_posing_is_one_graph_with_the_eager_results(builtin_avatar_dir):
     """--compile-posing: FLAME posing + the binding transform trace into one torch.compile graph (no graph
     break: a break would leave the small kernels it exists to fuse) and give the eager world Gaussians.

@@ -478,8 +478,8 @@ def test_compiled_unet_edits_as_the_eager_unet_and_leaves_the_multiview_attentio
     s = IP2PSettings(steps=3, resolution=32, chunk_size=3, min_timestep=0, inpaint=False, batch_size=4)
     torch._dynamo.reset()
     counters.clear()
+    m = load_ip2p(str(tiny_ip2p_dir), device="cpu")
     try:
-        m = load_ip2p(str(tiny_ip2p_dir), device="cpu")
         assert not m.compiled
         eager = edit_images(m, imgs, "make it blue", s, views=views)
         plans = []
@@ -510,6 +510,17 @@ def test_compiled_unet_edits_as_the_eager_unet_and_leaves_the_multiview_attentio
     finally:
         ip2p.set_compiled(m, False)
         torch._dynamo.reset()
+
+
+def test_compile_unet_without_a_cuda_device_stays_eager_and_says_so(tiny_ip2p_dir, capsys):
+    """Inductor needs CUDA with Triton here: on a CPU the preference or flag leaves the UNet eager with one note,
+    never an inductor traceback in the middle of an edit."""
+    m = load_ip2p(str(tiny_ip2p_dir), device="cpu", compile_unet=True)
+    try:
+        assert not m.compiled and not any(getattr(x, "_compiled_call_impl", None) for x in m.unet.modules())
+        assert "stays eager" in capsys.readouterr().err
+    finally:
+        ip2p.set_compiled(m, False)
 
 
 def test_binding_correspondences_follow_the_moving_head():

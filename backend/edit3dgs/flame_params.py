@@ -31,6 +31,7 @@ from .validate import float32_array, read_npz
 # FLAME's 5023 vertices, and 5143 with GaussianAvatars'/VHAP's 120 teeth vertices appended.
 FLAME_VERTS = {5023, 5143}
 PER_FRAME_KEYS = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
+SEQUENCE_KEYS = (*PER_FRAME_KEYS, "dynamic_offset")   # every field with a leading timestep dimension (if present)
 WIDTHS = {"rotation": 3, "neck_pose": 3, "jaw_pose": 3, "eyes_pose": 6, "translation": 3}
 
 

@@ -21,9 +21,7 @@ import torch
 
 from .avatar import GaussianAvatar, WorldGaussians, bind_frames, posed_frames
 from .bundle import AvatarBundle
-from .flame_params import PER_FRAME_KEYS, FlameParams
-
-SEQUENCE_KEYS = (*PER_FRAME_KEYS, "dynamic_offset")   # with a leading timestep dimension
+from .flame_params import SEQUENCE_KEYS, FlameParams
 
 
 class WorldPoser:

@@ -87,7 +87,10 @@ def cmd_render(a) -> int:
 
         # one LBS call and one binding pass per chunk of timesteps; chunk x Gaussians bounded like a render pass
         per_chunk = max(1, min(16, render_mod.MAX_PAIRS // max(1, b.gaussians.num_gaussians)))
-        sequence = poser.upload(params.select(ts))   # one copy to the device; chunks are views of it
+        # one copy to the device, chunks are views of it; the last chunk padded (its last timestep repeated) to
+        # the others' length, so posing is captured (and, with --compile-posing, compiled) once
+        per_chunk = max(1, min(per_chunk, len(ts)))
+        sequence = poser.upload(params.select(ts + ts[-1:] * (-len(ts) % per_chunk)))
         for start in range(0, len(ts), per_chunk):
             chunk = ts[start:start + per_chunk]
             for t, g in zip(chunk, poser.pose_and_place(poser.timesteps_of(sequence, start, start + per_chunk))):

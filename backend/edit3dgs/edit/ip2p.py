@@ -132,39 +132,56 @@ COMPILE_SCOPE = "blocks"
 
 
 def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
-    """Run the UNet's blocks without multi-view attention through ``torch.compile`` (``on``), or eagerly
-    again (``on=False``; compiled code stays cached for the process). Results are the eager ones up to
-    float rounding (tests/test_ip2p.py). The first edit at a new image size or batch compiles (about half a
-    minute for the full-size UNet on an H200); later ones run at once."""
-    on = bool(on)
-    if on == bool(models.compiled):
+    """Run the UNet (``COMPILE_SCOPE``) through ``torch.compile`` (``on``), or eagerly again (``on=False``;
+    compiled code stays cached for the process). Results are the eager ones up to float rounding
+    (tests/test_ip2p.py, tests/test_render_gpu.py). Each new image size or number of views per UNet call
+    compiles first (half a minute to a minute for the full-size UNet on an H200); later calls run at once.
+    Inductor needs a CUDA device with Triton here: elsewhere the UNet stays eager, with a note on stderr."""
+    want = COMPILE_SCOPE if on else False
+    if want == models.compiled:
         return models
     unet = models.unet
-    if on:
-        import torch._dynamo
+    for m in unet.modules():   # undo what an earlier call did (only that)
+        m._compiled_call_impl = None
+        if getattr(m, "_edit3dgs_eager", False):
+            del m.forward, m._edit3dgs_eager
+    models.compiled = False
+    if not on:
+        return models
+    if COMPILE_BACKEND == "inductor" and not _inductor_ok(models.device):
+        import sys
 
-        for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                     "accumulated_cache_size_limit"):
-            if getattr(torch._dynamo.config, name, COMPILE_RECOMPILE_LIMIT) < COMPILE_RECOMPILE_LIMIT:
-                setattr(torch._dynamo.config, name, COMPILE_RECOMPILE_LIMIT)
-        opts = dict(backend=COMPILE_BACKEND, dynamic=COMPILE_DYNAMIC)
-        if COMPILE_SCOPE == "unet":
-            for m in unet.modules():
-                if isinstance(getattr(m, "processor", None), MultiViewAttnProcessor):
-                    m.forward = torch.compiler.disable(m.forward)   # eager, with its per-call state
-            unet.compile(**opts)
-        else:
-            for m in unet.modules():
-                if type(m).__name__ in COMPILED_BLOCKS:
-                    m.compile(**opts)
-        models.compiled = COMPILE_SCOPE
+        print(f"--compile-unet: the UNet stays eager (torch.compile's inductor needs a CUDA device with Triton; "
+              f"this is {models.device})", file=sys.stderr)
+        return models
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if getattr(torch._dynamo.config, name, COMPILE_RECOMPILE_LIMIT) < COMPILE_RECOMPILE_LIMIT:
+            setattr(torch._dynamo.config, name, COMPILE_RECOMPILE_LIMIT)
+    opts = dict(backend=COMPILE_BACKEND, dynamic=COMPILE_DYNAMIC)
+    if COMPILE_SCOPE == "unet":
+        for m in unet.modules():
+            if isinstance(getattr(m, "processor", None), MultiViewAttnProcessor):
+                m.forward = torch.compiler.disable(m.forward)   # eager, with its per-call state
+                m._edit3dgs_eager = True
+        unet.compile(**opts)
     else:
         for m in unet.modules():
-            m._compiled_call_impl = None
-            if "forward" in m.__dict__:    # the multi-view layers' disabled forward
-                del m.forward
-        models.compiled = False
+            if type(m).__name__ in COMPILED_BLOCKS:
+                m.compile(**opts)
+    models.compiled = COMPILE_SCOPE
     return models
+
+
+def _inductor_ok(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return False
+    return has_triton()
 
 
 @contextmanager
