@@ -222,14 +222,15 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
         ip2p.tune(models)
         ip2p.set_compiled(models, False)
         ip2p.COMPILE_SCOPE = v.get("scope", keep[4])
+        from torch._dynamo.utils import counters
+
+        counters.clear()            # per variant
         if v.get("compile"):
             torch._dynamo.reset()   # each compiled variant compiles from scratch (inductor's disk cache aside)
             ip2p.set_compiled(models, True)
         st = IP2PSettings(steps=steps, batch_size=v.get("batch_size", batch), multiview=True, inpaint=False, resolution=min(hw))
         _, warm, _ = timed(lambda: edit_images(models, imgs, "warm up", IP2PSettings(**{**st.__dict__, "steps": 2}),
                                                views=vs), dev)
-        from torch._dynamo.utils import counters
-
         graphs = counters["stats"]["unique_graphs"]
         _, dt, peak = timed(lambda: edit_images(models, imgs, "make him look older", st, views=vs), dev)
         res[name] = {"seconds": round(dt, 3), "tflop_per_s": round(tflop * res["passes"] / dt, 1), "peak_gib": round(peak, 2),
