@@ -26,7 +26,7 @@ def decimal(v) -> float:
 
 def edit_settings(ui: dict, prefs: dict) -> dict:
     """``ui``: the panel values the artist set (keys of properties never touched are absent);
-    ``prefs``: device, editor_model, detector_model, sam_model (empty or "auto": not set).
+    ``prefs``: device, editor_model, detector_model, sam_model (empty or "auto": not set), compile_unet.
 
     Returns the ``settings`` of an ``edit`` job: only what the artist chose. Everything else,
     including the CPU defaults, is decided by the backend's ``EditSettings.from_dict(...).resolved(device)``,
