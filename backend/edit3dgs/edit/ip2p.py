@@ -127,15 +127,18 @@ COMPILE_DYNAMIC: bool | None = False
 COMPILE_RECOMPILE_LIMIT = 256         # distinct (graph, shape) pairs: a few dozen per image size and batch
 # "blocks": the blocks above, each compiled on its own. "unet": the whole UNet, with the multi-view
 # self-attention layers excluded (torch.compiler.disable): the graph breaks around them, so everything
-# between two of them is one graph (cross-attention, norms and projections fuse too).
-COMPILE_SCOPE = "blocks"
+# between two of them is one graph (cross-attention, norms and projections fuse too). Measured on an H200
+# (benchmarks/results/episode_compile_h200.txt, 16 views at 768x512, 20 steps): eager 195 TFLOP/s, "blocks"
+# 230 (1.18x), "unet" 250 (1.28x; its first compile about 80 s, against about 30 s for "blocks").
+COMPILE_SCOPE = "unet"
 
 
 def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
     """Run the UNet (``COMPILE_SCOPE``) through ``torch.compile`` (``on``), or eagerly again (``on=False``;
     compiled code stays cached for the process). Results are the eager ones up to float rounding
     (tests/test_ip2p.py, tests/test_render_gpu.py). Each new image size or number of views per UNet call
-    compiles first (half a minute to a minute for the full-size UNet on an H200); later calls run at once.
+    compiles first (about 80 s for the full-size UNet on an H200, less with inductor's disk cache warm);
+    later calls run at once.
     Inductor needs a CUDA device with Triton here: elsewhere the UNet stays eager, with a note on stderr."""
     want = COMPILE_SCOPE if on else False
     if want == models.compiled:
