@@ -27,6 +27,7 @@ from ..shcolor import C1, C2, C3, gaussian_extent, srgb_to_linear
 NODE_GROUP = "Edit3DGS Gaussian preview"
 MATERIAL = "Edit3DGS Gaussians"
 RIG_SOCKET = "Rig"
+VIEW_SOCKET = "View-Dependent Colour"  # the modifier's switch: off, the view-independent colours (no per-frame work)
 # mesh attribute name -> (npz key, attribute type, foreach_set field)
 ATTRIBUTES = {
     "binding": ("gs_binding", "INT", "value"),
@@ -42,7 +43,7 @@ ATTRIBUTES = {
 
 
 SH_ATTRIBUTES = tuple(f"gs_sh_{k:02d}" for k in range(1, 16))  # the SH bands above DC, one RGB vector each
-NODES_VERSION = 2  # the node group's and the material's layout; older ones (from an older add-on) are rebuilt
+NODES_VERSION = 3  # the node group's and the material's layout; older ones (from an older add-on) are rebuilt
 
 
 def _array_for(rig: RigFile, key: str) -> np.ndarray:
@@ -184,9 +185,14 @@ def _node_group() -> bpy.types.NodeTree:
         ng = bpy.data.node_groups.new(NODE_GROUP, "GeometryNodeTree")
     names = {(i.in_out, i.name) for i in ng.interface.items_tree if hasattr(i, "in_out")}
     for name, io, typ in (("Geometry", "INPUT", "NodeSocketGeometry"), (RIG_SOCKET, "INPUT", "NodeSocketObject"),
-                          ("Material", "INPUT", "NodeSocketMaterial"), ("Geometry", "OUTPUT", "NodeSocketGeometry")):
+                          ("Material", "INPUT", "NodeSocketMaterial"), (VIEW_SOCKET, "INPUT", "NodeSocketBool"),
+                          ("Geometry", "OUTPUT", "NodeSocketGeometry")):
         if (io, name) not in names:  # an older group keeps its sockets (and the modifiers their inputs)
-            ng.interface.new_socket(name, in_out=io, socket_type=typ)
+            sock = ng.interface.new_socket(name, in_out=io, socket_type=typ)
+            if name == VIEW_SOCKET:
+                sock.default_value = True
+                sock.description = ("Colour each Gaussian as seen from the active camera at every frame (off: "
+                                    "the view-independent colours; saves the per-frame work on very large avatars)")
     ng.nodes.clear()
     B = _Builder(ng)
     L, math, vmath, named = B.L, B.math, B.vmath, B.named
@@ -239,7 +245,10 @@ def _node_group() -> bpy.types.NodeTree:
     both = B.node("FunctionNodeBooleanMath", operation="AND")
     L.new(named("gs_base_color", "FLOAT_VECTOR", "Exists"), both.inputs[0])
     L.new(math("GREATER_THAN", vmath("LENGTH", cam.outputs["Scale"]), 0.0), both.inputs[1])
-    L.new(both.outputs[0], store.inputs["Selection"])
+    wanted = B.node("FunctionNodeBooleanMath", operation="AND")   # and the modifier's View-Dependent Colour
+    L.new(both.outputs[0], wanted.inputs[0])
+    L.new(gin.outputs[VIEW_SOCKET], wanted.inputs[1])
+    L.new(wanted.outputs[0], store.inputs["Selection"])
 
     setmat = B.node("GeometryNodeSetMaterial")
     L.new(store.outputs["Geometry"], setmat.inputs["Geometry"])

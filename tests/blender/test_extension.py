@@ -183,6 +183,17 @@ def test_preview_colour_follows_the_camera_per_frame(scene, ext, avatar_dir):
         seen[frame] = got
     # the two frames' colours really differ (a preview coloured once could not match both)
     assert np.abs(seen[3] - seen[11]).max() > 0.3
+    # the modifier's View-Dependent Colour off: the view-independent colours (the mesh's)
+    mod = prev.modifiers[0]
+    socket = next(i.identifier for i in mod.node_group.interface.items_tree
+                  if getattr(i, "in_out", None) == "INPUT" and i.name == preview.VIEW_SOCKET)
+    assert mod[socket]
+    mod[socket] = False
+    prev.update_tag()
+    got = preview.evaluated_colors(prev, bpy.context.evaluated_depsgraph_get())
+    assert np.array_equal(got, preview.read_colors(prev.data))
+    mod[socket] = True
+    prev.update_tag()
     # no active camera: the view-independent colours (the mesh's)
     scene.camera = None
     got = preview.evaluated_colors(prev, bpy.context.evaluated_depsgraph_get())
