@@ -65,7 +65,8 @@ def setup_commands(base_python: str, venv: Path, backend_dir: Path, extras: str 
     label, index = torch_choice(system, gpu)
     if wheels:
         source = ["--no-index", "--find-links", str(wheels)]
-        cmds.append((label.replace("install torch", "install torch from the wheels folder"), pip + source + [TORCH]))
+        cmds.append((label.replace("install torch", "install torch from the wheels folder"),
+                     pip + source + [torch_in_folder(wheels, cuda=index == TORCH_CUDA_INDEX)]))
     else:
         source = []
         cmds.append(("upgrade pip", pip + ["--upgrade", "pip"]))
@@ -74,6 +75,20 @@ def setup_commands(base_python: str, venv: Path, backend_dir: Path, extras: str 
     cmds.append(("install backend" + (" with Instruct-Pix2Pix" if extras else ""), pip + source + [target]))
     cmds.append(("check backend", [py, "-m", "edit3dgs.cli", "--help"]))
     return cmds
+
+
+def torch_in_folder(wheels: str | Path, cuda: bool) -> str:
+    """The torch requirement for a Wheels Folder: ``TORCH``, pinned to one build when the folder holds several
+    (pip would take ``+cu128`` over ``+cpu`` whatever the machine): a CUDA build on a machine with an NVIDIA GPU,
+    else the CPU one."""
+    version = TORCH.split("==")[1]
+    builds = sorted({p.name.split("-")[1] for p in Path(wheels).glob(f"torch-{version}*.whl")})
+    if len(builds) < 2:
+        return TORCH
+    cu = [b for b in builds if "+cu" in b]
+    cpu = [b for b in builds if b not in cu]
+    pick = (cu if cuda and cu else cpu or cu)[-1]
+    return f"torch=={pick}"
 
 
 def step_env(wheels: bool = False) -> dict:

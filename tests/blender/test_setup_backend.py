@@ -226,6 +226,25 @@ def test_real_pip_installs_from_a_wheels_folder_with_no_index(tmp_path, monkeypa
     assert check.returncode == 0 and check.stdout.strip() == "True", check.stderr
 
 
+def test_a_wheels_folder_with_two_torch_builds_installs_the_machines(tmp_path):
+    """A folder made for both CPU and CUDA machines: pip alone would take +cu128 over +cpu on any machine;
+    Set Up Backend pins the build the machine needs."""
+    from edit3dgs_addon import installer
+
+    v = installer.TORCH.split("==")[1]
+    for build in ("+cpu", "+cu128"):
+        (tmp_path / f"torch-{v}{build}-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+
+    def torch_arg(gpu):
+        cmds = installer.setup_commands("python3", tmp_path / "venv", tmp_path / "backend", wheels=tmp_path,
+                                        gpu=gpu, system="Linux")
+        return next(argv[-1] for label, argv in cmds if "torch" in label)
+
+    assert torch_arg(False) == f"torch=={v}+cpu" and torch_arg(True) == f"torch=={v}+cu128"
+    (tmp_path / f"torch-{v}+cu128-cp311-cp311-manylinux_2_28_x86_64.whl").unlink()
+    assert torch_arg(True) == installer.TORCH      # one build: as it is (the folder was made for this machine)
+
+
 def test_wheels_folder_follows_the_targets_markers(tmp_path):
     """pip download evaluates markers on the machine it runs on: wheels.py walks the folder with the target's
     markers, so a folder for Windows gets tqdm's colorama even when made on Linux."""
