@@ -178,7 +178,7 @@ def sh_color_nodes(B: _Builder, position, eye):
 
 
 def _node_group() -> bpy.types.NodeTree:
-    ng = bpy.data.node_groups.get(NODE_GROUP)
+    ng = bpy.data.node_groups.get((NODE_GROUP, None))   # the file's own (a library's is read-only)
     if ng is not None and ng.get("edit3dgs_nodes") == NODES_VERSION:
         return ng
     if ng is None:
@@ -193,6 +193,10 @@ def _node_group() -> bpy.types.NodeTree:
                 sock.default_value = True
                 sock.description = ("Colour each Gaussian as seen from the active camera at every frame (off: "
                                     "the view-independent colours; saves the per-frame work on very large avatars)")
+                for obj in bpy.data.objects:   # existing modifiers got the bool's own default (False) at new_socket
+                    for mod in obj.modifiers:
+                        if mod.type == "NODES" and mod.node_group == ng and obj.library is None:
+                            mod[sock.identifier] = True
     ng.nodes.clear()
     B = _Builder(ng)
     L, math, vmath, named = B.L, B.math, B.vmath, B.named
@@ -261,7 +265,7 @@ def _node_group() -> bpy.types.NodeTree:
 def _material() -> bpy.types.Material:
     """Emission of ``gs_color`` over Transparent with the Gaussian's alpha along each ray: opacity *
     exp(-d^2 / 2 sigma^2), d the ray's distance from the point's centre (Point Info), sigma = radius / extent."""
-    mat = bpy.data.materials.get(MATERIAL)
+    mat = bpy.data.materials.get((MATERIAL, None))
     if mat is not None and mat.get("edit3dgs_nodes") == NODES_VERSION:
         return mat
     if mat is None:
@@ -302,7 +306,8 @@ def ensure_nodes() -> None:
     ng, _ = _node_group(), _material()
     for obj in bpy.data.objects:
         me = obj.data
-        if (obj.type == "MESH" and "gs_extent" not in me.attributes and "gs_opacity" in me.attributes
+        if (obj.type == "MESH" and me.library is None and "gs_extent" not in me.attributes
+                and "gs_opacity" in me.attributes
                 and any(m.type == "NODES" and m.node_group == ng for m in obj.modifiers)):
             opacity = np.empty(len(me.vertices), np.float32)
             me.attributes["gs_opacity"].data.foreach_get("value", opacity)

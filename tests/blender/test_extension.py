@@ -238,6 +238,8 @@ def test_older_preview_nodes_are_rebuilt_in_place(scene, ext, avatar_dir):
             older.data.attributes.remove(older.data.attributes[name])
     for idblock in (ng, mat):  # as an older add-on left them
         del idblock["edit3dgs_nodes"]
+    ng.interface.remove(next(i for i in ng.interface.items_tree  # the older group had no View-Dependent switch
+                             if getattr(i, "in_out", None) == "INPUT" and i.name == preview.VIEW_SOCKET))
     ng.nodes.clear()
     mat.node_tree.nodes.clear()
     assert bpy.ops.edit3dgs.apply_edit(index=0) == {"FINISHED"}
