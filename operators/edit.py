@@ -15,6 +15,7 @@ from ..jobargs import edit_settings, parse_names
 from ..overall import Overall
 from ..rigfile import RigFileError, load
 from ..scene import preview as preview_mod
+from ..scene.avatar import see_through_gaussians
 from ..scene.cameras import camera_for_backend
 from .common import avatar_root, deny, fail, has_versions, note, preview_object
 
@@ -192,6 +193,7 @@ def _apply(context, prev, index: int):
     preview_mod.write_attributes(prev.data, rig)
     h.applied = index
     preview_mod.ensure_nodes()  # a .blend from an older add-on: its preview's nodes and material brought up to date
+    see_through_gaussians(context.scene)   # and its scene's Cycles bounces (the faded spheres of this version)
     prev.update_tag()
     return v
 

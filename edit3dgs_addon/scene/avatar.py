@@ -59,6 +59,17 @@ def first_key_view(cams):
 TRANSPARENT_BOUNCES = 256
 
 
+def see_through_gaussians(scene) -> bool:
+    """Raise Cycles' transparent bounces to ``TRANSPARENT_BOUNCES`` (never lower them): each Gaussian is a sphere
+    that fades out (scene/preview.py), a ray through the head crosses hundreds, and at Cycles' default of 8 it
+    stops early and the render comes out dark. True when it changed them."""
+    cycles = getattr(scene, "cycles", None)
+    if cycles is None or cycles.transparent_max_bounces >= TRANSPARENT_BOUNCES:
+        return False
+    cycles.transparent_max_bounces = TRANSPARENT_BOUNCES
+    return True
+
+
 def set_up_scene(scene, cams, fps: float | None) -> list[str]:
     """The scene as the avatar was captured: its first key view as the active camera, that camera's
     resolution and pixel aspect, the Standard view transform, enough transparent bounces for Cycles to see through
@@ -79,11 +90,7 @@ def set_up_scene(scene, cams, fps: float | None) -> list[str]:
         # (Filmic/AgX would tone-map them).
         vs.view_transform, vs.look = "Standard", "None"
         done.append("Standard view transform")
-    cycles = getattr(scene, "cycles", None)
-    if cycles is not None and cycles.transparent_max_bounces < TRANSPARENT_BOUNCES:
-        # each Gaussian is a sphere that fades out (scene/preview.py): a ray through the head crosses
-        # hundreds; at Cycles' default of 8 it stops early and the render comes out dark
-        cycles.transparent_max_bounces = TRANSPARENT_BOUNCES
+    if see_through_gaussians(scene):
         done.append(f"Cycles transparent bounces {TRANSPARENT_BOUNCES}")
     if fps:
         whole = max(1, round(fps))

@@ -242,7 +242,9 @@ def test_older_preview_nodes_are_rebuilt_in_place(scene, ext, avatar_dir):
                              if getattr(i, "in_out", None) == "INPUT" and i.name == preview.VIEW_SOCKET))
     ng.nodes.clear()
     mat.node_tree.nodes.clear()
+    bpy.context.scene.cycles.transparent_max_bounces = 8   # and its scene's Cycles default
     assert bpy.ops.edit3dgs.apply_edit(index=0) == {"FINISHED"}
+    assert bpy.context.scene.cycles.transparent_max_bounces == 256
     assert mod.node_group == ng and prev.material_slots[0].material == mat
     assert ng["edit3dgs_nodes"] == mat["edit3dgs_nodes"] == preview.NODES_VERSION
     assert any(n.type == "POINT_INFO" for n in mat.node_tree.nodes)
