@@ -156,9 +156,16 @@ def test_render_in_chunks_with_a_padded_last_chunk_writes_the_one_chunk_images(b
     n = open_b(builtin_avatar_dir).gaussians.num_gaussians
     args = ("render", "--avatar", builtin_avatar_dir, "--cameras", builtin_avatar_dir / "cameras.json",
             "--camera-ids", "0", "--timesteps", "0,3,5", "--scale", "0.25", "--device", "cpu")
+    from edit3dgs.posing import WorldPoser
+
     assert cli(*args, "--out", tmp_path / "one")[0] == 0
     monkeypatch.setattr(render_mod, "MAX_PAIRS", 2 * n)     # chunks of two timesteps: [0, 3], [5 (+5)]
+    lengths = []
+    pose = WorldPoser.pose_and_place
+    monkeypatch.setattr(WorldPoser, "pose_and_place",
+                        lambda self, p: lengths.append(len(p["expr"])) or pose(self, p))
     assert cli(*args, "--out", tmp_path / "two")[0] == 0
+    assert lengths == [2, 2], "every chunk as long as the first: one capture (one compile)"
     for t in (0, 3, 5):
         a, b = (load_image(tmp_path / d / f"{t:05d}_00.png") for d in ("one", "two"))
         assert np.abs(a - b).max() <= 1 / 255 and (np.abs(a - b) > 0).mean() < 1e-3, (t, np.abs(a - b).max())

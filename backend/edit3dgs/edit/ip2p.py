@@ -152,10 +152,12 @@ def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
     if not on:
         return models
     if COMPILE_BACKEND == "inductor" and not _inductor_ok(models.device):
-        import sys
+        if models.device not in _EAGER_NOTED:   # once per device and process, not every edit job
+            import sys
 
-        print(f"--compile-unet: the UNet stays eager (torch.compile's inductor needs a CUDA device with Triton; "
-              f"this is {models.device})", file=sys.stderr)
+            _EAGER_NOTED.add(models.device)
+            print(f"--compile-unet: the UNet stays eager (torch.compile's inductor needs a CUDA device with Triton "
+                  f"and a C compiler; this is {models.device})", file=sys.stderr)
         return models
     import torch._dynamo
 
@@ -177,9 +179,15 @@ def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
     return models
 
 
+_EAGER_NOTED: set = set()
+
+
 def _inductor_ok(device: torch.device) -> bool:
-    if device.type != "cuda":
-        return False
+    import os
+    import shutil
+
+    if device.type != "cuda" or not (os.environ.get("CC") or any(map(shutil.which, ("cc", "gcc", "clang")))):
+        return False    # Triton builds its launchers with the system's C compiler
     try:
         from torch.utils._triton import has_triton
     except ImportError:
