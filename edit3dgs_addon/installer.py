@@ -66,7 +66,7 @@ def setup_commands(base_python: str, venv: Path, backend_dir: Path, extras: str 
     if wheels:
         source = ["--no-index", "--find-links", str(wheels)]
         cmds.append((label.replace("install torch", "install torch from the wheels folder"),
-                     pip + source + [torch_in_folder(wheels, cuda=index == TORCH_CUDA_INDEX)]))
+                     pip + source + [torch_in_folder(wheels, cuda=index == TORCH_CUDA_INDEX, system=system)]))
     else:
         source = []
         cmds.append(("upgrade pip", pip + ["--upgrade", "pip"]))
@@ -77,18 +77,29 @@ def setup_commands(base_python: str, venv: Path, backend_dir: Path, extras: str 
     return cmds
 
 
-def torch_in_folder(wheels: str | Path, cuda: bool) -> str:
-    """The torch requirement for a Wheels Folder: ``TORCH``, pinned to one build when the folder holds several
-    (pip would take ``+cu128`` over ``+cpu`` whatever the machine): a CUDA build on a machine with an NVIDIA GPU,
-    else the CPU one."""
+def torch_in_folder(wheels: str | Path, cuda: bool, system: str | None = None, python: str | None = None) -> str:
+    """The torch requirement for a Wheels Folder: ``TORCH``, pinned to one build when the folder holds several for
+    this platform and Python (pip would take ``+cu128`` over ``+cpu`` whatever the machine): a CUDA build on a
+    machine with an NVIDIA GPU, else the CPU one. Names that are no wheel's are left out."""
+    from .wheels import _packaging
+
+    parse = _packaging()[2]
     version = TORCH.split("==")[1]
-    builds = sorted({p.name.split("-")[1] for p in Path(wheels).glob(f"torch-{version}*.whl")})
+    plat = {"Windows": "win", "Darwin": "macosx", "Linux": "linux"}.get(system or platform.system())
+    py = python or f"cp{sys.version_info.major}{sys.version_info.minor}"
+    builds = set()
+    for p in Path(wheels).glob("torch-*.whl"):
+        try:
+            _, ver, _, tags = parse(p.name)
+        except Exception:   # not a wheel's name
+            continue
+        if ver.public == version and any(t.interpreter == py and (plat is None or plat in t.platform) for t in tags):
+            builds.add(ver.local or "")
     if len(builds) < 2:
         return TORCH
-    cu = [b for b in builds if "+cu" in b]
-    cpu = [b for b in builds if b not in cu]
-    pick = (cu if cuda and cu else cpu or cu)[-1]
-    return f"torch=={pick}"
+    cu = sorted(b for b in builds if b.startswith("cu"))
+    pick = cu[-1] if cuda and cu else "cpu" if "cpu" in builds else "" if "" in builds else None
+    return TORCH if not pick else f"torch=={version}+{pick}"
 
 
 def step_env(wheels: bool = False) -> dict:

@@ -232,16 +232,21 @@ def test_a_wheels_folder_with_two_torch_builds_installs_the_machines(tmp_path):
     from edit3dgs_addon import installer
 
     v = installer.TORCH.split("==")[1]
+    py = f"cp{sys.version_info.major}{sys.version_info.minor}"
     for build in ("+cpu", "+cu128"):
-        (tmp_path / f"torch-{v}{build}-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+        (tmp_path / f"torch-{v}{build}-{py}-{py}-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    (tmp_path / f"torch-{v}-{py}-none-macosx_11_0_arm64.whl").write_bytes(b"")      # another platform's
+    (tmp_path / f"torch-{v}+cu126-cp312-cp312-manylinux_2_28_x86_64.whl").write_bytes(b"")  # another Python's
+    (tmp_path / f"torch-{v}.whl").write_bytes(b"")                                    # no wheel's name
 
-    def torch_arg(gpu):
+    def torch_arg(gpu, system="Linux"):
         cmds = installer.setup_commands("python3", tmp_path / "venv", tmp_path / "backend", wheels=tmp_path,
-                                        gpu=gpu, system="Linux")
+                                        gpu=gpu, system=system)
         return next(argv[-1] for label, argv in cmds if "torch" in label)
 
     assert torch_arg(False) == f"torch=={v}+cpu" and torch_arg(True) == f"torch=={v}+cu128"
-    (tmp_path / f"torch-{v}+cu128-cp311-cp311-manylinux_2_28_x86_64.whl").unlink()
+    assert torch_arg(False, "Darwin") == installer.TORCH   # one build for macOS: as it is
+    (tmp_path / f"torch-{v}+cu128-{py}-{py}-manylinux_2_28_x86_64.whl").unlink()
     assert torch_arg(True) == installer.TORCH      # one build: as it is (the folder was made for this machine)
 
 
