@@ -732,6 +732,21 @@ def test_editor_options_and_errors(tiny_ip2p_dir):
         make_editor("ip2p").regions_for("  ")
 
 
+def test_loading_answers_a_cancel_between_components_and_caches_nothing(tiny_ip2p_dir, monkeypatch):
+    """A cancel while the model loads (seconds per component from a slow disk) ends the load at the next
+    component, as a cancel (not a 'no loadable weights' error), and leaves nothing half-loaded in the cache."""
+    from edit3dgs import cancel
+    from edit3dgs.errors import CancelledError
+
+    monkeypatch.setattr(ip2p, "_MODELS", {})
+    calls = []
+    with cancel.watching(lambda: calls.append(1) or len(calls) >= 2):   # cancelled after the text encoder
+        with pytest.raises(CancelledError):
+            load_ip2p(str(tiny_ip2p_dir), device="cpu")
+    assert ip2p._MODELS == {} and len(calls) == 2
+    assert load_ip2p(str(tiny_ip2p_dir), device="cpu").unet is not None
+
+
 def test_vae_encode_and_decode_answer_a_cancel(models):
     """A cancel reaches the VAE between chunks (a full-size VAE takes seconds per chunk on a CPU)."""
     from edit3dgs import cancel

@@ -296,14 +296,22 @@ def load_ip2p(model: str = DEFAULT_MODEL, device: str | torch.device = "auto", d
         except ImportError as exc:
             raise Edit3DGSError("--editor ip2p", "diffusers and transformers (pip install 'edit3dgs[diffusion]')",
                                 f"not installed ({exc.name})") from None
-        try:
+        from .. import cancel
+
+        try:   # a cancel is answered between the components (seconds each from a slow disk)
             tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer")
+            cancel.check()
             # Loaded in the stored precision, then cast: transformers renamed ``torch_dtype`` to
             # ``dtype`` (4.56) and 4.45 rejects ``dtype``; ``.to`` works across the supported range.
             text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", use_safetensors=True).to(dt)
+            cancel.check()
             vae = AutoencoderKL.from_pretrained(src, subfolder="vae", use_safetensors=True, torch_dtype=dt)
+            cancel.check()
             unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", use_safetensors=True, torch_dtype=dt)
+            cancel.check()
             scheduler = ddim_scheduler(src)
+        except CancelledError:
+            raise
         except Exception as exc:   # any failure to load is the user's folder or cache: one line, no traceback
             raise _missing(model, exc) from None
         if unet.config.in_channels != 8:
