@@ -193,11 +193,11 @@ VARIANTS = {
     "sdpa_default": {"sdpa_order": ()},
     "sdpa_flash": {"sdpa_order": ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")},
     # --compile-unet: the UNet's blocks without multi-view attention through torch.compile
-    "compiled": {"compile": True},
-    "compiled_dynamic": {"compile": True, "dynamic": None},
-    "compiled_channels_last": {"compile": True, "channels_last": True},
+    # (each names its scope: the default changed from "blocks" to "unet" after the first measurement)
     "compiled_unet": {"compile": True, "scope": "unet"},
     "compiled_blocks": {"compile": True, "scope": "blocks"},
+    "compiled_dynamic": {"compile": True, "scope": "blocks", "dynamic": None},
+    "compiled_channels_last": {"compile": True, "scope": "blocks", "channels_last": True},
 }
 
 

@@ -85,11 +85,10 @@ def cmd_render(a) -> int:
     with atomic_dir(a.out, overwrite=a.overwrite) as tmp, tqdm(total=len(ts) * len(cams), desc="render", unit="img") as bar:
         from .. import render as render_mod
 
-        # one LBS call and one binding pass per chunk of timesteps; chunk x Gaussians bounded like a render pass
-        per_chunk = max(1, min(16, render_mod.MAX_PAIRS // max(1, b.gaussians.num_gaussians)))
+        # one LBS call and one binding pass per chunk of timesteps; chunk x Gaussians bounded like a render pass;
         # one copy to the device, chunks are views of it; the last chunk padded (its last timestep repeated) to
         # the others' length, so posing is captured (and, with --compile-posing, compiled) once
-        per_chunk = max(1, min(per_chunk, len(ts)))
+        per_chunk = max(1, min(16, len(ts), render_mod.MAX_PAIRS // max(1, b.gaussians.num_gaussians)))
         sequence = poser.upload(params.select(ts + ts[-1:] * (-len(ts) % per_chunk)))
         for start in range(0, len(ts), per_chunk):
             chunk = ts[start:start + per_chunk]
