@@ -166,7 +166,33 @@ def profile_multiview(models, views: int, size: int, batch: int, out_dir: Path, 
             ka.table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=70))
         top = sorted(ka, key=lambda e: getattr(e, "self_device_time_total", 0) or 0, reverse=True)[:6]
         res[name] = [(e.key[:40], round((getattr(e, "self_device_time_total", 0) or 0) / 1e3, 1)) for e in top]
+        res[name + "_kernels_ms"] = kernel_categories(prof)
     return res
+
+
+KERNEL_CATEGORIES = (   # (category, substrings of a CUDA kernel's name), first match wins
+    ("attention", ("sdpa", "flash", "fmha", "attention")),
+    ("triton (compiled)", ("triton",)),
+    ("conv", ("conv", "nhwckrsc", "implicit_gemm", "nchwToNhwc", "nhwcToNchw")),
+    ("gemm", ("gemm", "xmma", "cutlass", "sm90", "ampere")),
+    ("argmax/reduce", ("argmax", "reduce", "Reduce")),
+    ("norm", ("norm", "Moments")),
+    ("copy/index", ("copy", "Copy", "index", "gather", "scatter", "cat")),
+    ("elementwise", ("elementwise",)),
+)
+
+
+def kernel_categories(prof) -> dict:
+    """CUDA kernel time (ms) of a profile by category (names matched by KERNEL_CATEGORIES)."""
+    out: dict[str, float] = {}
+    for e in prof.events():
+        if getattr(e, "device_type", None) is None or str(e.device_type) != "DeviceType.CUDA":
+            continue
+        cat = next((c for c, keys in KERNEL_CATEGORIES if any(k in e.name for k in keys)), "other")
+        out[cat] = out.get(cat, 0.0) + (getattr(e, "device_time_total", 0.0) or 0.0) / 1e3
+    out = {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+    out["total"] = round(sum(out.values()), 1)
+    return out
 
 
 def unet_tflop(models, h: int, w: int) -> float:
@@ -198,6 +224,12 @@ VARIANTS = {
     "compiled_blocks": {"compile": True, "scope": "blocks"},
     "compiled_dynamic": {"compile": True, "scope": "blocks", "dynamic": None},
     "compiled_channels_last": {"compile": True, "scope": "blocks", "channels_last": True},
+    # where the compiled multi-view edit's time goes (same compiled graphs as compiled_unet at one batch size):
+    # without multi-view editing at all, and without the key views' extended attention
+    "compiled_unet_per_view": {"compile": True, "scope": "unet", "multiview": False},
+    "compiled_unet_no_extended": {"compile": True, "scope": "unet", "extended_attention": False},
+    "compiled_unet_batch16": {"compile": True, "scope": "unet", "batch_size": 16},
+    "compiled_unet_batch16_per_view": {"compile": True, "scope": "unet", "batch_size": 16, "multiview": False},
 }
 
 
@@ -213,6 +245,7 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
     tflop = unet_tflop(models, lh, lw)
     keep = (ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER, ip2p.COMPILE_DYNAMIC, ip2p.COMPILE_SCOPE)
     res = {"latent": [lh, lw], "unet_tflop_per_pass": round(tflop, 3), "passes": views * steps * 3}
+    last_compiled = None
     for name in names:
         v = VARIANTS[name]
         ip2p.CUDA_CHANNELS_LAST = v.get("channels_last", keep[0])
@@ -226,13 +259,16 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
 
         counters.clear()            # per variant
         if v.get("compile"):
-            torch._dynamo.reset()   # each compiled variant compiles from scratch (inductor's disk cache aside)
+            if (ip2p.COMPILE_SCOPE, ip2p.COMPILE_DYNAMIC, ip2p.CUDA_CHANNELS_LAST) != last_compiled:
+                torch._dynamo.reset()   # a new compile setting compiles from scratch (inductor's disk cache aside)
+            last_compiled = (ip2p.COMPILE_SCOPE, ip2p.COMPILE_DYNAMIC, ip2p.CUDA_CHANNELS_LAST)
             ip2p.set_compiled(models, True)
-        st = IP2PSettings(steps=steps, batch_size=v.get("batch_size", batch), multiview=True, inpaint=False, resolution=min(hw))
+        st = IP2PSettings(steps=steps, batch_size=v.get("batch_size", batch), multiview=v.get("multiview", True),
+                          extended_attention=v.get("extended_attention", True), inpaint=False, resolution=min(hw))
         _, warm, _ = timed(lambda: edit_images(models, imgs, "warm up", IP2PSettings(**{**st.__dict__, "steps": 2}),
-                                               views=vs), dev)
+                                               views=vs if st.multiview else None), dev)
         graphs = counters["stats"]["unique_graphs"]
-        _, dt, peak = timed(lambda: edit_images(models, imgs, "make him look older", st, views=vs), dev)
+        _, dt, peak = timed(lambda: edit_images(models, imgs, "make him look older", st, views=vs if st.multiview else None), dev)
         res[name] = {"seconds": round(dt, 3), "tflop_per_s": round(tflop * res["passes"] / dt, 1), "peak_gib": round(peak, 2),
                      "warm_up_s": round(warm, 1), "compiled_graphs": graphs,
                      "graphs_compiled_while_timed": counters["stats"]["unique_graphs"] - graphs}
@@ -298,6 +334,7 @@ def main() -> int:
                          "both: eager, then compiled, in this process (compiled after a warm-up edit at the same shapes)")
     ap.add_argument("--skip-views", action="store_true")
     ap.add_argument("--profile", type=Path, default=None, help="also profile a short edit; tables written to this folder")
+    ap.add_argument("--profile-compiled", action="store_true", help="profile with the UNet compiled (--compile-scope)")
     ap.add_argument("--smoke", action="store_true", help="a small architecture: checks that the script runs (CPU)")
     ap.add_argument("--variants", default=None,
                     help=f"comma-separated speed variants of a multi-view edit at --height x --width: {', '.join(VARIANTS)}")
@@ -334,6 +371,7 @@ def main() -> int:
         ip2p.set_compiled(models, False)
     if a.profile is not None:
         try:
+            ip2p.set_compiled(models, a.profile_compiled)
             report["profile_top_ms"] = profile_multiview(models, a.views, a.width, a.batch, a.profile, height=a.height)
         except Exception as exc:  # the timings above and the episode below still count
             report["profile_top_ms"] = f"profiling failed: {exc!r}"
