@@ -342,6 +342,39 @@ def test_injection_matches_once_on_the_image_branch_by_cosine_and_blends_normali
     torch.testing.assert_close(out_mixed[:, :2], out_k, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("pairs_per_product", [1, 8])
+def test_match_plan_holds_each_pairs_candidates_whatever_the_slots(pairs_per_product):
+    """The match plan of a UNet call masks, per (neighbour slot, view), exactly the key tokens that are not
+    that pair's candidates: the epipolar band within a timestep, the FLAME binding across timesteps; a
+    view with fewer key views than slots has its spare slot fully masked and invalid. Built one pair per
+    product and several at once (then the rows of one product are not consecutive). Catches a mask
+    written into another view's or slot's row, or left un-negated."""
+    cams = ring_cameras(5)
+    pts = torch.as_tensor(np.random.default_rng(4).uniform(-0.1, 0.1, (400, 3)), dtype=torch.float32)
+    views = [View(c, 0, pts) for c in cams[:4]] + [View(cams[4], 1, pts * 1.02)]
+    h = w = 8
+    ctx = MultiViewContext()
+    ctx.cand_bytes = pairs_per_product * 4 * (h * w) ** 2
+    ctx.begin(views, (h, w))
+    try:
+        nbrs = {1: [(0, 0.5), (2, 0.5)], 3: [(2, 1.0)], 4: [(0, 0.4), (2, 0.6)]}
+        ctx.set_keys([0, 2], nbrs)
+        plan = ctx.plan([1, 3, 4], h, w, {0: 0, 2: 1}, "cpu")
+        assert plan.not_cand.shape == (2, 3, h * w, h * w)
+        for v, i in enumerate([1, 3, 4]):
+            for k in range(2):
+                if k < len(nbrs[i]):
+                    cand = ctx.candidates(i, nbrs[i][k][0], h, w, "cpu")
+                    assert cand.any() and not cand.all()
+                    assert torch.equal(plan.not_cand[k, v], ~cand), (k, i)
+                    assert torch.equal(plan.valid[k, v], cand.any(-1))
+                else:
+                    assert plan.not_cand[k, v].all() and not plan.valid[k, v].any()
+        assert sorted((i, j) for _, _, i, j in plan.pairs) == [(1, 0), (1, 2), (3, 2), (4, 0), (4, 2)]
+    finally:
+        ctx.end()
+
+
 def test_epipolar_band_on_a_non_square_image_with_an_off_centre_principal_point():
     """Distances from key tokens to each query token's epipolar line equal those computed by
     back-projecting the query token's ray to two depths and projecting both points into the key
@@ -452,7 +485,8 @@ def test_multiview_edit_with_the_real_unet_across_timesteps(models):
 def test_compiled_unet_edits_as_the_eager_unet_and_leaves_the_multiview_attention_eager(tiny_ip2p_dir, monkeypatch,
                                                                                         scope):
     """--compile-unet: the UNet goes through torch.compile (scope "blocks": the residual, sampling and
-    feed-forward blocks; "unet": all of it, broken around the self-attention layers); the self-attention layers
+    feed-forward blocks; "unet": all of it, broken around the self-attention layers), and the VAE's encoder and
+    decoder whole; the self-attention layers
     (whose multi-view processors keep Python state per call) stay eager and still see every call; the
     multi-view edit is the eager one; the flag reaches the loader; turning it off runs eagerly again.
     (Backend aot_eager: the same tracing as inductor without its C++/Triton code generation, a minute on a CPU.)"""
@@ -492,6 +526,8 @@ def test_compiled_unet_edits_as_the_eager_unet_and_leaves_the_multiview_attentio
                 type(x).__name__ for x in m.unet.modules()} and "ResnetBlock2D" in compiled
         else:
             assert compiled == {"UNet2DConditionModel"}
+        vae = {type(x).__name__ for x in m.vae.modules() if getattr(x, "_compiled_call_impl", None) is not None}
+        assert vae == {"Encoder", "Decoder"}, vae     # the VAE's encoder and decoder, in either scope
         out = edit_images(m, imgs, "make it blue", s, views=views)
         assert counters["stats"]["unique_graphs"] > 0
         # the only graph breaks: around the self-attention layers kept eager
@@ -502,7 +538,8 @@ def test_compiled_unet_edits_as_the_eager_unet_and_leaves_the_multiview_attentio
         torch.testing.assert_close(out.images, eager.images, atol=1e-5, rtol=0)
         graphs = counters["stats"]["unique_graphs"]
         m = load_ip2p(str(tiny_ip2p_dir), device="cpu")     # off again: eager, nothing compiled any more
-        assert not m.compiled and not any(getattr(x, "_compiled_call_impl", None) for x in m.unet.modules())
+        assert not m.compiled and not any(getattr(x, "_compiled_call_impl", None)
+                                          for x in (*m.unet.modules(), *m.vae.modules()))
         assert not any("forward" in x.__dict__ for x in m.unet.modules())
         torch.testing.assert_close(edit_images(m, imgs, "make it blue", s, views=views).images, eager.images,
                                    atol=0, rtol=0)

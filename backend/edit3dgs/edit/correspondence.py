@@ -85,9 +85,8 @@ def epipolar_distances(pairs: Sequence[tuple[Camera, Camera]], h: int, w: int, d
         G = G.to(device)
     x = token_grid(h, w, device)
     lt = torch.matmul(x, G.transpose(1, 2))                           # (P, Nq, 3) lines in key tokens
-    num = torch.matmul(lt, x.T).abs_()
-    den = lt[..., :2].norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return num.div_(den)
+    lt = lt / lt[..., :2].norm(dim=-1, keepdim=True).clamp_min(1e-12)  # normalised first: one pass over (Nq, Nk)
+    return torch.matmul(lt, x.T).abs_()
 
 
 def epipolar_distance(cam_q: Camera, cam_k: Camera, h: int, w: int, device=None) -> torch.Tensor:

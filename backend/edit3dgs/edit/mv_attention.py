@@ -142,11 +142,14 @@ class MultiViewContext:
         self._fill_candidates(out, [(i, j)], h, w, device)
         return out[0]
 
-    def _fill_candidates(self, out: torch.Tensor, pairs: list[tuple[int, int]], h: int, w: int, device) -> None:
-        """Write the candidate masks of (query view, key view) ``pairs`` into ``out`` (P, Nq, Nk) bool
-        (zeros where there are none), batched: same-timestep pairs by the epipolar band, the others
-        by the FLAME binding."""
+    def _fill_candidates(self, out: torch.Tensor, pairs: list[tuple[int, int]], h: int, w: int, device,
+                         rows: list[int] | None = None, negate: bool = False) -> None:
+        """Write the candidate masks of (query view, key view) ``pairs`` into rows ``rows`` (default: 0..P-1)
+        of ``out`` (R, Nq, Nk) bool, or their complements (``negate``: True where a key token is not a
+        candidate); rows of pairs without a source are left as they are. Batched: same-timestep pairs by the
+        epipolar band, the others by the FLAME binding. Consecutive rows are written in place (no index copy)."""
         n = h * w
+        rows = list(range(len(pairs))) if rows is None else list(rows)
         epi, bind = [], []
         for p, (i, j) in enumerate(pairs):
             vi, vj = self.views[i], self.views[j]
@@ -156,18 +159,29 @@ class MultiViewContext:
                 ti, tj = self._tokens(i, h, w, device), self._tokens(j, h, w, device)
                 if ti is not None and tj is not None:
                     bind.append((p, ti, tj))
+
+        def write(ps: list[int], mask_of):
+            r = [rows[p] for p in ps]
+            if r == list(range(r[0], r[0] + len(r))):
+                mask_of(out[r[0]:r[0] + len(r)])                   # straight into ``out``
+            else:
+                tmp = torch.empty((len(r), n, n), dtype=torch.bool, device=out.device)
+                mask_of(tmp)
+                out[_index(r, device)] = tmp
+
         step = max(1, self.cand_bytes // (4 * n * n))
         for s in range(0, len(epi), step):
             ps = epi[s:s + step]
             d = corr.epipolar_distances([(self.views[pairs[p][0]].camera, self.views[pairs[p][1]].camera) for p in ps],
                                         h, w, device)
-            out[_index(ps, device)] = d <= self.band
+            write(ps, lambda dst: (torch.gt if negate else torch.le)(d, self.band, out=dst))
+            del d
         step = max(1, self.cand_bytes // (2 * n * n))
         for s in range(0, len(bind), step):
             chunk = bind[s:s + step]
             c = corr.binding_candidates_batched(torch.stack([t for _, t, _ in chunk]), torch.stack([t for _, _, t in chunk]),
                                                 h, w, self.binding_dilate)
-            out[_index([p for p, _, _ in chunk], device)] = c
+            write([p for p, _, _ in chunk], lambda dst: torch.logical_not(c, out=dst) if negate else dst.copy_(c))
 
     def plan(self, views: list[int], h: int, w: int, pos: dict[int, int], device) -> MatchPlan:
         """The match plan of other views ``views`` at grid (h, w). Built on first use, for every
@@ -189,30 +203,29 @@ class MultiViewContext:
         K = max([1] + [len(x) for x in nbrs])
         nbr_pos = [[0] * nv for _ in range(K)]
         weight = [[0.0] * nv for _ in range(K)]
-        pairs, slots = [], []
+        pairs = []
         for v, (i, lst) in enumerate(zip(views, nbrs)):
             for k, (j, wt) in enumerate(lst):
                 nbr_pos[k][v], weight[k][v] = pos[j], float(wt)
                 pairs.append((k, v, i, j))
-                slots.append(k * nv + v)
+        pairs.sort(key=lambda x: x[0] * nv + x[1])       # row order of the masks: consecutive rows, written in place
         nbr_pos_t = _to_device(nbr_pos, torch.long, device)
         weight_t = _to_device(weight, torch.float32, device)[..., None]
-        slots_t = _to_device(slots, torch.long, device)
         plans, misses = {}, []
         for h, w in levels:
             n = h * w
-            cand = torch.zeros(K * nv, n, n, dtype=torch.bool, device=device)
+            # True where a key token is NOT a candidate (what the matching masks), built directly; slots
+            # without a key view have no candidates at all.
+            not_cand = torch.ones(K * nv, n, n, dtype=torch.bool, device=device)
             if pairs:
-                sub = torch.empty(len(pairs), n, n, dtype=torch.bool, device=device)
-                self._fill_candidates(sub, [(i, j) for _, _, i, j in pairs], h, w, device)
-                cand[slots_t] = sub
-                del sub
-            cand = cand.view(K, nv, n, n)
-            valid = cand.any(-1)                                                   # (K, V, Nq)
+                self._fill_candidates(not_cand, [(i, j) for _, _, i, j in pairs], h, w, device,
+                                      rows=[k * nv + v for k, v, _, _ in pairs], negate=True)
+            not_cand = not_cand.view(K, nv, n, n)
+            valid = not_cand.all(-1).logical_not_()                                 # (K, V, Nq)
             wv = weight_t * valid
             wsum = wv.sum(0)                                                       # (V, Nq)
             coef = wv / wsum.clamp_min(1e-12)
-            plans[(h, w)] = MatchPlan(nbr_pos_t, cand.logical_not_(), coef, valid, pairs)
+            plans[(h, w)] = MatchPlan(nbr_pos_t, not_cand, coef, valid, pairs)
             misses.append((wsum <= 0).flatten())
         miss_all = torch.cat(misses).cpu()                                         # the one host sync
         off = 0
