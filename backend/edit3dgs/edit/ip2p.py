@@ -129,7 +129,8 @@ COMPILE_RECOMPILE_LIMIT = 256         # distinct (graph, shape) pairs: a few doz
 # self-attention layers excluded (torch.compiler.disable): the graph breaks around them, so everything
 # between two of them is one graph (cross-attention, norms and projections fuse too). Measured on an H200
 # (benchmarks/results/episode_compile_h200.txt, 16 views at 768x512, 20 steps): eager 195 TFLOP/s, "blocks"
-# 230 (1.18x), "unet" 250 (1.28x; its first compile about 80 s, against about 30 s for "blocks").
+# 230 (1.18x), "unet" 250 (1.28x; its first compile about 80 s, against about 30 s for "blocks"). With the VAE
+# compiled too (session 7, benchmarks/results/episode_vae_compile_h200.txt): "unet" 268 (1.35x), first compile ~2 min.
 COMPILE_SCOPE = "unet"
 # The VAE's encoder and decoder are compiled too: at 768x512 they are about a tenth of an edit of 16 views
 # (20 steps) on an H200, mostly GroupNorm + SiLU on full-resolution feature maps, which inductor fuses.
@@ -141,7 +142,7 @@ def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
     or eagerly again (``on=False``;
     compiled code stays cached for the process). Results are the eager ones up to float rounding
     (tests/test_ip2p.py, tests/test_render_gpu.py). Each new image size or number of views per UNet call
-    compiles first (about 80 s for the full-size UNet on an H200, less with inductor's disk cache warm);
+    compiles first (about 2 min for the full-size UNet and VAE on an H200, less with inductor's disk cache warm);
     later calls run at once.
     Inductor needs a CUDA device with Triton here: elsewhere the UNet stays eager, with a note on stderr."""
     want = COMPILE_SCOPE if on else False
