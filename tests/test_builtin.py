@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from plyfile import PlyData
 
-from edit3dgs.avatar import ply_attribute_names
+from edit3dgs.avatar import WorldGaussians, ply_attribute_names
 from edit3dgs.builtin import IDENTITIES, make_avatar
 from edit3dgs.bundle import open_avatar
 from edit3dgs.cameras import load_cameras
@@ -161,15 +161,157 @@ def test_render_in_chunks_with_a_padded_last_chunk_writes_the_one_chunk_images(b
     assert cli(*args, "--out", tmp_path / "one")[0] == 0
     monkeypatch.setattr(render_mod, "MAX_PAIRS", 2 * n)     # chunks of two timesteps: [0, 3], [5 (+5)]
     lengths = []
-    pose = WorldPoser.pose_and_place
-    monkeypatch.setattr(WorldPoser, "pose_and_place",
-                        lambda self, p: lengths.append(len(p["expr"])) or pose(self, p))
+    cut = WorldPoser.timesteps_of
+    monkeypatch.setattr(WorldPoser, "timesteps_of",
+                        staticmethod(lambda u, start, stop: lengths.append(len(cut(u, start, stop)["expr"]))
+                                     or cut(u, start, stop)))
     assert cli(*args, "--out", tmp_path / "two")[0] == 0
     assert lengths == [2, 2], "every chunk as long as the first: one capture (one compile)"
     for t in (0, 3, 5):
         a, b = (load_image(tmp_path / d / f"{t:05d}_00.png") for d in ("one", "two"))
         assert np.abs(a - b).max() <= 1 / 255 and (np.abs(a - b) > 0).mean() < 1e-3, (t, np.abs(a - b).max())
     assert not np.array_equal(load_image(tmp_path / "one" / "00000_00.png"), load_image(tmp_path / "one" / "00005_00.png"))
+
+
+def _padded_sequence(poser, params, ts, length):
+    """``ts`` uploaded as `edit3dgs render` does: the last chunk padded with its last timestep."""
+    return poser.upload(params.select(ts + ts[-1:] * (-len(ts) % length)))
+
+
+def test_posed_chunks_are_pose_and_place_chunk_by_chunk(builtin_avatar_dir):
+    """posed_chunks (the render command's posing) yields, chunk by chunk, pose_and_place's Gaussians of the
+    same timesteps, the padded last chunk included; on the CPU it poses eagerly, in order."""
+    from edit3dgs.posing import WorldPoser
+
+    b = open_avatar(builtin_avatar_dir)
+    poser = WorldPoser(b)
+    ts = [0, 3, 5, 7, 9, 11, 2]
+    for length in (1, 3):
+        seq = _padded_sequence(poser, b.params, ts, length)
+        starts = range(0, len(ts), length)
+        got = list(poser.posed_chunks(seq, starts, length))
+        assert [s for s, _ in got] == list(starts)
+        for start, gs in got:
+            padded = [ts[min(t, len(ts) - 1)] for t in range(start, start + length)]
+            want = poser.pose_and_place(b.params.select(padded))
+            assert len(gs) == length
+            for g, w in zip(gs, want):
+                for x, y in ((g.means, w.means), (g.quats, w.quats), (g.scales, w.scales)):
+                    torch.testing.assert_close(x, y, atol=0, rtol=0)
+
+
+def _stand_in_cuda(monkeypatch, poser):
+    """CUDA streams, events and graphs replaced by stand-ins that run at once on the CPU and log what was
+    enqueued on which stream: ``("record" | "wait", stream, event)``, ``("replay", stream, graph)``. A graph's
+    replay poses its static inputs into its own output buffers, as a captured graph does."""
+    import contextlib
+
+    log, current = [], []
+
+    class Stream:
+        def __init__(self, name="side"):
+            self.name = name
+
+        def wait_stream(self, other):
+            log.append(("wait", self.name, other.record_event()))
+
+        def record_event(self):
+            event = object()
+            log.append(("record", self.name, event))
+            return event
+
+        def wait_event(self, event):
+            log.append(("wait", self.name, event))
+
+    class Graph:
+        def __init__(self, static, out):
+            self.static, self.out = static, out
+
+        def replay(self):
+            log.append(("replay", current[-1].name, self))
+            for o, n in zip(self.out, poser._eager(self.static)):
+                for x, y in ((o.means, n.means), (o.quats, n.quats), (o.scales, n.scales)):
+                    x.copy_(y)
+
+    def capture(p):
+        static = {k: v.clone() for k, v in p.items()}
+        out = [WorldGaussians(g.means.clone(), g.quats.clone(), g.scales.clone(), g.opacities, g.sh, g.sh_degree)
+               for g in poser._eager(static)]
+        return static, Graph(static, out), out
+
+    @contextlib.contextmanager
+    def stream(s):
+        current.append(s)
+        try:
+            yield
+        finally:
+            current.pop()
+
+    current.append(Stream("main"))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(poser, "_capture", capture)
+    poser.graphs = True
+    return log
+
+
+def test_posed_chunks_double_buffering_waits_for_the_caller(builtin_avatar_dir, monkeypatch):
+    """posed_chunks' pipelining, with stand-ins for CUDA streams and graphs: the chunks are replayed on a side
+    stream into two graphs in turn; the caller gets a chunk after the main stream waited for its replay; a
+    graph is replayed again (chunk i + 2) only after the side stream waited for the main stream's event
+    recorded after the caller enqueued its work on chunk i; and the values are pose_and_place's."""
+    from edit3dgs.posing import WorldPoser
+
+    b = open_avatar(builtin_avatar_dir)
+    ts = [0, 3, 5, 7, 9, 11, 2]
+    for length in (1, 2):
+        poser = WorldPoser(b)
+        want = {s: [g.means.clone() for g in poser.pose_and_place(b.params.select(
+            [ts[min(t, len(ts) - 1)] for t in range(s, s + length)]))] for s in range(0, len(ts), length)}
+        log = _stand_in_cuda(monkeypatch, poser)
+        seq = _padded_sequence(poser, b.params, ts, length)
+        for i, (start, gs) in enumerate(poser.posed_chunks(seq, range(0, len(ts), length), length)):
+            log.append(("use", "main", i))     # the caller's work on the chunk, enqueued before resuming
+            for g, w in zip(gs, want[start]):
+                torch.testing.assert_close(g.means, w, atol=0, rtol=0)
+        replays = [k for k, e in enumerate(log) if e[0] == "replay"]
+        uses = [k for k, e in enumerate(log) if e[0] == "use"]
+        assert len(replays) == len(uses) == len(want) >= 4
+        graphs = [log[k][2] for k in replays]
+        assert len(set(graphs)) == 2 and all(graphs[i] is graphs[i % 2] for i in range(len(graphs)))
+        assert all(log[k][1] == "side" for k in replays)
+        recorded = {id(e[2]): k for k, e in enumerate(log) if e[0] == "record"}
+
+        def waited_after(k, stream, other, since):
+            """Before log entry k, did `stream` wait for an event recorded on `other` after entry `since`?"""
+            return any(e[0] == "wait" and e[1] == stream and recorded.get(id(e[2]), -1) > since
+                       and log[recorded[id(e[2])]][1] == other for e in log[:k])
+
+        for i, k in enumerate(uses):
+            assert waited_after(k, "main", "side", replays[i]), f"chunk {i} used before its posing finished"
+        for i, k in enumerate(replays[2:], 2):
+            assert waited_after(k, "side", "main", uses[i - 2]), f"chunk {i} overwrote chunk {i - 2} in use"
+
+
+def test_posed_chunks_stay_eager_when_capture_fails(builtin_avatar_dir, monkeypatch):
+    """A posing that cannot be captured: posed_chunks poses eagerly (same values) and says why."""
+    from edit3dgs.posing import WorldPoser
+
+    b = open_avatar(builtin_avatar_dir)
+    poser = WorldPoser(b)
+    _stand_in_cuda(monkeypatch, poser)
+
+    def broken(p):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(poser, "_capture", broken)
+    seq = poser.upload(b.params.select([1, 4, 6]))
+    got = [gs[0].means for _, gs in poser.posed_chunks(seq, range(3), 1)]
+    assert not poser.graphs and "capturing" in poser.graph_error
+    for m, t in zip(got, [1, 4, 6]):
+        torch.testing.assert_close(m, poser.pose_and_place(b.params.select([t]))[0].means, atol=0, rtol=0)
 
 
 def test_compiled_posing_is_one_graph_with_the_eager_results(builtin_avatar_dir):

@@ -192,6 +192,82 @@ def test_compiled_and_replayed_posing_equals_the_eager_path(tmp_path):
     assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"], "compiled once per length"
 
 
+def _pose_pipelined_under_load(poser, seq, starts, length):
+    """posed_chunks over ``seq`` as a busy caller: per timestep a rasterization of 16 views and a chain of big
+    matmuls, then clones of the Gaussians, all enqueued on the current stream before resuming the generator,
+    so the clones read a chunk's buffers long after the next chunk's posing was launched."""
+    from edit3dgs.cameras import camera_rig, stack
+
+    vm, K, w, h = stack(camera_rig(), "cuda")
+    bg = torch.ones(3, device="cuda")
+    big = torch.randn(4096, 4096, device="cuda") / 64
+    got = {}
+    for start, gs in poser.posed_chunks(seq, starts, length):
+        got[start] = []
+        for g in gs:
+            rasterize(g.means, g.quats, g.scales, g.opacities, g.sh, vm, K, w, h, sh_degree=g.sh_degree, background=bg)
+            x = big
+            for _ in range(4):
+                x = x @ big
+            got[start].append((g.means.clone(), g.quats.clone(), g.scales.clone()))
+    torch.cuda.synchronize()
+    return got
+
+
+@pytest.mark.parametrize("length", [1, 2])
+def test_pipelined_posing_equals_sequential_posing_under_load(tmp_path, length):
+    """posed_chunks (the render command's posing: the next chunk replayed on a side stream into the other of
+    two graphs) gives pose_and_place's Gaussians bit for bit over six chunks, while the caller keeps the GPU
+    busy on each chunk before resuming: chunk i + 2's posing does not overwrite buffers still being read."""
+    from edit3dgs.builtin import make_avatar
+    from edit3dgs.bundle import open_avatar
+    from edit3dgs.posing import WorldPoser
+
+    b = open_avatar(make_avatar(tmp_path / "a", frames=4), device="cuda")
+    ts = [0, 3, 5, 7, 9, 11, 2, 13, 6, 1, 4, 8][:6 * length]
+    starts = range(0, len(ts), length)
+    poser, sequential = WorldPoser(b), WorldPoser(b)
+    seq = poser.upload(b.params.select(ts))
+    want = {s: [(g.means.clone(), g.quats.clone(), g.scales.clone())
+                for g in sequential.pose_and_place(sequential.timesteps_of(seq, s, s + length))] for s in starts}
+    got = _pose_pipelined_under_load(poser, seq, starts, length)
+    assert list(got) == list(starts)
+    for s in starts:
+        for g, w in zip(got[s], want[s]):
+            for x, y in zip(g, w):
+                torch.testing.assert_close(x, y, atol=0, rtol=0)
+    assert poser.graphs, poser.graph_error
+    (pair,) = poser._graph_pairs.values()
+    assert pair[0][1] is not pair[1][1] and pair[0][2][0].means.data_ptr() != pair[1][2][0].means.data_ptr()
+    assert not poser._graphs, "pose_and_place's graph is not used"
+
+
+def test_compiled_pipelined_posing_equals_the_eager_path(tmp_path):
+    """--compile-posing with pipelined posing: both graphs replay inductor's kernels, compiled once, and give
+    the eager world Gaussians under a busy caller."""
+    from edit3dgs.builtin import make_avatar
+    from edit3dgs.bundle import open_avatar
+    from edit3dgs.posing import WorldPoser
+
+    b = open_avatar(make_avatar(tmp_path / "a", frames=4), device="cuda")
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    ts = [0, 3, 5, 7, 9, 11]
+    compiled, eager = WorldPoser(b, compile=True), WorldPoser(b, graphs=False)
+    got = _pose_pipelined_under_load(compiled, compiled.upload(b.params.select(ts)), range(len(ts)), 1)
+    for s, t in enumerate(ts):
+        (m, q, sc), w = got[s][0], eager(b.params.select([t]))
+        torch.testing.assert_close(m, w.means, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(q, w.quats, atol=5e-5, rtol=1e-5)
+        torch.testing.assert_close(sc, w.scales, atol=1e-6, rtol=1e-5)
+    assert compiled.graphs, compiled.graph_error
+    assert len(next(iter(compiled._graph_pairs.values()))) == 2
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"], "compiled once for both graphs"
+
+
 def test_refit_on_cuda_matches_the_cpu(tmp_path):
     """The refit's placement (bound frames, frozen rows placed once) gives the same fit on CUDA as on the CPU."""
     from edit3dgs.builtin import make_avatar

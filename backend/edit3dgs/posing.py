@@ -10,12 +10,19 @@ a replay launches everything at once, whatever the number of kernels.
 Results are the eager path's (``tests/test_render_gpu.py`` checks it on CUDA).
 
 Even replayed, the ~170 small kernels of one timestep's posing take about 0.6 ms of GPU time on an
-H200 (a fifth of rasterizing 16 views). ``compile=True`` runs posing + placing through
-``torch.compile`` first, which fuses them into a few kernels (a compile of about half a minute per
-number of timesteps, once per process; inductor caches the code on disk): worth it for long renders.
+H200 (a fifth of rasterizing 16 views), and ``pose_and_place`` runs them between two rasterizations.
+``posed_chunks`` (what ``edit3dgs render`` uses) hides them instead: it replays the posing of the next
+chunk on a side CUDA stream while the caller rasterizes the current one, into the other of two captured
+graphs (double buffering: a chunk's buffers are written again two chunks later, after the caller's work
+on them). The posing kernels are tiny, so they run beside the rasterization's.
+``compile=True`` runs posing + placing through ``torch.compile`` first, which fuses them into a few
+kernels (a compile of about half a minute per number of timesteps, once per process; inductor caches the
+code on disk).
 """
 
 from __future__ import annotations
+
+from typing import Iterator, Sequence
 
 import torch
 
@@ -30,6 +37,7 @@ class WorldPoser:
     ``graphs``: replay CUDA graphs in ``pose_and_place`` (default; CUDA devices only). The world
     Gaussians a graph replay returns live in the graph's buffers: they are valid until the next
     ``pose_and_place`` call with the same number of timesteps (render them before asking again).
+    ``posed_chunks`` has graphs of its own (two per input shape), so the two do not overwrite each other.
     """
 
     def __init__(self, bundle: AvatarBundle, gaussians: GaussianAvatar | None = None, graphs: bool | None = None,
@@ -39,7 +47,8 @@ class WorldPoser:
         self.head = bundle.head.to(self.device)
         self.faces = self.head.faces
         self.graphs = self.device.type == "cuda" and (graphs is None or bool(graphs))
-        self._graphs: dict = {}
+        self._graphs: dict = {}            # input shape -> (static inputs, graph, outputs), for pose_and_place
+        self._graph_pairs: dict = {}       # input shape -> two of those, for posed_chunks' double buffering
         self.graph_error: str | None = None   # why graphs were turned off, if they were
         # compile: True (inductor) or a torch.compile backend's name
         self._run = (torch.compile(self._pose_place, dynamic=False, backend="inductor" if compile is True else compile)
@@ -84,20 +93,89 @@ class WorldPoser:
         p = self.upload(params) if isinstance(params, FlameParams) else params
         if not self.graphs:
             return self._eager(p)
-        key = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(p.items()))
+        key = self._shape_key(p)
         entry = self._graphs.get(key)
         if entry is None:
             try:
                 entry = self._graphs[key] = self._capture(p)
-            except RuntimeError as exc:    # an op that cannot be captured: stay eager for this poser
-                self.graphs, self.graph_error = False, f"{type(exc).__name__}: {exc}"
-                torch.cuda.synchronize(self.device)
+            except RuntimeError as exc:
+                self._graphs_off(exc)
                 return self._eager(p)
         static, graph, out = entry
         for k, v in p.items():
             static[k].copy_(v)
         graph.replay()
         return out
+
+    def posed_chunks(self, uploaded: dict, starts: Sequence[int], length: int
+                     ) -> Iterator[tuple[int, list[WorldGaussians]]]:
+        """``(start, world Gaussians)`` for the chunks ``timesteps_of(uploaded, start, start + length)`` in
+        order, each chunk posed while the caller renders the one before it.
+
+        On CUDA with graphs the next chunk's posing is replayed on a side stream, into the other of two
+        graphs captured for this shape (their buffers: twice ``pose_and_place``'s memory for posing); a chunk
+        is yielded once the caller's (current) stream has waited for its posing. Contract: the caller
+        enqueues all its work on a chunk's Gaussians on the current stream before it resumes the generator,
+        since the posing that reuses their buffers (two chunks on, launched at the next resume) waits for the
+        work enqueued by then and no later; the Gaussians keep their values until the generator is resumed
+        twice. Without graphs (CPU, ``graphs=False``, a failed capture) every chunk is posed eagerly in turn."""
+        starts = list(starts)
+        if not self.graphs:
+            for start in starts:
+                yield start, self._eager(self.timesteps_of(uploaded, start, start + length))
+            return
+        main = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(main)             # the uploaded parameters were written on the main stream
+        released = [None, None]            # per buffer: main's event after the caller's work on its last chunk
+
+        def launch(i: int):
+            p = self.timesteps_of(uploaded, starts[i], starts[i] + length)
+            pair = self._graph_pair(p) if self.graphs else None
+            if pair is None:
+                return self._eager(p), None
+            static, graph, out = pair[i % 2]
+            with torch.cuda.stream(side):  # replay launches on the current stream
+                if released[i % 2] is not None:
+                    side.wait_event(released[i % 2])
+                for k, v in p.items():
+                    static[k].copy_(v)
+                graph.replay()
+                return out, side.record_event()
+
+        try:
+            ahead = launch(0) if starts else None
+            for i, start in enumerate(starts):
+                out, posed = ahead
+                if i + 1 < len(starts):
+                    ahead = launch(i + 1)
+                if posed is not None:
+                    main.wait_event(posed)
+                yield start, out
+                released[i % 2] = main.record_event()
+        finally:                           # also when closed early: nothing left reading `uploaded` on the side
+            main.wait_stream(side)
+
+    def _graph_pair(self, p: dict):
+        """``posed_chunks``' two graphs for the shape of ``p`` (captured on first use), or None once capturing
+        failed."""
+        key = self._shape_key(p)
+        pair = self._graph_pairs.get(key)
+        if pair is None:
+            try:
+                pair = self._graph_pairs[key] = (self._capture(p), self._capture(p))
+            except RuntimeError as exc:
+                self._graphs_off(exc)
+        return pair
+
+    @staticmethod
+    def _shape_key(p: dict) -> tuple:
+        return tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(p.items()))
+
+    def _graphs_off(self, exc: RuntimeError) -> None:
+        """An op that cannot be captured: stay eager for this poser."""
+        self.graphs, self.graph_error = False, f"{type(exc).__name__}: {exc}"
+        torch.cuda.synchronize(self.device)
 
     def _capture(self, p: dict):
         static = {k: v.clone() for k, v in p.items()}

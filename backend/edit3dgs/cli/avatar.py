@@ -87,12 +87,12 @@ def cmd_render(a) -> int:
 
         # one LBS call and one binding pass per chunk of timesteps; chunk x Gaussians bounded like a render pass;
         # one copy to the device, chunks are views of it; the last chunk padded (its last timestep repeated) to
-        # the others' length, so posing is captured (and, with --compile-posing, compiled) once
+        # the others' length, so posing is captured (and, with --compile-posing, compiled) once; on CUDA the
+        # next chunk is posed on a side stream while this one rasterizes (all of it enqueued before the next)
         per_chunk = max(1, min(16, len(ts), render_mod.MAX_PAIRS // max(1, b.gaussians.num_gaussians)))
         sequence = poser.upload(params.select(ts + ts[-1:] * (-len(ts) % per_chunk)))
-        for start in range(0, len(ts), per_chunk):
-            chunk = ts[start:start + per_chunk]
-            for t, g in zip(chunk, poser.pose_and_place(poser.timesteps_of(sequence, start, start + per_chunk))):
+        for start, posed in poser.posed_chunks(sequence, range(0, len(ts), per_chunk), per_chunk):
+            for t, g in zip(ts[start:start + per_chunk], posed):
                 for group, (vm, K, w, h) in stacks:
                     res = rasterize(g.means, g.quats, g.scales, g.opacities, g.sh, vm, K, w, h,
                                     sh_degree=g.sh_degree, background=bg)
