@@ -231,6 +231,8 @@ VARIANTS = {
     "compiled_unet_batch16": {"compile": True, "scope": "unet", "batch_size": 16},
     "compiled_unet_batch16_per_view": {"compile": True, "scope": "unet", "batch_size": 16, "multiview": False},
     "compiled_unet_channels_last": {"compile": True, "scope": "unet", "channels_last": True},
+    # session 7: compiled models are channels-last by default (COMPILED_CHANNELS_LAST); this is the NCHW layout
+    "compiled_unet_nchw": {"compile": True, "scope": "unet", "compiled_channels_last": False},
 }
 
 
@@ -244,7 +246,8 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
     vs = rig_views(views, hw[1], hw[0])
     lh, lw = (x // models.vae_scale_factor for x in ip2p.diffusion_size(*hw, min(hw), models.size_multiple))
     tflop = unet_tflop(models, lh, lw)
-    keep = (ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER, ip2p.COMPILE_DYNAMIC, ip2p.COMPILE_SCOPE)
+    keep = (ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER, ip2p.COMPILE_DYNAMIC, ip2p.COMPILE_SCOPE,
+            ip2p.COMPILED_CHANNELS_LAST)
     res = {"latent": [lh, lw], "unet_tflop_per_pass": round(tflop, 3), "passes": views * steps * 3}
     last_compiled = None
     for name in names:
@@ -253,6 +256,7 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
         ip2p.CUDA_CUDNN_BENCHMARK = v.get("cudnn_benchmark", keep[1])
         ip2p.CUDA_SDPA_ORDER = v.get("sdpa_order", keep[2])
         ip2p.COMPILE_DYNAMIC = v.get("dynamic", keep[3])
+        ip2p.COMPILED_CHANNELS_LAST = v.get("compiled_channels_last", keep[5])
         ip2p.tune(models)
         ip2p.set_compiled(models, False)
         ip2p.COMPILE_SCOPE = v.get("scope", keep[4])
@@ -260,9 +264,10 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
 
         counters.clear()            # per variant
         if v.get("compile"):
-            if (ip2p.COMPILE_SCOPE, ip2p.COMPILE_DYNAMIC, ip2p.CUDA_CHANNELS_LAST) != last_compiled:
+            layout = (ip2p.COMPILE_SCOPE, ip2p.COMPILE_DYNAMIC, ip2p.CUDA_CHANNELS_LAST, ip2p.COMPILED_CHANNELS_LAST)
+            if layout != last_compiled:
                 torch._dynamo.reset()   # a new compile setting compiles from scratch (inductor's disk cache aside)
-            last_compiled = (ip2p.COMPILE_SCOPE, ip2p.COMPILE_DYNAMIC, ip2p.CUDA_CHANNELS_LAST)
+            last_compiled = layout
             ip2p.set_compiled(models, True)
         st = IP2PSettings(steps=steps, batch_size=v.get("batch_size", batch), multiview=v.get("multiview", True),
                           extended_attention=v.get("extended_attention", True), inpaint=False, resolution=min(hw))
@@ -274,7 +279,8 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
                      "warm_up_s": round(warm, 1), "compiled_graphs": graphs,
                      "graphs_compiled_while_timed": counters["stats"]["unique_graphs"] - graphs}
         print(name, json.dumps(res[name]), flush=True)
-    ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER, ip2p.COMPILE_DYNAMIC, ip2p.COMPILE_SCOPE = keep
+    (ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER, ip2p.COMPILE_DYNAMIC, ip2p.COMPILE_SCOPE,
+     ip2p.COMPILED_CHANNELS_LAST) = keep
     ip2p.tune(models)
     ip2p.set_compiled(models, False)
     return res

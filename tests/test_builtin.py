@@ -249,7 +249,7 @@ def _stand_in_cuda(monkeypatch, poser):
 
     current.append(Stream("main"))
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None, priority=0: Stream())
     monkeypatch.setattr(torch.cuda, "stream", stream)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(poser, "_capture", capture)

@@ -125,7 +125,8 @@ class WorldPoser:
                 yield start, self._eager(self.timesteps_of(uploaded, start, start + length))
             return
         main = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
+        # high priority: the posing's small kernels take SM slots as the rasterizer's blocks free them
+        side = torch.cuda.Stream(self.device, priority=-1)
         side.wait_stream(main)             # the uploaded parameters were written on the main stream
         released = [None, None]            # per buffer: main's event after the caller's work on its last chunk
 

@@ -101,14 +101,19 @@ _MODELS: dict[tuple, IP2PModels] = {}
 # tried in this order (cuDNN's fused attention first where it takes the shapes). Channels-last
 # layout measured slower (GroupNorm converts back and forth), so it is off.
 CUDA_CHANNELS_LAST = False
+# Compiled (``set_compiled``), channels-last is faster: inductor keeps the NHWC layout through its own
+# GroupNorm kernels, and cuDNN's layout conversions around each convolution go (H200, 16 views at 768x512:
+# 4.42 s against 4.65 s, benchmarks/results/ip2p_channels_last_h200.txt).
+COMPILED_CHANNELS_LAST = True
 CUDA_CUDNN_BENCHMARK = True
 CUDA_SDPA_ORDER = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 
 
 def tune(models: "IP2PModels") -> "IP2PModels":
-    """Apply the CUDA memory-layout setting to loaded models (no effect on a CPU)."""
+    """Apply the CUDA memory-layout setting (eager or compiled) to loaded models (no effect on a CPU)."""
     if models.device.type == "cuda" and not models.offload:
-        fmt = torch.channels_last if CUDA_CHANNELS_LAST else torch.contiguous_format
+        last = COMPILED_CHANNELS_LAST if models.compiled else CUDA_CHANNELS_LAST
+        fmt = torch.channels_last if last else torch.contiguous_format
         models.unet.to(memory_format=fmt)
         models.vae.to(memory_format=fmt)
     return models
@@ -155,7 +160,7 @@ def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
             del m.forward, m._edit3dgs_eager
     models.compiled = False
     if not on:
-        return models
+        return tune(models)
     if COMPILE_BACKEND == "inductor" and not _inductor_ok(models.device):
         if models.device not in _EAGER_NOTED:   # once per device and process, not every edit job
             import sys
@@ -183,7 +188,7 @@ def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
     for name in COMPILED_VAE_PARTS:     # no multi-view state there: whole, in either scope
         getattr(models.vae, name).compile(**opts)
     models.compiled = COMPILE_SCOPE
-    return models
+    return tune(models)
 
 
 _EAGER_NOTED: set = set()
