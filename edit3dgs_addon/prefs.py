@@ -33,8 +33,8 @@ class Edit3DGSPreferences(bpy.types.AddonPreferences):
                                          "programs leave free, measured before each job). Restarts the backend")
     compile_unet: BoolProperty(
         name="Compile Diffusion Model", default=False,
-        description="Instruct-Pix2Pix on an NVIDIA GPU: compile its UNet and VAE with torch.compile (edits 1.35x "
-                    "faster on an H200) after a compile of about 2 min at a new image size or views per call; the "
+        description="Instruct-Pix2Pix on an NVIDIA GPU: compile its UNet and VAE with torch.compile (edits 1.4x "
+                    "faster on an H200) after a compile of about 1.5-2 min at a new image size or views per call; the "
                     "backend keeps it between edits. Ignored without CUDA")
     editor_model: StringProperty(name="Editor Model", default="",
                                  description="Instruct-Pix2Pix model id or folder (empty: the backend's default)")

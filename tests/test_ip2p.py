@@ -342,22 +342,25 @@ def test_injection_matches_once_on_the_image_branch_by_cosine_and_blends_normali
     torch.testing.assert_close(out_mixed[:, :2], out_k, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("full", [False, True], ids=["a-spare-slot", "every-slot"])
 @pytest.mark.parametrize("pairs_per_product", [1, 8])
-def test_match_plan_holds_each_pairs_candidates_whatever_the_slots(pairs_per_product):
+def test_match_plan_holds_each_pairs_candidates_whatever_the_slots(pairs_per_product, full):
     """The match plan of a UNet call masks, per (neighbour slot, view), exactly the key tokens that are not
     that pair's candidates: the epipolar band within a timestep, the FLAME binding across timesteps; a
     view with fewer key views than slots has its spare slot fully masked and invalid. Built one pair per
-    product and several at once (then the rows of one product are not consecutive). Catches a mask
-    written into another view's or slot's row, or left un-negated."""
+    product and several at once (with a spare slot the rows of one product are not consecutive; with every
+    slot filled they are, and are written in place). Catches a mask written into another view's or slot's row,
+    or left un-negated."""
     cams = ring_cameras(5)
     pts = torch.as_tensor(np.random.default_rng(4).uniform(-0.1, 0.1, (400, 3)), dtype=torch.float32)
-    views = [View(c, 0, pts) for c in cams[:4]] + [View(cams[4], 1, pts * 1.02)]
+    # every slot filled: one timestep (all epipolar), so each product's rows are consecutive
+    views = [View(c, 0, pts) for c in cams[:4]] + [View(cams[4], 0 if full else 1, pts * 1.02)]
     h = w = 8
     ctx = MultiViewContext()
     ctx.cand_bytes = pairs_per_product * 4 * (h * w) ** 2
     ctx.begin(views, (h, w))
     try:
-        nbrs = {1: [(0, 0.5), (2, 0.5)], 3: [(2, 1.0)], 4: [(0, 0.4), (2, 0.6)]}
+        nbrs = {1: [(0, 0.5), (2, 0.5)], 3: [(2, 0.8), (0, 0.2)] if full else [(2, 1.0)], 4: [(0, 0.4), (2, 0.6)]}
         ctx.set_keys([0, 2], nbrs)
         plan = ctx.plan([1, 3, 4], h, w, {0: 0, 2: 1}, "cpu")
         assert plan.not_cand.shape == (2, 3, h * w, h * w)
@@ -370,7 +373,7 @@ def test_match_plan_holds_each_pairs_candidates_whatever_the_slots(pairs_per_pro
                     assert torch.equal(plan.valid[k, v], cand.any(-1))
                 else:
                     assert plan.not_cand[k, v].all() and not plan.valid[k, v].any()
-        assert sorted((i, j) for _, _, i, j in plan.pairs) == [(1, 0), (1, 2), (3, 2), (4, 0), (4, 2)]
+        assert sorted((i, j) for _, _, i, j in plan.pairs) == [(1, 0), (1, 2)] + [(3, 0)] * full + [(3, 2), (4, 0), (4, 2)]
     finally:
         ctx.end()
 
@@ -556,9 +559,9 @@ def test_compile_unet_without_a_cuda_device_stays_eager_and_says_so(tiny_ip2p_di
     m = load_ip2p(str(tiny_ip2p_dir), device="cpu", compile_unet=True)
     try:
         assert not m.compiled and not any(getattr(x, "_compiled_call_impl", None) for x in m.unet.modules())
-        assert "stays eager" in capsys.readouterr().err
+        assert "stay eager" in capsys.readouterr().err
         load_ip2p(str(tiny_ip2p_dir), device="cpu", compile_unet=True)
-        assert "stays eager" not in capsys.readouterr().err
+        assert "stay eager" not in capsys.readouterr().err
     finally:
         ip2p.set_compiled(m, False)
 
@@ -802,3 +805,52 @@ def test_vae_encode_and_decode_answer_a_cancel(models):
         with cancel.watching(stop_after_one), pytest.raises(CancelledError):
             fn(models, x, chunk=4)
         assert len(calls) == 2
+
+
+def test_compiled_vae_sees_one_batch_shape_whatever_the_number_of_views(models, monkeypatch):
+    """With the VAE compiled (static shapes), 6 views go through it as two batches of 4, the second padded, so
+    it compiles once rather than once per remainder; the padding changes no real view's latents or pixels.
+    Eager, the pieces are as they come."""
+    from edit3dgs.edit.ip2p import decode_latents, encode_images
+
+    imgs = torch.rand(6, 32, 32, 3, generator=torch.Generator().manual_seed(5))
+    eager_lat = encode_images(models, imgs)
+    eager_img = decode_latents(models, eager_lat)
+    seen = []
+    enc, dec = models.vae.encode, models.vae.decode
+    monkeypatch.setattr(models.vae, "encode", lambda x, *a, **k: seen.append(("enc", x.shape[0])) or enc(x, *a, **k))
+    monkeypatch.setattr(models.vae, "decode", lambda z, *a, **k: seen.append(("dec", z.shape[0])) or dec(z, *a, **k))
+    encode_images(models, imgs), decode_latents(models, eager_lat)
+    assert seen == [("enc", 4), ("enc", 2), ("dec", 4), ("dec", 2)]
+    seen.clear()
+    monkeypatch.setattr(models, "compiled", "unet")
+    lat = encode_images(models, imgs)
+    img = decode_latents(models, lat)
+    assert seen == [("enc", 4), ("enc", 4), ("dec", 4), ("dec", 4)]
+    assert lat.shape == eager_lat.shape and img.shape == eager_img.shape
+    torch.testing.assert_close(lat, eager_lat, atol=1e-5, rtol=0)
+    torch.testing.assert_close(img, eager_img, atol=1e-5, rtol=0)
+
+
+def test_compiled_models_run_channels_last_and_eager_ones_do_not(models, monkeypatch):
+    """On CUDA, the UNet's and VAE's convolution weights are channels-last while compiled (inductor keeps NHWC
+    through GroupNorm: faster there) and back to the contiguous layout when eager again (faster eagerly, where
+    GroupNorm converts back and forth). CPU models are left as they are."""
+    def layouts():
+        return {name: getattr(m, name).weight.is_contiguous(memory_format=torch.channels_last)
+                for m, name in ((models.unet, "conv_in"), (models.vae.decoder, "conv_out"))}
+
+    assert not any(layouts().values())
+    monkeypatch.setattr(models, "compiled", "unet")
+    ip2p.tune(models)                       # a CPU: nothing changes
+    assert not any(layouts().values())
+    monkeypatch.setattr(models, "device", torch.device("cuda"))
+    try:
+        ip2p.tune(models)
+        assert all(layouts().values())
+        monkeypatch.setattr(models, "compiled", False)
+        ip2p.tune(models)
+        assert not any(layouts().values())
+    finally:
+        models.unet.to(memory_format=torch.contiguous_format)
+        models.vae.to(memory_format=torch.contiguous_format)

@@ -114,11 +114,12 @@ class WorldPoser:
 
         On CUDA with graphs the next chunk's posing is replayed on a side stream, into the other of two
         graphs captured for this shape (their buffers: twice ``pose_and_place``'s memory for posing); a chunk
-        is yielded once the caller's (current) stream has waited for its posing. Contract: the caller
-        enqueues all its work on a chunk's Gaussians on the current stream before it resumes the generator,
-        since the posing that reuses their buffers (two chunks on, launched at the next resume) waits for the
-        work enqueued by then and no later; the Gaussians keep their values until the generator is resumed
-        twice. Without graphs (CPU, ``graphs=False``, a failed capture) every chunk is posed eagerly in turn."""
+        is yielded once the caller's (current) stream has waited for its posing. Contract: a chunk's
+        Gaussians are the caller's until it resumes the generator: the posing that reuses their buffers (two
+        chunks on) is launched at that resume and waits for the work enqueued on the current stream by then and
+        no later, so all work on them must be enqueued before, and none may be kept for later (on CUDA,
+        ``list(posed_chunks(...))`` would hold overwritten buffers). Without graphs (CPU, ``graphs=False``, a
+        failed capture) every chunk is posed eagerly in turn."""
         starts = list(starts)
         if not self.graphs:
             for start in starts:
@@ -132,7 +133,7 @@ class WorldPoser:
 
         def launch(i: int):
             p = self.timesteps_of(uploaded, starts[i], starts[i] + length)
-            pair = self._graph_pair(p) if self.graphs else None
+            pair = self._graph_pair(p) if self.graphs else None   # graphs go off if a capture failed
             if pair is None:
                 return self._eager(p), None
             static, graph, out = pair[i % 2]

@@ -123,9 +123,9 @@ def add_ip2p_args(parser) -> None:
     add("--cpu-offload", action="store_true", default=None,
         help="keep models on the CPU, move each to the GPU while it runs")
     add("--compile-unet", action="store_true", default=None,
-        help="torch.compile the UNet and the VAE (CUDA with Triton; elsewhere they stay eager): an edit 1.35x "
-             "faster on an H200 after a compile of about 2 min at the first new image size or number of views per "
-             "UNet call")
+        help="torch.compile the UNet and the VAE (CUDA with Triton; elsewhere they stay eager): an edit 1.4x "
+             "faster on an H200 after a compile of about 1.5-2 min at the first new image size or number of views "
+             "per UNet call")
 
 
 def ip2p_options_from_args(args) -> dict:

@@ -135,7 +135,8 @@ COMPILE_RECOMPILE_LIMIT = 256         # distinct (graph, shape) pairs: a few doz
 # between two of them is one graph (cross-attention, norms and projections fuse too). Measured on an H200
 # (benchmarks/results/episode_compile_h200.txt, 16 views at 768x512, 20 steps): eager 195 TFLOP/s, "blocks"
 # 230 (1.18x), "unet" 250 (1.28x; its first compile about 80 s, against about 30 s for "blocks"). With the VAE
-# compiled too (session 7, benchmarks/results/episode_vae_compile_h200.txt): "unet" 268 (1.35x), first compile ~2 min.
+# compiled too (session 7, benchmarks/results/episode_vae_compile_h200.txt): "unet" 268 (1.35x); channels-last as
+# well 281 (1.41x), first compile 1.5-2 min (ip2p_channels_last_h200.txt).
 COMPILE_SCOPE = "unet"
 # The VAE's encoder and decoder are compiled too: at 768x512 they are about a tenth of an edit of 16 views
 # (20 steps) on an H200, mostly GroupNorm + SiLU on full-resolution feature maps, which inductor fuses.
@@ -143,13 +144,13 @@ COMPILED_VAE_PARTS = ("encoder", "decoder")
 
 
 def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
-    """Run the UNet (``COMPILE_SCOPE``) and the VAE's encoder and decoder through ``torch.compile`` (``on``),
-    or eagerly again (``on=False``;
-    compiled code stays cached for the process). Results are the eager ones up to float rounding
-    (tests/test_ip2p.py, tests/test_render_gpu.py). Each new image size or number of views per UNet call
-    compiles first (about 2 min for the full-size UNet and VAE on an H200, less with inductor's disk cache warm);
-    later calls run at once.
-    Inductor needs a CUDA device with Triton here: elsewhere the UNet stays eager, with a note on stderr."""
+    """Run the UNet (``COMPILE_SCOPE``) and the VAE's encoder and decoder through ``torch.compile``, channels-last
+    (``COMPILED_CHANNELS_LAST``) (``on``), or eagerly again (``on=False``; compiled code stays cached for the
+    process). Results are the eager ones up to float rounding (tests/test_ip2p.py, tests/test_render_gpu.py).
+    Each new image size or number of views per UNet call compiles first (about 1.5-2 min for the full-size
+    UNet and VAE on an H200, less with inductor's disk cache warm); later calls run at once. The VAE works in
+    chunks of ``VAE_CHUNK`` images, the last one padded when compiled, so it compiles once per image size.
+    Inductor needs a CUDA device with Triton here: elsewhere the UNet and VAE stay eager, with a note on stderr."""
     want = COMPILE_SCOPE if on else False
     if want == models.compiled:
         return models
@@ -166,9 +167,9 @@ def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
             import sys
 
             _EAGER_NOTED.add(models.device)
-            print(f"--compile-unet: the UNet stays eager (torch.compile's inductor needs a CUDA device with Triton "
+            print(f"--compile-unet: the UNet and VAE stay eager (torch.compile's inductor needs a CUDA device with Triton "
                   f"and a C compiler; this is {models.device})", file=sys.stderr)
-        return models
+        return tune(models)
     import torch._dynamo
 
     for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
@@ -487,29 +488,44 @@ def encode_prompt(models: IP2PModels, prompt: str) -> tuple[torch.Tensor, torch.
     return emb[:1], emb[1:]
 
 
-def encode_images(models: IP2PModels, images: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+VAE_CHUNK = 4   # images per VAE call
+
+
+def _vae_pieces(models: IP2PModels, x: torch.Tensor, chunk: int):
+    """``(piece, n)``: ``x`` (B,...) in pieces of ``chunk`` items, ``n`` of them real. With the VAE compiled
+    (static shapes), a short piece is padded by repeating its last item, so every call has one shape: one
+    compile, whatever the number of views."""
+    for s in range(0, x.shape[0], chunk):
+        piece = x[s:s + chunk]
+        n = piece.shape[0]
+        if models.compiled and n < chunk:
+            piece = torch.cat([piece, piece[-1:].expand(chunk - n, *piece.shape[1:])])
+        yield piece, n
+
+
+def encode_images(models: IP2PModels, images: torch.Tensor, chunk: int = VAE_CHUNK) -> torch.Tensor:
     """Images (B,H,W,3) in [0,1] -> VAE latents (B,4,h,w), ``.mode()``, not scaled."""
     from ..cancel import check
 
     out = []
     with models.use(models.vae) as vae:
-        for s in range(0, images.shape[0], chunk):
+        for piece, n in _vae_pieces(models, images, chunk):
             check()   # a cancel point per chunk (seconds each on a CPU at full size)
-            x = images[s:s + chunk].permute(0, 3, 1, 2).to(models.device, models.dtype) * 2 - 1
-            out.append(vae.encode(x).latent_dist.mode())
+            x = piece.permute(0, 3, 1, 2).to(models.device, models.dtype) * 2 - 1
+            out.append(vae.encode(x).latent_dist.mode()[:n])
     return torch.cat(out)
 
 
-def decode_latents(models: IP2PModels, latents: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+def decode_latents(models: IP2PModels, latents: torch.Tensor, chunk: int = VAE_CHUNK) -> torch.Tensor:
     """Scaled latents (B,4,h,w) -> images (B,H,W,3) float32 in [0,1]."""
     out = []
     sf = models.vae.config.scaling_factor
     from ..cancel import check
 
     with models.use(models.vae) as vae:
-        for s in range(0, latents.shape[0], chunk):
+        for piece, n in _vae_pieces(models, latents, chunk):
             check()
-            x = vae.decode((latents[s:s + chunk] / sf).to(models.dtype)).sample
+            x = vae.decode((piece / sf).to(models.dtype)).sample[:n]
             out.append(((x.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1))
     return torch.cat(out)
 

@@ -174,7 +174,9 @@ class MultiViewContext:
             ps = epi[s:s + step]
             d = corr.epipolar_distances([(self.views[pairs[p][0]].camera, self.views[pairs[p][1]].camera) for p in ps],
                                         h, w, device)
-            write(ps, lambda dst: (torch.gt if negate else torch.le)(d, self.band, out=dst))
+            # (negated after the test, so a NaN distance is never a candidate either way)
+            write(ps, lambda dst: torch.le(d, self.band, out=dst).logical_not_() if negate
+                  else torch.le(d, self.band, out=dst))
             del d
         step = max(1, self.cand_bytes // (2 * n * n))
         for s in range(0, len(bind), step):
