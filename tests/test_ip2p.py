@@ -295,17 +295,23 @@ def injection_scene():
     return [cam(0, -25, [0, 0, 0], 200.0), cam(1, 0, [0, 0, 0], 80.0), cam(2, 30, [0.1, 0.05, 0], 200.0)], (h, w)
 
 
-def test_injection_matches_once_on_the_image_branch_by_cosine_and_blends_normalised_weights():
+@pytest.mark.parametrize("by_lines", [False, True], ids=["masks", "band-in-matching"])
+def test_injection_matches_once_on_the_image_branch_by_cosine_and_blends_normalised_weights(by_lines):
     """For every token of a non-key view: the best key token by cosine similarity of the image-conditioned
     branch's features among the epipolar candidates, used for all three branches; key outputs blended
     with weights renormalised over the key views that have candidates; the view's own attention where
     none has. "mixed" calls (key views and others together) give the same. Catches: matching per
     branch (or on the text or unconditional branch), dot products instead of cosines, weights not
-    renormalised, a wrong fallback, a mixed call that differs from separate calls."""
+    renormalised, a wrong fallback, a mixed call that differs from separate calls. The same with the band
+    tested inside the matching (``match_in_band``, what ``ip2p.COMPILED_MATCHING`` compiles) instead of masks."""
+    from edit3dgs.edit.mv_attention import match_in_band
+
     cams, (h, w) = injection_scene()
     n, c = h * w, 16
     attn = attention_layer(seed=3)
     ctx = MultiViewContext()
+    if by_lines:
+        ctx.match_in_band = match_in_band
     proc = MultiViewAttnProcessor(ctx, "layer")
     g = torch.Generator().manual_seed(2)
     hs_k = torch.randn(3, 2, n, c, generator=g) * torch.exp(3 * torch.rand(3, 2, n, 1, generator=g) - 1.5)
@@ -319,6 +325,7 @@ def test_injection_matches_once_on_the_image_branch_by_cosine_and_blends_normali
             out_k = proc(attn, hs_k.reshape(6, n, c)).view(3, 2, n, -1)
             ctx.mode, ctx.batch = "inject", [1]
             out_q = proc(attn, hs_q.reshape(3, n, c))
+            assert (ctx.plan([1], h, w, {0: 0, 2: 1}, "cpu").lines is not None) == by_lines
             ctx.set_keys([0, 2], {1: nbrs})
             ctx.mode, ctx.batch, ctx.n_keys = "mixed", [0, 2, 1], 2
             out_mixed = proc(attn, torch.cat([hs_k, hs_q], 1).reshape(9, n, c)).view(3, 3, n, -1)
@@ -484,9 +491,10 @@ def test_multiview_edit_with_the_real_unet_across_timesteps(models):
         assert not torch.allclose(per_view.images, out.images)
 
 
-@pytest.mark.parametrize("scope", ["blocks", "unet"])
+@pytest.mark.parametrize("scope,matching", [("blocks", False), ("unet", False), ("unet", True)],
+                         ids=["blocks", "unet", "unet-compiled-matching"])
 def test_compiled_unet_edits_as_the_eager_unet_and_leaves_the_multiview_attention_eager(tiny_ip2p_dir, monkeypatch,
-                                                                                        scope):
+                                                                                        scope, matching):
     """--compile-unet: the UNet goes through torch.compile (scope "blocks": the residual, sampling and
     feed-forward blocks; "unet": all of it, broken around the self-attention layers), and the VAE's encoder and
     decoder whole; the self-attention layers
@@ -508,6 +516,7 @@ def test_compiled_unet_edits_as_the_eager_unet_and_leaves_the_multiview_attentio
 
     monkeypatch.setattr(ip2p, "COMPILE_BACKEND", "aot_eager")
     monkeypatch.setattr(ip2p, "COMPILE_SCOPE", scope)
+    monkeypatch.setattr(ip2p, "COMPILED_MATCHING", matching)   # the band tested inside the compiled matching
     cams = ring_cameras(6)
     pts = torch.as_tensor(np.random.default_rng(2).uniform(-0.1, 0.1, (300, 3)), dtype=torch.float32)
     views = [View(c, 0, pts) for c in cams]
@@ -531,8 +540,20 @@ def test_compiled_unet_edits_as_the_eager_unet_and_leaves_the_multiview_attentio
             assert compiled == {"UNet2DConditionModel"}
         vae = {type(x).__name__ for x in m.vae.modules() if getattr(x, "_compiled_call_impl", None) is not None}
         assert vae == {"Encoder", "Decoder"}, vae     # the VAE's encoder and decoder, in either scope
+        assert (m.mv.match_in_band is not None) == matching
+        before = counters["stats"]["unique_graphs"]
+        if matching:    # its graphs: one per matching shape, compiled inside the eager attention
+            plain = m.mv.match_in_band
+            made = []
+            monkeypatch.setattr(m.mv, "match_in_band", lambda *a: made.append(a[0].shape) or plain(*a))
         out = edit_images(m, imgs, "make it blue", s, views=views)
-        assert counters["stats"]["unique_graphs"] > 0
+        if matching:
+            assert made, "the plans held lines and the compiled matching ran"
+            monkeypatch.setattr(m.mv, "match_in_band", plain)
+            g = counters["stats"]["unique_graphs"]       # it is compiled: a new shape makes a graph
+            plain(torch.randn(1, 5, 4), torch.randn(1, 7, 4), torch.randn(1, 5, 3), torch.randn(7, 3), 1.0)
+            assert counters["stats"]["unique_graphs"] == g + 1
+        assert counters["stats"]["unique_graphs"] > before
         # the only graph breaks: around the self-attention layers kept eager
         assert all("torch.compiler.disable" in why for why in counters["graph_break"]), list(counters["graph_break"])
         assert bool(counters["graph_break"]) == (scope == "unet")
@@ -543,6 +564,7 @@ def test_compiled_unet_edits_as_the_eager_unet_and_leaves_the_multiview_attentio
         m = load_ip2p(str(tiny_ip2p_dir), device="cpu")     # off again: eager, nothing compiled any more
         assert not m.compiled and not any(getattr(x, "_compiled_call_impl", None)
                                           for x in (*m.unet.modules(), *m.vae.modules()))
+        assert m.mv.match_in_band is None
         assert not any("forward" in x.__dict__ for x in m.unet.modules())
         torch.testing.assert_close(edit_images(m, imgs, "make it blue", s, views=views).images, eager.images,
                                    atol=0, rtol=0)

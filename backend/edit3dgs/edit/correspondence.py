@@ -73,9 +73,9 @@ def token_fundamental(cam_q: Camera, cam_k: Camera, h: int, w: int) -> np.ndarra
     return sk @ fundamental_matrix(cam_q, cam_k) @ sq
 
 
-def epipolar_distances(pairs: Sequence[tuple[Camera, Camera]], h: int, w: int, device=None) -> torch.Tensor:
-    """(P, Nq, Nk) distance, in tokens of the (h, w) grid, from each key token centre to the
-    epipolar line of each query token centre, for P (query, key) camera pairs at once
+def epipolar_lines(pairs: Sequence[tuple[Camera, Camera]], h: int, w: int, device=None) -> torch.Tensor:
+    """(P, Nq, 3) float32 epipolar lines (a, b, c), in key-token units of the (h, w) grid, of each query token
+    centre for P (query, key) camera pairs, normalised so that |a x + b y + c| is a point's distance in tokens
     (one host-to-device copy, no host syncs)."""
     # float32 is plenty here (token coordinates ~1e2) and much faster than float64 on GPUs.
     G = torch.as_tensor(np.stack([token_fundamental(q, k, h, w) for q, k in pairs]), dtype=torch.float32)
@@ -83,10 +83,15 @@ def epipolar_distances(pairs: Sequence[tuple[Camera, Camera]], h: int, w: int, d
         G = G.pin_memory().to(device, non_blocking=True)                # no host sync
     else:
         G = G.to(device)
-    x = token_grid(h, w, device)
-    lt = torch.matmul(x, G.transpose(1, 2))                           # (P, Nq, 3) lines in key tokens
-    lt = lt / lt[..., :2].norm(dim=-1, keepdim=True).clamp_min(1e-12)  # normalised first: one pass over (Nq, Nk)
-    return torch.matmul(lt, x.T).abs_()
+    lt = torch.matmul(token_grid(h, w, device), G.transpose(1, 2))     # (P, Nq, 3) lines in key tokens
+    return lt / lt[..., :2].norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def epipolar_distances(pairs: Sequence[tuple[Camera, Camera]], h: int, w: int, device=None) -> torch.Tensor:
+    """(P, Nq, Nk) distance, in tokens of the (h, w) grid, from each key token centre to the
+    epipolar line of each query token centre, for P (query, key) camera pairs at once
+    (one host-to-device copy, no host syncs)."""
+    return torch.matmul(epipolar_lines(pairs, h, w, device), token_grid(h, w, device).T).abs_()
 
 
 def epipolar_distance(cam_q: Camera, cam_k: Camera, h: int, w: int, device=None) -> torch.Tensor:

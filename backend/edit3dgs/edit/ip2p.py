@@ -141,6 +141,10 @@ COMPILE_SCOPE = "unet"
 # The VAE's encoder and decoder are compiled too: at 768x512 they are about a tenth of an edit of 16 views
 # (20 steps) on an H200, mostly GroupNorm + SiLU on full-resolution feature maps, which inductor fuses.
 COMPILED_VAE_PARTS = ("encoder", "decoder")
+# Compiled, the multi-view matching can test the epipolar band inside the argmax instead of building and reading
+# an (Nq, Nk) mask per pair (``mv_attention.match_in_band``): less memory traffic by the count, but not yet
+# measured on a GPU, so off (``benchmarks/ip2p_bench.py --variants compiled_unet,compiled_unet_fused_matching``).
+COMPILED_MATCHING = False
 
 
 def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
@@ -160,6 +164,7 @@ def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
         if getattr(m, "_edit3dgs_eager", False):
             del m.forward, m._edit3dgs_eager
     models.compiled = False
+    models.mv.match_in_band = None
     if not on:
         return tune(models)
     if COMPILE_BACKEND == "inductor" and not _inductor_ok(models.device):
@@ -188,6 +193,10 @@ def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
                 m.compile(**opts)
     for name in COMPILED_VAE_PARTS:     # no multi-view state there: whole, in either scope
         getattr(models.vae, name).compile(**opts)
+    if COMPILED_MATCHING:
+        from .mv_attention import match_in_band
+
+        models.mv.match_in_band = torch.compile(match_in_band, **opts)
     models.compiled = COMPILE_SCOPE
     return tune(models)
 

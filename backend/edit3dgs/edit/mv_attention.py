@@ -36,7 +36,10 @@ resolution (``MultiViewContext.plan``, shared by all layers of that resolution,
 batched over the call's views, with one host sync); inside a layer the matching
 of all views runs as a few batched similarity products, masked fills and
 argmaxes (one per neighbour slot, not one per guidance branch), with no host
-syncs and no loops over views or tokens.
+syncs and no loops over views or tokens. Optionally (``match_in_band``, used by
+``ip2p.COMPILED_MATCHING`` with the UNet compiled) a plan of one timestep keeps
+its candidates as epipolar lines, tested inside the matching instead of read
+from (Nq, Nk) masks.
 """
 
 from __future__ import annotations
@@ -70,10 +73,14 @@ class MatchPlan:
     by all layers of that resolution (``MultiViewContext.plan``). K: neighbour slots per view."""
 
     nbr_pos: torch.Tensor        # (K, V) long: position of each view's k-th key view in the key batch
-    not_cand: torch.Tensor       # (K, V, Nq, Nk) bool: True where a key token is NOT a candidate
+    not_cand: torch.Tensor | None  # (K, V, Nq, Nk) bool: True where a key token is NOT a candidate (or None: lines)
     coef: torch.Tensor           # (K, V, Nq) float32: blend weight of each match (0 without candidate)
     valid: torch.Tensor          # (K, V, Nq) bool: query tokens with at least one candidate
     pairs: list                  # [(k, v, view, key view)] of the real neighbour slots
+    # ``MultiViewContext.match_in_band`` set and every pair of one timestep: the candidates as epipolar lines
+    # instead of masks, tested inside the matching (no (Nq, Nk) masks at all)
+    lines: torch.Tensor | None = None   # (K, V, Nq, 3) float32: normalised lines in key tokens (far away: no key view)
+    grid: torch.Tensor | None = None    # (Nk, 3) float32: key token centres (x, y, 1)
     miss_views: torch.Tensor | None = None   # (Vm,) long: views with tokens that have no candidate at all
     miss_q: torch.Tensor | None = None       # (Vm, M) long: their missing tokens, flat in (Vm*N), padded by repetition
     miss_sel: torch.Tensor | None = None     # (Nmiss,) long: real entries of the flattened (Vm*M) layout
@@ -100,6 +107,10 @@ class MultiViewContext:
         self.matches: dict = {}
         self.cache: dict[str, tuple[dict, torch.Tensor, torch.Tensor]] = {}
         self.match_bytes = 2**28              # bytes of similarity matrices per matching product
+        # None: candidates as masks, matched by masked_fill + argmax. Else a function like ``match_in_band``
+        # (``ip2p.set_compiled`` gives it compiled): one timestep's candidates stay epipolar lines, tested
+        # inside the matching, which the compiler fuses into the argmax (measure before making it a default).
+        self.match_in_band = None
         self.cand_bytes = 2**30               # bytes of float32 temporaries per candidate-building product
         self._plans: dict = {}
         self._plan_batch: tuple | None = None
@@ -213,9 +224,18 @@ class MultiViewContext:
         pairs.sort(key=lambda x: x[0] * nv + x[1])       # row order of the masks: consecutive rows, written in place
         nbr_pos_t = _to_device(nbr_pos, torch.long, device)
         weight_t = _to_device(weight, torch.float32, device)[..., None]
+        by_lines = self.match_in_band is not None and all(
+            self.views[i].timestep == self.views[j].timestep for _, _, i, j in pairs)
         plans, misses = {}, []
         for h, w in levels:
             n = h * w
+            if by_lines:
+                lines, grid, valid = self._band_lines(pairs, K, nv, h, w, device)
+                wv = weight_t * valid
+                wsum = wv.sum(0)
+                plans[(h, w)] = MatchPlan(nbr_pos_t, None, wv / wsum.clamp_min(1e-12), valid, pairs, lines=lines, grid=grid)
+                misses.append((wsum <= 0).flatten())
+                continue
             # True where a key token is NOT a candidate (what the matching masks), built directly; slots
             # without a key view have no candidates at all.
             not_cand = torch.ones(K * nv, n, n, dtype=torch.bool, device=device)
@@ -252,6 +272,39 @@ class MultiViewContext:
             plan.miss_sel = _to_device(torch.cat(sel), torch.long, device)
             plan.miss_flat = _to_device(torch.cat(flat), torch.long, device)
         return plans
+
+
+    def _band_lines(self, pairs: list, K: int, nv: int, h: int, w: int, device):
+        """The epipolar lines (K, V, Nq, 3) of the slots of ``pairs`` (a far line where a slot has no key
+        view), the key token grid (Nk, 3), and which query tokens have a candidate (K, V, Nq) bool."""
+        n = h * w
+        lines = torch.zeros(K * nv, n, 3, dtype=torch.float32, device=device)
+        lines[..., 2] = FAR_LINE
+        if pairs:
+            got = corr.epipolar_lines([(self.views[i].camera, self.views[j].camera) for _, _, i, j in pairs], h, w, device)
+            lines[_index([k * nv + v for k, v, _, _ in pairs], device)] = got
+        grid = corr.token_grid(h, w, device)
+        valid = torch.empty(K * nv, n, dtype=torch.bool, device=device)
+        step = max(1, self.cand_bytes // (4 * n * n))
+        for s in range(0, K * nv, step):      # the same test as the matching's: distance <= band
+            d = torch.matmul(lines[s:s + step], grid.T).abs_()
+            valid[s:s + step] = (d <= self.band).any(-1)
+            del d
+        return lines.view(K, nv, n, 3), grid, valid.view(K, nv, n)
+
+
+FAR_LINE = 1e30     # a line no token is near: slots without a key view
+
+
+def match_in_band(q: torch.Tensor, k: torch.Tensor, lines: torch.Tensor, grid: torch.Tensor, band: float) -> torch.Tensor:
+    """(v, Nq) long: per query token, the key token of highest similarity q . k among those within ``band``
+    tokens of its epipolar line (the first on ties; 0 where none is). q (v, Nq, C), k (v, Nk, C) with k
+    normalised (cosine similarity up to the query's norm, which leaves the argmax alone), lines (v, Nq, 3)
+    normalised, grid (Nk, 3). The distance is the same matrix product as ``correspondence.epipolar_distances``;
+    compiled, the test and the argmax are one pass over the similarities."""
+    sim = torch.matmul(q, k.transpose(-1, -2))
+    d = torch.matmul(lines, grid.T).abs()
+    return sim.masked_fill(~(d <= band), float("-inf")).argmax(-1)
 
 
 def _to_device(x, dtype, device) -> torch.Tensor:
@@ -391,6 +444,9 @@ class MultiViewAttnProcessor:
             for s in range(0, nv, vstep):
                 e = min(nv, s + vstep)
                 kf = kfeat.index_select(0, plan.nbr_pos[k, s:e])                 # (v, Nk, C)
+                if plan.lines is not None:
+                    idx[k, s:e] = ctx.match_in_band(q[s:e], kf, plan.lines[k, s:e], plan.grid, ctx.band)
+                    continue
                 sim = torch.matmul(q[s:e], kf.transpose(-1, -2))                 # (v, Nq, Nk)
                 sim.masked_fill_(plan.not_cand[k, s:e], float("-inf"))           # same shape: vectorised
                 torch.argmax(sim, -1, out=idx[k, s:e])
