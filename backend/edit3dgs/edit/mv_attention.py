@@ -287,7 +287,7 @@ class MultiViewContext:
         valid = torch.empty(K * nv, n, dtype=torch.bool, device=device)
         step = max(1, self.cand_bytes // (4 * n * n))
         for s in range(0, K * nv, step):      # the same test as the matching's: distance <= band
-            d = torch.matmul(lines[s:s + step], grid.T).abs_()
+            d = band_distance(lines[s:s + step], grid)
             valid[s:s + step] = (d <= self.band).any(-1)
             del d
         return lines.view(K, nv, n, 3), grid, valid.view(K, nv, n)
@@ -300,11 +300,15 @@ def match_in_band(q: torch.Tensor, k: torch.Tensor, lines: torch.Tensor, grid: t
     """(v, Nq) long: per query token, the key token of highest similarity q . k among those within ``band``
     tokens of its epipolar line (the first on ties; 0 where none is). q (v, Nq, C), k (v, Nk, C) with k
     normalised (cosine similarity up to the query's norm, which leaves the argmax alone), lines (v, Nq, 3)
-    normalised, grid (Nk, 3). The distance is the same matrix product as ``correspondence.epipolar_distances``;
-    compiled, the test and the argmax are one pass over the similarities."""
+    normalised, grid (Nk, 3). Compiled, the band test and the argmax are one pass over the similarities."""
     sim = torch.matmul(q, k.transpose(-1, -2))
-    d = torch.matmul(lines, grid.T).abs()
-    return sim.masked_fill(~(d <= band), float("-inf")).argmax(-1)
+    return sim.masked_fill(~(band_distance(lines, grid) <= band), float("-inf")).argmax(-1)
+
+
+def band_distance(lines: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """(..., Nq, Nk) |a x + b y + c| of lines (..., Nq, 3) at points (Nk, 3), written out elementwise (not a
+    product over 3 terms) so that a compiler fuses it into what consumes it instead of writing it out."""
+    return (lines[..., 0:1] * grid[:, 0] + lines[..., 1:2] * grid[:, 1] + lines[..., 2:3]).abs()
 
 
 def _to_device(x, dtype, device) -> torch.Tensor:
