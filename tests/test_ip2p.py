@@ -876,3 +876,34 @@ def test_compiled_models_run_channels_last_and_eager_ones_do_not(models, monkeyp
     finally:
         models.unet.to(memory_format=torch.contiguous_format)
         models.vae.to(memory_format=torch.contiguous_format)
+
+
+def test_the_first_compiled_edit_at_a_size_says_it_compiles(models, monkeypatch):
+    """Compiled, an edit at a size (or views per call) not edited before first reports that it compiles, as an
+    "edit" stage (minutes pass before its first step); a second edit at that size does not, another size does
+    again; eager edits never do. The add-on's progress bar counts it as the edit stage and shows its words."""
+    import importlib.util
+    from pathlib import Path
+
+    imgs = torch.rand(2, 32, 32, 3)
+    s = IP2PSettings(steps=2, resolution=32, inpaint=False, multiview=False)
+
+    def stages(images, settings=s):
+        got = []
+        edit_images(models, images, "make it blue", settings, progress=lambda st, d, t: got.append(st))
+        return [g for g in got if g == ip2p.COMPILE_STAGE]
+
+    assert stages(imgs) == []                       # eager
+    monkeypatch.setattr(models, "compiled", "unet")
+    monkeypatch.setattr(models, "compiled_for", set())
+    assert stages(imgs) == [ip2p.COMPILE_STAGE]
+    assert stages(imgs) == []
+    assert stages(imgs, replace(s, resolution=48)) == [ip2p.COMPILE_STAGE]    # a new latent size
+    path = Path(__file__).resolve().parents[1] / "edit3dgs_addon" / "overall.py"
+    spec = importlib.util.spec_from_file_location("overall_for_test", path)
+    overall = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overall)
+    bar = overall.Overall(editor="ip2p", now=0.0)
+    bar.update("render 1/1", 1, 1, now=1.0)
+    bar.update(ip2p.COMPILE_STAGE, 0, 20, now=2.0)
+    assert bar.kind == "edit" and bar.text(now=3.0).startswith(ip2p.COMPILE_STAGE)

@@ -70,6 +70,7 @@ class IP2PModels:
     offload: bool = False
     resolution: int = 512               # native short side (edit3dgs_model.json; 512 for Stable Diffusion 1.5)
     compiled: str | bool = False        # the scope compiled with torch.compile (``set_compiled``), or False
+    compiled_for: set = field(default_factory=set)   # (latent h, w, views per call, multi-view) edited since
 
     @property
     def vae_scale_factor(self) -> int:
@@ -145,6 +146,9 @@ COMPILED_VAE_PARTS = ("encoder", "decoder")
 # an (Nq, Nk) mask per pair (``mv_attention.match_in_band``): less memory traffic by the count, but not yet
 # measured on a GPU, so off (``benchmarks/ip2p_bench.py --variants compiled_unet,compiled_unet_fused_matching``).
 COMPILED_MATCHING = False
+# What the progress says while the first compiled edit at a new size compiles (minutes with nothing else to
+# report); its first word keeps it an "edit" stage for progress bars that group stages.
+COMPILE_STAGE = "edit (compiling the diffusion model, once per image size: 1-2 min)"
 
 
 def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
@@ -164,6 +168,7 @@ def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
         if getattr(m, "_edit3dgs_eager", False):
             del m.forward, m._edit3dgs_eager
     models.compiled = False
+    models.compiled_for.clear()
     models.mv.match_in_band = None
     if not on:
         return tune(models)
@@ -630,6 +635,10 @@ def _edit_images(models: IP2PModels, images: torch.Tensor, instruction: str, set
         e_text, e_image, e_none = e.chunk(3)
         return e_none + s.guidance_text * (e_text - e_image) + s.guidance_image * (e_image - e_none)
 
+    # Compiled, the first edit at a new size (or number of views per call) compiles before its first step.
+    shape_key = (lh, lw, min(B, s.batch_size), multiview)
+    if models.compiled and shape_key not in models.compiled_for:
+        progress(COMPILE_STAGE, 0, len(timesteps))
     key_log = []
     ctx.begin(views or [], (lh, lw))
     ctx.extended, ctx.band, ctx.depth_tol = s.extended_attention, s.band, s.depth_tol
@@ -669,6 +678,8 @@ def _edit_images(models: IP2PModels, images: torch.Tensor, instruction: str, set
                 progress("edit", step + 1, len(timesteps))
     finally:
         ctx.end()
+    if models.compiled:
+        models.compiled_for.add(shape_key)
 
     edited = _resize(decode_latents(models, latents), (H, W)).clamp(0, 1)
     return EditOutput(edited.to(out_device), latents, original_latents, lmask, key_log)
