@@ -229,25 +229,22 @@ class MultiViewContext:
         plans, misses = {}, []
         for h, w in levels:
             n = h * w
+            not_cand = lines = grid = None
             if by_lines:
                 lines, grid, valid = self._band_lines(pairs, K, nv, h, w, device)
-                wv = weight_t * valid
-                wsum = wv.sum(0)
-                plans[(h, w)] = MatchPlan(nbr_pos_t, None, wv / wsum.clamp_min(1e-12), valid, pairs, lines=lines, grid=grid)
-                misses.append((wsum <= 0).flatten())
-                continue
-            # True where a key token is NOT a candidate (what the matching masks), built directly; slots
-            # without a key view have no candidates at all.
-            not_cand = torch.ones(K * nv, n, n, dtype=torch.bool, device=device)
-            if pairs:
-                self._fill_candidates(not_cand, [(i, j) for _, _, i, j in pairs], h, w, device,
-                                      rows=[k * nv + v for k, v, _, _ in pairs], negate=True)
-            not_cand = not_cand.view(K, nv, n, n)
-            valid = not_cand.all(-1).logical_not_()                                 # (K, V, Nq)
+            else:
+                # True where a key token is NOT a candidate (what the matching masks), built directly; slots
+                # without a key view have no candidates at all.
+                not_cand = torch.ones(K * nv, n, n, dtype=torch.bool, device=device)
+                if pairs:
+                    self._fill_candidates(not_cand, [(i, j) for _, _, i, j in pairs], h, w, device,
+                                          rows=[k * nv + v for k, v, _, _ in pairs], negate=True)
+                not_cand = not_cand.view(K, nv, n, n)
+                valid = not_cand.all(-1).logical_not_()                             # (K, V, Nq)
             wv = weight_t * valid
             wsum = wv.sum(0)                                                       # (V, Nq)
             coef = wv / wsum.clamp_min(1e-12)
-            plans[(h, w)] = MatchPlan(nbr_pos_t, not_cand, coef, valid, pairs)
+            plans[(h, w)] = MatchPlan(nbr_pos_t, not_cand, coef, valid, pairs, lines=lines, grid=grid)
             misses.append((wsum <= 0).flatten())
         miss_all = torch.cat(misses).cpu()                                         # the one host sync
         off = 0
@@ -272,7 +269,6 @@ class MultiViewContext:
             plan.miss_sel = _to_device(torch.cat(sel), torch.long, device)
             plan.miss_flat = _to_device(torch.cat(flat), torch.long, device)
         return plans
-
 
     def _band_lines(self, pairs: list, K: int, nv: int, h: int, w: int, device):
         """The epipolar lines (K, V, Nq, 3) of the slots of ``pairs`` (a far line where a slot has no key
