@@ -156,9 +156,13 @@ def profile_multiview(models, views: int, size: int, batch: int, out_dir: Path, 
         edit_images(models, imgs, "warm up", s, views=vs if mv else None)
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
         with profile(activities=acts) as prof:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
             edit_images(models, imgs, "profile", s, views=vs if mv else None)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
+            wall_ms = (time.perf_counter() - t0) * 1e3
         ka = prof.key_averages()
         sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
         (out_dir / f"profile_{name}.txt").write_text(
@@ -167,6 +171,10 @@ def profile_multiview(models, views: int, size: int, batch: int, out_dir: Path, 
         top = sorted(ka, key=lambda e: getattr(e, "self_device_time_total", 0) or 0, reverse=True)[:6]
         res[name] = [(e.key[:40], round((getattr(e, "self_device_time_total", 0) or 0) / 1e3, 1)) for e in top]
         res[name + "_kernels_ms"] = kernel_categories(prof)
+        # kernel time against the profiled edit's wall time: how much of it the GPU had nothing to run
+        # (kernels of several streams may overlap, so a ratio above 1 can happen)
+        res[name + "_wall_ms"] = round(wall_ms, 1)
+        res[name + "_kernel_over_wall"] = round(res[name + "_kernels_ms"]["total"] / wall_ms, 3)
     return res
 
 
@@ -236,6 +244,14 @@ VARIANTS = {
     "compiled_unet_nchw": {"compile": True, "scope": "unet", "compiled_channels_last": False},
     # the epipolar band tested inside the compiled matching (ip2p.COMPILED_MATCHING), no candidate masks
     "compiled_unet_fused_matching": {"compile": True, "scope": "unet", "compiled_matching": True},
+    # inductor settings (as in diffusers' "accelerate inference" guide for SD: 1x1 convolutions as matrix
+    # products, Triton kernels' block sizes tuned by coordinate descent)
+    "compiled_unet_1x1mm": {"compile": True, "scope": "unet", "inductor": {"conv_1x1_as_mm": True}},
+    "compiled_unet_tuned": {"compile": True, "scope": "unet", "inductor": {"coordinate_descent_tuning": True}},
+    "compiled_unet_tuned_1x1mm": {"compile": True, "scope": "unet",
+                                  "inductor": {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True}},
+    # each call's match plans built where the call needs them, not during the call before (prefetch off)
+    "compiled_unet_plans_in_call": {"compile": True, "scope": "unet", "prefetch": False},
 }
 
 
@@ -250,7 +266,7 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
     lh, lw = (x // models.vae_scale_factor for x in ip2p.diffusion_size(*hw, min(hw), models.size_multiple))
     tflop = unet_tflop(models, lh, lw)
     keep = (ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER, ip2p.COMPILE_DYNAMIC, ip2p.COMPILE_SCOPE,
-            ip2p.COMPILED_CHANNELS_LAST, ip2p.COMPILED_MATCHING)
+            ip2p.COMPILED_CHANNELS_LAST, ip2p.COMPILED_MATCHING, ip2p.COMPILE_OPTIONS)
     res = {"latent": [lh, lw], "unet_tflop_per_pass": round(tflop, 3), "passes": views * steps * 3}
     last_compiled = None
     for name in names:
@@ -261,6 +277,8 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
         ip2p.COMPILE_DYNAMIC = v.get("dynamic", keep[3])
         ip2p.COMPILED_CHANNELS_LAST = v.get("compiled_channels_last", keep[5])
         ip2p.COMPILED_MATCHING = v.get("compiled_matching", keep[6])
+        ip2p.COMPILE_OPTIONS = v.get("inductor", keep[7])
+        models.mv.prefetch_plans = v.get("prefetch", True)
         ip2p.tune(models)
         ip2p.set_compiled(models, False)
         ip2p.COMPILE_SCOPE = v.get("scope", keep[4])
@@ -268,7 +286,8 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
 
         counters.clear()            # per variant
         if v.get("compile"):
-            layout = (ip2p.COMPILE_SCOPE, ip2p.COMPILE_DYNAMIC, ip2p.COMPILED_CHANNELS_LAST)   # what compiled code sees
+            layout = (ip2p.COMPILE_SCOPE, ip2p.COMPILE_DYNAMIC, ip2p.COMPILED_CHANNELS_LAST,   # what compiled code sees
+                      json.dumps(ip2p.COMPILE_OPTIONS, sort_keys=True))
             if layout != last_compiled:
                 torch._dynamo.reset()   # a new compile setting compiles from scratch (inductor's disk cache aside)
             last_compiled = layout
@@ -284,7 +303,8 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
                      "graphs_compiled_while_timed": counters["stats"]["unique_graphs"] - graphs}
         print(name, json.dumps(res[name]), flush=True)
     (ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER, ip2p.COMPILE_DYNAMIC, ip2p.COMPILE_SCOPE,
-     ip2p.COMPILED_CHANNELS_LAST, ip2p.COMPILED_MATCHING) = keep
+     ip2p.COMPILED_CHANNELS_LAST, ip2p.COMPILED_MATCHING, ip2p.COMPILE_OPTIONS) = keep
+    models.mv.prefetch_plans = True
     ip2p.tune(models)
     ip2p.set_compiled(models, False)
     return res
@@ -387,6 +407,9 @@ def main() -> int:
                     help=f"comma-separated speed variants of a multi-view edit at --height x --width: {', '.join(VARIANTS)}")
     ap.add_argument("--height", type=int, default=768, help="image height for --variants (the episode's 802 rounds to 768)")
     ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--episode-options", choices=("shipped", "best"), default="shipped",
+                    help="inductor settings of the compiled episode: the shipped ones (ip2p.COMPILE_OPTIONS), or those of "
+                         "the fastest compiled variant timed by --variants in this run")
     a = ap.parse_args()
     dev = torch.device(a.device)
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
@@ -407,8 +430,19 @@ def main() -> int:
                         if f"compiled_{sc}" in report["variants"]}
         if a.compile_scope == "best" and timed_scopes:
             ip2p.COMPILE_SCOPE = min(timed_scopes, key=timed_scopes.get)
+        if a.episode_options == "best":
+            fastest = min((n for n in report["variants"] if VARIANTS.get(n, {}).get("compile")),
+                          key=lambda n: report["variants"][n]["seconds"], default=None)
+            if fastest is not None:
+                ip2p.COMPILE_OPTIONS = VARIANTS[fastest].get("inductor")
+                report["episode_compile_options_from"] = fastest
+                last = [n for n in a.variants.split(",") if VARIANTS[n].get("compile")][-1]
+                if VARIANTS[last].get("inductor") != ip2p.COMPILE_OPTIONS:
+                    torch._dynamo.reset()   # dynamo's cached graphs were compiled with the last variant's settings
     report["compile_scope"] = ip2p.COMPILE_SCOPE
-    print("compile scope", ip2p.COMPILE_SCOPE, flush=True)
+    report["compile_options"] = ip2p.COMPILE_OPTIONS
+    print("compile scope", ip2p.COMPILE_SCOPE, "options", ip2p.COMPILE_OPTIONS, report.get("episode_compile_options_from"),
+          flush=True)
     if not a.skip_views:
         for on in modes:
             ip2p.set_compiled(models, on)

@@ -491,6 +491,55 @@ def test_multiview_edit_with_the_real_unet_across_timesteps(models):
         assert not torch.allclose(per_view.images, out.images)
 
 
+def test_next_calls_match_plans_are_built_ahead_adopted_once_and_change_nothing(models, monkeypatch):
+    """Each multi-view UNet call's match plans are built during the call before it (on CUDA on a side stream,
+    so their host sync does not wait for the UNet): the edit is the same bit for bit as with plans built where
+    they are used, every plan built ahead is the one its call uses (none is built twice), and only the
+    edit's first multi-view call, which shows the attention resolutions, builds its own. Catches: plans
+    built ahead for the wrong call (another step's key views, the wrong views), plans adopted without the
+    match check, a prefetch that is never taken."""
+    cams = ring_cameras(6)
+    views = [View(cam, t) for t in (0, 5) for cam in cams]
+    imgs = torch.rand(12, 32, 32, 3, generator=torch.Generator().manual_seed(5))
+    s = IP2PSettings(steps=6, resolution=32, chunk_size=3, min_timestep=400, inpaint=False, batch_size=3)
+    builds = []
+    real_build, real_prefetch = MultiViewContext._build_plans, MultiViewContext.prefetch
+
+    def build(self, views_, levels, *a, **k):
+        builds.append(("ahead" if getattr(self, "_in_prefetch", False) else "in call", tuple(views_), tuple(levels)))
+        return real_build(self, views_, levels, *a, **k)
+
+    def prefetch(self, *a, **k):
+        self._in_prefetch = True
+        try:
+            return real_prefetch(self, *a, **k)
+        finally:
+            self._in_prefetch = False
+
+    monkeypatch.setattr(MultiViewContext, "_build_plans", build)
+    monkeypatch.setattr(MultiViewContext, "prefetch", prefetch)
+    outs = {}
+    for ahead in (False, True):
+        models.mv.prefetch_plans = ahead
+        builds.clear()
+        try:
+            outs[ahead] = (edit_images(models, imgs, "make it blue", s, views=views), list(builds))
+        finally:
+            models.mv.prefetch_plans = True
+    (off, off_builds), (on, on_builds) = outs[False], outs[True]
+    assert torch.equal(on.latents, off.latents) and on.key_views == off.key_views
+    assert all(kind == "in call" for kind, _, _ in off_builds)
+    in_call = [b for b in on_builds if b[0] == "in call"]
+    ahead = [b for b in on_builds if b[0] == "ahead"]
+    first_views = off_builds[0][1]
+    assert in_call and all(v == first_views for _, v, _ in in_call)    # the first call's, one per resolution
+    levels = {lv for _, _, lvs in in_call for lv in lvs}
+    assert len(levels) > 1 and all(set(lvs) == levels for _, _, lvs in ahead)
+    # one build per later call, every one taken (none built twice), in the calls' order
+    assert len(on_builds) == len(off_builds)
+    assert [v for _, v, _ in ahead] == [v for _, v, _ in off_builds[len(in_call):]]
+
+
 @pytest.mark.parametrize("scope,matching", [("blocks", False), ("unet", False), ("unet", True)],
                          ids=["blocks", "unet", "unet-compiled-matching"])
 def test_compiled_unet_edits_as_the_eager_unet_and_leaves_the_multiview_attention_eager(tiny_ip2p_dir, monkeypatch,

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..errors import CancelledError, Edit3DGSError
 from .base import EditRequest, Editor, Progress, no_progress
 from .inpaint import latent_masks, reinject
-from .mv_attention import MultiViewAttnProcessor, MultiViewContext, View, install
+from .mv_attention import MultiViewAttnProcessor, MultiViewContext, View, _to_device, install
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 # ``--model builtin``: the small Instruct-Pix2Pix trained on the built-in head (``edit3dgs train-editor``).
@@ -130,6 +130,8 @@ def tune(models: "IP2PModels") -> "IP2PModels":
 COMPILED_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D", "FeedForward")
 COMPILE_BACKEND = "inductor"
 COMPILE_DYNAMIC: bool | None = False
+# Inductor settings for the compiled UNet and VAE (``torch.compile(options=...)``; None: inductor's defaults).
+COMPILE_OPTIONS: dict | None = None
 COMPILE_RECOMPILE_LIMIT = 256         # distinct (graph, shape) pairs: a few dozen per image size and batch
 # "blocks": the blocks above, each compiled on its own. "unet": the whole UNet, with the multi-view
 # self-attention layers excluded (torch.compiler.disable): the graph breaks around them, so everything
@@ -186,6 +188,8 @@ def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
         if getattr(torch._dynamo.config, name, COMPILE_RECOMPILE_LIMIT) < COMPILE_RECOMPILE_LIMIT:
             setattr(torch._dynamo.config, name, COMPILE_RECOMPILE_LIMIT)
     opts = dict(backend=COMPILE_BACKEND, dynamic=COMPILE_DYNAMIC)
+    if COMPILE_OPTIONS and COMPILE_BACKEND == "inductor":
+        opts["options"] = dict(COMPILE_OPTIONS)
     if COMPILE_SCOPE == "unet":
         for m in unet.modules():
             if isinstance(getattr(m, "processor", None), MultiViewAttnProcessor):
@@ -544,6 +548,36 @@ def decode_latents(models: IP2PModels, latents: torch.Tensor, chunk: int = VAE_C
     return torch.cat(out)
 
 
+@dataclass
+class UNetCall:
+    """One multi-view UNet call of a denoising step: its mode (``MultiViewContext.mode``), its views in batch
+    order (key views first), its group's key views and each other view's nearest key views."""
+
+    mode: str
+    views: list[int]
+    keys: list[int]
+    neighbours: dict
+
+
+def _rows(ids: list[int], device) -> slice | torch.Tensor:
+    """Rows ``ids`` of a batch: a slice when they are consecutive (no copy), else a long index on ``device``
+    copied from pinned memory (no host sync, where indexing by a list would wait for the GPU)."""
+    if ids == list(range(ids[0], ids[0] + len(ids))):
+        return slice(ids[0], ids[0] + len(ids))
+    return _to_device(ids, torch.long, device)
+
+
+def _take(x: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+    return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
+
+
+def _put(dst: torch.Tensor, rows: slice | torch.Tensor, value: torch.Tensor) -> None:
+    if isinstance(rows, slice):
+        dst[rows] = value
+    else:
+        dst.index_copy_(0, rows, value)
+
+
 def _resize(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """(B,H,W,C) -> (B,h,w,C), antialiased bilinear."""
     if tuple(images.shape[1:3]) == tuple(hw):
@@ -621,57 +655,76 @@ def _edit_images(models: IP2PModels, images: torch.Tensor, instruction: str, set
     all_views = list(range(B))
     zeros = torch.zeros_like(image_latents[:1])
 
-    def guided_eps(ids: list[int], t) -> torch.Tensor:
-        """3-way classifier-free guidance for views ``ids`` (one UNet call, branch-major batch)."""
+    def guided_eps(ids: list[int], t, eps: torch.Tensor) -> None:
+        """3-way classifier-free guidance for views ``ids`` (one UNet call, branch-major batch), written
+        into their rows of ``eps``. No host syncs: the rows are a slice or an index copied without one."""
         if should_stop():  # a step of many views is several UNet calls: seconds on a CPU
             raise CancelledError()
         n = len(ids)
         ctx.batch = list(ids)
-        x = sched.scale_model_input(latents[ids], t).to(dt)
-        cond = image_latents[ids]
+        rows = _rows(ids, dev)
+        x = sched.scale_model_input(_take(latents, rows), t).to(dt)
+        cond = _take(image_latents, rows)
         inp = torch.cat([torch.cat([x, cond], 1), torch.cat([x, cond], 1), torch.cat([x, zeros.expand(n, -1, -1, -1)], 1)])
         emb = torch.cat([emb_text.expand(n, -1, -1), emb_none.expand(n, -1, -1), emb_none.expand(n, -1, -1)])
         e = unet(inp, t, encoder_hidden_states=emb).sample.float()
         e_text, e_image, e_none = e.chunk(3)
-        return e_none + s.guidance_text * (e_text - e_image) + s.guidance_image * (e_image - e_none)
+        _put(eps, rows, e_none + s.guidance_text * (e_text - e_image) + s.guidance_image * (e_image - e_none))
 
     # Compiled, the first edit at a new size (or number of views per call) compiles before its first step.
     shape_key = (lh, lw, min(B, s.batch_size), multiview)
     if models.compiled and shape_key not in models.compiled_for:
         progress(COMPILE_STAGE, 0, len(timesteps))
-    key_log = []
+    def step_calls() -> list[UNetCall]:
+        """One denoising step's multi-view UNet calls, in order, with each group's key views drawn (one draw
+        per chunk). Key views: extended self-attention across all of them; other views: the key views'
+        outputs at matched tokens. A group's first call holds its key views and as many others as fit in
+        the batch ("mixed": key views first in every layer), the rest follow ("inject")."""
+        out = []
+        for g in groups:
+            keys = [c[int(torch.randint(len(c), (1,), generator=cpu_gen))] for c in g.chunks]
+            others = [i for i in g.members if i not in keys]
+            nbrs = {i: nearest_keys(views, i, keys, s.key_neighbours) for i in others}
+            first = others[:max(0, s.batch_size - len(keys))]
+            out.append(UNetCall("mixed" if first else "key", keys + first, keys, nbrs))
+            out += [UNetCall("inject", others[c:c + s.batch_size], keys, nbrs)
+                    for c in range(len(first), len(others), s.batch_size)]
+        return out
+
+    key_log, ahead = [], None
     ctx.begin(views or [], (lh, lw))
     ctx.extended, ctx.band, ctx.depth_tol = s.extended_attention, s.band, s.depth_tol
     try:
+        # The timesteps as Python numbers, read once: the loop's tests and the scheduler's step use them
+        # (a device tensor there is a host sync per step); the UNet gets the device tensor.
+        t_host = [int(x) for x in timesteps.tolist()]
         with models.use(models.unet) as unet:
-            for step, t in enumerate(timesteps):
+            for step, (t, t_int) in enumerate(zip(timesteps, t_host)):
                 if should_stop():
                     raise CancelledError()
                 eps = torch.empty_like(latents)
-                if multiview and int(t) >= s.min_timestep:
-                    step_keys = []
-                    for g in groups:
-                        keys = [c[int(torch.randint(len(c), (1,), generator=cpu_gen))] for c in g.chunks]
-                        others = [i for i in g.members if i not in keys]
-                        ctx.set_keys(keys, {i: nearest_keys(views, i, keys, s.key_neighbours) for i in others})
-                        # Key views: extended self-attention across all of them; other views: the key
-                        # views' outputs at matched tokens. The first UNet call holds the key views and
-                        # as many others as fit in the batch ("mixed": key views first in every layer).
-                        first = others[:max(0, s.batch_size - len(keys))]
-                        ctx.mode, ctx.n_keys = ("mixed" if first else "key"), len(keys)
-                        eps[keys + first] = guided_eps(keys + first, t)
-                        ctx.mode = "inject"
-                        for c in range(len(first), len(others), s.batch_size):
-                            ids = others[c:c + s.batch_size]
-                            eps[ids] = guided_eps(ids, t)
-                        step_keys += keys
-                    key_log.append(step_keys)
+                if multiview and t_int >= s.min_timestep:
+                    calls, ahead = ahead or step_calls(), None
+                    for c, call in enumerate(calls):
+                        if call.mode != "inject":       # a group's first call: its key views and neighbours
+                            ctx.set_keys(call.keys, call.neighbours)
+                        ctx.mode, ctx.n_keys = call.mode, len(call.keys)
+                        guided_eps(call.views, t, eps)
+                        # The next call's match plans, built while this one runs (the next step's calls are
+                        # drawn now: the same draws, in the same order, as drawing them then).
+                        nxt = calls[c + 1] if c + 1 < len(calls) else None
+                        if nxt is None and step + 1 < len(t_host) and t_host[step + 1] >= s.min_timestep:
+                            ahead = step_calls()
+                            nxt = ahead[0]
+                        if nxt is not None:
+                            ctx.prefetch(nxt.views[len(nxt.keys):] if nxt.mode != "inject" else nxt.views, nxt.keys,
+                                         nxt.neighbours, dev)
+                    key_log.append([k for call in calls if call.mode != "inject" for k in call.keys])
                 else:
                     ctx.mode = "off"
                     for c in range(0, B, s.batch_size):
-                        ids = all_views[c:c + s.batch_size]
-                        eps[ids] = guided_eps(ids, t)
-                latents = sched.step(eps, t, latents).prev_sample.float()
+                        guided_eps(all_views[c:c + s.batch_size], t, eps)
+                latents = sched.step(eps, t_int, latents).prev_sample.float()
                 if lmask is not None and step >= inpaint_start:
                     t_next = timesteps[step + 1] if step + 1 < len(timesteps) else None
                     latents = reinject(latents, original_latents, inpaint_noise, lmask, sched, t_next, s.inpaint_strength)

@@ -86,6 +86,10 @@ class MatchPlan:
     miss_sel: torch.Tensor | None = None     # (Nmiss,) long: real entries of the flattened (Vm*M) layout
     miss_flat: torch.Tensor | None = None    # (Nmiss,) long: their flat (view * Nq + token) positions
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.nbr_pos, self.not_cand, self.coef, self.valid, self.lines, self.grid, self.miss_views,
+                            self.miss_q, self.miss_sel, self.miss_flat) if t is not None]
+
 
 class MultiViewContext:
     """State shared by the self-attention processors of one UNet."""
@@ -112,6 +116,11 @@ class MultiViewContext:
         # inside the matching, which the compiler fuses into the argmax (measure before making it a default).
         self.match_in_band = None
         self.cand_bytes = 2**30               # bytes of float32 temporaries per candidate-building product
+        # Build the next UNet call's match plans while this one runs (``prefetch``): on CUDA on a side stream,
+        # so that the plans' one host sync waits for their own work and not for the UNet call in flight.
+        self.prefetch_plans = True
+        self._ahead: tuple | None = None     # (what the plans are for, {(h, w): MatchPlan}, CUDA event or None)
+        self._side_stream = None
         self._plans: dict = {}
         self._plan_batch: tuple | None = None
         self._levels: list[tuple[int, int]] = []   # attention resolutions seen in this edit
@@ -123,6 +132,7 @@ class MultiViewContext:
         self._gtok.clear()
         self._levels = []
         self.set_keys([], {})
+        self._ahead = None
 
     def set_keys(self, keys: list[int], neighbours: dict[int, list[tuple[int, float]]]) -> None:
         """New key views for this denoising step (recorded outputs and match plans are dropped)."""
@@ -137,6 +147,43 @@ class MultiViewContext:
         self.views, self.batch = [], []
         self.set_keys([], {})
         self._gtok.clear()
+        self._ahead = None
+
+    def prefetch(self, views: list[int], keys: list[int], neighbours: dict[int, list[tuple[int, float]]], device) -> bool:
+        """Build now the match plans of a later UNet call whose other views are ``views``, matched against key
+        views ``keys`` (in their batch order) with ``neighbours`` (as ``set_keys``), at every attention
+        resolution seen so far; ``plan`` takes them when that call asks for exactly these. On CUDA the work
+        runs on a high-priority side stream: called right after a UNet call was queued, its host sync waits
+        for the plans' few kernels, not for that call, and the GPU never runs dry. Returns whether it built
+        them (not before the first call of an edit has shown the resolutions, nor for pairs of different
+        timesteps, whose FLAME-binding tokens are cached across calls and so are built where they are used)."""
+        self._ahead = None
+        if not (self.prefetch_plans and views and self._levels):
+            return False
+        nbrs = {i: list(neighbours.get(i, [])) for i in views}
+        if any(self.views[i].timestep != self.views[j].timestep for i in views for j, _ in nbrs[i]):
+            return False
+        pos = {k: p for p, k in enumerate(keys)}
+        dev = torch.device(device)
+        if dev.type != "cuda":
+            self._ahead = (self._plan_key(views, keys, nbrs), self._build_plans(list(views), list(self._levels), pos, dev, nbrs),
+                           None)
+            return True
+        main = torch.cuda.current_stream(dev)
+        if self._side_stream is None or self._side_stream.device != main.device:
+            self._side_stream = torch.cuda.Stream(main.device, priority=-1)   # its kernels take SM slots as the UNet's free
+        with torch.cuda.stream(self._side_stream):
+            plans = self._build_plans(list(views), list(self._levels), pos, dev, nbrs)
+            done = torch.cuda.Event()
+            done.record(self._side_stream)
+        for plan in plans.values():     # made on the side stream, read on the main one: freed only after that
+            for t in plan.tensors():
+                t.record_stream(main)
+        self._ahead = (self._plan_key(views, keys, nbrs), plans, done)
+        return True
+
+    def _plan_key(self, views, keys, nbrs: dict) -> tuple:
+        return (tuple(views), tuple(keys), tuple(tuple(nbrs[i]) for i in views), float(self.band))
 
     # -- correspondences ------------------------------------------------------------
     def _tokens(self, i: int, h: int, w: int, device) -> torch.Tensor | None:
@@ -203,6 +250,13 @@ class MultiViewContext:
         if batch != self._plan_batch:
             self._plans.clear()
             self._plan_batch = batch
+            ahead, self._ahead = self._ahead, None
+            nbrs = {i: list(self.neighbours.get(i, [])) for i in views}
+            keys = sorted(pos, key=pos.get)
+            if ahead is not None and ahead[0] == self._plan_key(views, keys, nbrs):
+                if ahead[2] is not None:     # the side stream's work, before this stream reads it
+                    torch.cuda.current_stream(device).wait_event(ahead[2])
+                self._plans.update(ahead[1])
         if (h, w) not in self._levels:
             self._levels.append((h, w))
         if (h, w) not in self._plans:
@@ -210,9 +264,10 @@ class MultiViewContext:
             self._plans.update(self._build_plans(list(views), todo, pos, device))
         return self._plans[(h, w)]
 
-    def _build_plans(self, views: list[int], levels: list[tuple[int, int]], pos: dict[int, int], device) -> dict:
+    def _build_plans(self, views: list[int], levels: list[tuple[int, int]], pos: dict[int, int], device,
+                     neighbours: dict | None = None) -> dict:
         nv = len(views)
-        nbrs = [self.neighbours.get(i, []) for i in views]
+        nbrs = [(self.neighbours if neighbours is None else neighbours).get(i, []) for i in views]
         K = max([1] + [len(x) for x in nbrs])
         nbr_pos = [[0] * nv for _ in range(K)]
         weight = [[0.0] * nv for _ in range(K)]
