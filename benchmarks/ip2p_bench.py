@@ -242,16 +242,12 @@ VARIANTS = {
     "compiled_unet_batch16_per_view": {"compile": True, "scope": "unet", "batch_size": 16, "multiview": False},
     "compiled_unet_channels_last": {"compile": True, "scope": "unet", "compiled_channels_last": True},
     "compiled_unet_nchw": {"compile": True, "scope": "unet", "compiled_channels_last": False},
-    # the epipolar band tested inside the compiled matching (ip2p.COMPILED_MATCHING), no candidate masks
-    "compiled_unet_fused_matching": {"compile": True, "scope": "unet", "compiled_matching": True},
     # inductor settings (as in diffusers' "accelerate inference" guide for SD: 1x1 convolutions as matrix
     # products, Triton kernels' block sizes tuned by coordinate descent)
     "compiled_unet_1x1mm": {"compile": True, "scope": "unet", "inductor": {"conv_1x1_as_mm": True}},
     "compiled_unet_tuned": {"compile": True, "scope": "unet", "inductor": {"coordinate_descent_tuning": True}},
     "compiled_unet_tuned_1x1mm": {"compile": True, "scope": "unet",
                                   "inductor": {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True}},
-    # each call's match plans built where the call needs them, not during the call before (prefetch off)
-    "compiled_unet_plans_in_call": {"compile": True, "scope": "unet", "prefetch": False},
 }
 
 
@@ -266,7 +262,7 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
     lh, lw = (x // models.vae_scale_factor for x in ip2p.diffusion_size(*hw, min(hw), models.size_multiple))
     tflop = unet_tflop(models, lh, lw)
     keep = (ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER, ip2p.COMPILE_DYNAMIC, ip2p.COMPILE_SCOPE,
-            ip2p.COMPILED_CHANNELS_LAST, ip2p.COMPILED_MATCHING, ip2p.COMPILE_OPTIONS)
+            ip2p.COMPILED_CHANNELS_LAST, ip2p.COMPILE_OPTIONS)
     res = {"latent": [lh, lw], "unet_tflop_per_pass": round(tflop, 3), "passes": views * steps * 3}
     last_compiled = None
     for name in names:
@@ -276,9 +272,7 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
         ip2p.CUDA_SDPA_ORDER = v.get("sdpa_order", keep[2])
         ip2p.COMPILE_DYNAMIC = v.get("dynamic", keep[3])
         ip2p.COMPILED_CHANNELS_LAST = v.get("compiled_channels_last", keep[5])
-        ip2p.COMPILED_MATCHING = v.get("compiled_matching", keep[6])
-        ip2p.COMPILE_OPTIONS = v.get("inductor", keep[7])
-        models.mv.prefetch_plans = v.get("prefetch", True)
+        ip2p.COMPILE_OPTIONS = v.get("inductor", keep[6])
         ip2p.tune(models)
         ip2p.set_compiled(models, False)
         ip2p.COMPILE_SCOPE = v.get("scope", keep[4])
@@ -303,8 +297,7 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
                      "graphs_compiled_while_timed": counters["stats"]["unique_graphs"] - graphs}
         print(name, json.dumps(res[name]), flush=True)
     (ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER, ip2p.COMPILE_DYNAMIC, ip2p.COMPILE_SCOPE,
-     ip2p.COMPILED_CHANNELS_LAST, ip2p.COMPILED_MATCHING, ip2p.COMPILE_OPTIONS) = keep
-    models.mv.prefetch_plans = True
+     ip2p.COMPILED_CHANNELS_LAST, ip2p.COMPILE_OPTIONS) = keep
     ip2p.tune(models)
     ip2p.set_compiled(models, False)
     return res

@@ -295,23 +295,17 @@ def injection_scene():
     return [cam(0, -25, [0, 0, 0], 200.0), cam(1, 0, [0, 0, 0], 80.0), cam(2, 30, [0.1, 0.05, 0], 200.0)], (h, w)
 
 
-@pytest.mark.parametrize("by_lines", [False, True], ids=["masks", "band-in-matching"])
-def test_injection_matches_once_on_the_image_branch_by_cosine_and_blends_normalised_weights(by_lines):
+def test_injection_matches_once_on_the_image_branch_by_cosine_and_blends_normalised_weights():
     """For every token of a non-key view: the best key token by cosine similarity of the image-conditioned
     branch's features among the epipolar candidates, used for all three branches; key outputs blended
     with weights renormalised over the key views that have candidates; the view's own attention where
     none has. "mixed" calls (key views and others together) give the same. Catches: matching per
     branch (or on the text or unconditional branch), dot products instead of cosines, weights not
-    renormalised, a wrong fallback, a mixed call that differs from separate calls. The same with the band
-    tested inside the matching (``match_in_band``, what ``ip2p.COMPILED_MATCHING`` compiles) instead of masks."""
-    from edit3dgs.edit.mv_attention import match_in_band
-
+    renormalised, a wrong fallback, a mixed call that differs from separate calls."""
     cams, (h, w) = injection_scene()
     n, c = h * w, 16
     attn = attention_layer(seed=3)
     ctx = MultiViewContext()
-    if by_lines:
-        ctx.match_in_band = match_in_band
     proc = MultiViewAttnProcessor(ctx, "layer")
     g = torch.Generator().manual_seed(2)
     hs_k = torch.randn(3, 2, n, c, generator=g) * torch.exp(3 * torch.rand(3, 2, n, 1, generator=g) - 1.5)
@@ -325,7 +319,6 @@ def test_injection_matches_once_on_the_image_branch_by_cosine_and_blends_normali
             out_k = proc(attn, hs_k.reshape(6, n, c)).view(3, 2, n, -1)
             ctx.mode, ctx.batch = "inject", [1]
             out_q = proc(attn, hs_q.reshape(3, n, c))
-            assert (ctx.plan([1], h, w, {0: 0, 2: 1}, "cpu").lines is not None) == by_lines
             ctx.set_keys([0, 2], {1: nbrs})
             ctx.mode, ctx.batch, ctx.n_keys = "mixed", [0, 2, 1], 2
             out_mixed = proc(attn, torch.cat([hs_k, hs_q], 1).reshape(9, n, c)).view(3, 3, n, -1)
@@ -475,6 +468,23 @@ def test_plain_attention_below_the_threshold_and_key_views_drawn_per_chunk_and_s
     assert all(views[k].timestep == 0 for keys in out2.key_views for k in keys)
 
 
+def test_each_view_gets_its_own_prediction_whatever_order_the_calls_hold_it_in(models):
+    """Multi-view UNet calls hold views out of order (a group's key views first, drawn at random): each
+    call must read those views' latents and conditioning and write its predictions back to those views'
+    rows. With a UNet that mixes nothing across views, multi-view editing then equals per-view editing.
+    Catches: rows read or written in another order than the call's (e.g. sorted), a call's result written
+    to the wrong views."""
+    cams = ring_cameras(6)
+    views = [View(cam, t) for t in (0, 5) for cam in cams]
+    imgs = torch.rand(12, 32, 32, 3, generator=torch.Generator().manual_seed(6))
+    s = IP2PSettings(steps=4, resolution=32, chunk_size=3, min_timestep=0, inpaint=False, batch_size=4)
+    m = stub_models(models, pointwise)
+    mv = edit_images(m, imgs, "make it blue", s, views=views)
+    assert any(c.batch != sorted(c.batch) for c in m.unet.calls)      # the case this is about happened
+    per_view = edit_images(stub_models(models, pointwise), imgs, "make it blue", replace(s, multiview=False))
+    torch.testing.assert_close(mv.latents, per_view.latents, atol=1e-6, rtol=0)
+
+
 def test_multiview_edit_with_the_real_unet_across_timesteps(models):
     """The processors inside a real (tiny) UNet: key views per timestep and, as an option, linked
     across timesteps by the FLAME binding; both differ from per-view editing."""
@@ -491,59 +501,9 @@ def test_multiview_edit_with_the_real_unet_across_timesteps(models):
         assert not torch.allclose(per_view.images, out.images)
 
 
-def test_next_calls_match_plans_are_built_ahead_adopted_once_and_change_nothing(models, monkeypatch):
-    """Each multi-view UNet call's match plans are built during the call before it (on CUDA on a side stream,
-    so their host sync does not wait for the UNet): the edit is the same bit for bit as with plans built where
-    they are used, every plan built ahead is the one its call uses (none is built twice), and only the
-    edit's first multi-view call, which shows the attention resolutions, builds its own. Catches: plans
-    built ahead for the wrong call (another step's key views, the wrong views), plans adopted without the
-    match check, a prefetch that is never taken."""
-    cams = ring_cameras(6)
-    views = [View(cam, t) for t in (0, 5) for cam in cams]
-    imgs = torch.rand(12, 32, 32, 3, generator=torch.Generator().manual_seed(5))
-    s = IP2PSettings(steps=6, resolution=32, chunk_size=3, min_timestep=400, inpaint=False, batch_size=3)
-    builds = []
-    real_build, real_prefetch = MultiViewContext._build_plans, MultiViewContext.prefetch
-
-    def build(self, views_, levels, *a, **k):
-        builds.append(("ahead" if getattr(self, "_in_prefetch", False) else "in call", tuple(views_), tuple(levels)))
-        return real_build(self, views_, levels, *a, **k)
-
-    def prefetch(self, *a, **k):
-        self._in_prefetch = True
-        try:
-            return real_prefetch(self, *a, **k)
-        finally:
-            self._in_prefetch = False
-
-    monkeypatch.setattr(MultiViewContext, "_build_plans", build)
-    monkeypatch.setattr(MultiViewContext, "prefetch", prefetch)
-    outs = {}
-    for ahead in (False, True):
-        models.mv.prefetch_plans = ahead
-        builds.clear()
-        try:
-            outs[ahead] = (edit_images(models, imgs, "make it blue", s, views=views), list(builds))
-        finally:
-            models.mv.prefetch_plans = True
-    (off, off_builds), (on, on_builds) = outs[False], outs[True]
-    assert torch.equal(on.latents, off.latents) and on.key_views == off.key_views
-    assert all(kind == "in call" for kind, _, _ in off_builds)
-    in_call = [b for b in on_builds if b[0] == "in call"]
-    ahead = [b for b in on_builds if b[0] == "ahead"]
-    first_views = off_builds[0][1]
-    assert in_call and all(v == first_views for _, v, _ in in_call)    # the first call's, one per resolution
-    levels = {lv for _, _, lvs in in_call for lv in lvs}
-    assert len(levels) > 1 and all(set(lvs) == levels for _, _, lvs in ahead)
-    # one build per later call, every one taken (none built twice), in the calls' order
-    assert len(on_builds) == len(off_builds)
-    assert [v for _, v, _ in ahead] == [v for _, v, _ in off_builds[len(in_call):]]
-
-
-@pytest.mark.parametrize("scope,matching", [("blocks", False), ("unet", False), ("unet", True)],
-                         ids=["blocks", "unet", "unet-compiled-matching"])
+@pytest.mark.parametrize("scope", ["blocks", "unet"])
 def test_compiled_unet_edits_as_the_eager_unet_and_leaves_the_multiview_attention_eager(tiny_ip2p_dir, monkeypatch,
-                                                                                        scope, matching):
+                                                                                        scope):
     """--compile-unet: the UNet goes through torch.compile (scope "blocks": the residual, sampling and
     feed-forward blocks; "unet": all of it, broken around the self-attention layers), and the VAE's encoder and
     decoder whole; the self-attention layers
@@ -565,7 +525,6 @@ def test_compiled_unet_edits_as_the_eager_unet_and_leaves_the_multiview_attentio
 
     monkeypatch.setattr(ip2p, "COMPILE_BACKEND", "aot_eager")
     monkeypatch.setattr(ip2p, "COMPILE_SCOPE", scope)
-    monkeypatch.setattr(ip2p, "COMPILED_MATCHING", matching)   # the band tested inside the compiled matching
     cams = ring_cameras(6)
     pts = torch.as_tensor(np.random.default_rng(2).uniform(-0.1, 0.1, (300, 3)), dtype=torch.float32)
     views = [View(c, 0, pts) for c in cams]
@@ -589,19 +548,8 @@ def test_compiled_unet_edits_as_the_eager_unet_and_leaves_the_multiview_attentio
             assert compiled == {"UNet2DConditionModel"}
         vae = {type(x).__name__ for x in m.vae.modules() if getattr(x, "_compiled_call_impl", None) is not None}
         assert vae == {"Encoder", "Decoder"}, vae     # the VAE's encoder and decoder, in either scope
-        assert (m.mv.match_in_band is not None) == matching
         before = counters["stats"]["unique_graphs"]
-        if matching:    # its graphs: one per matching shape, compiled inside the eager attention
-            plain = m.mv.match_in_band
-            made = []
-            monkeypatch.setattr(m.mv, "match_in_band", lambda *a: made.append(a[0].shape) or plain(*a))
         out = edit_images(m, imgs, "make it blue", s, views=views)
-        if matching:
-            assert made, "the plans held lines and the compiled matching ran"
-            monkeypatch.setattr(m.mv, "match_in_band", plain)
-            g = counters["stats"]["unique_graphs"]       # it is compiled: a new shape makes a graph
-            plain(torch.randn(1, 5, 4), torch.randn(1, 7, 4), torch.randn(1, 5, 3), torch.randn(7, 3), 1.0)
-            assert counters["stats"]["unique_graphs"] == g + 1
         assert counters["stats"]["unique_graphs"] > before
         # the only graph breaks: around the self-attention layers kept eager
         assert all("torch.compiler.disable" in why for why in counters["graph_break"]), list(counters["graph_break"])
@@ -613,7 +561,6 @@ def test_compiled_unet_edits_as_the_eager_unet_and_leaves_the_multiview_attentio
         m = load_ip2p(str(tiny_ip2p_dir), device="cpu")     # off again: eager, nothing compiled any more
         assert not m.compiled and not any(getattr(x, "_compiled_call_impl", None)
                                           for x in (*m.unet.modules(), *m.vae.modules()))
-        assert m.mv.match_in_band is None
         assert not any("forward" in x.__dict__ for x in m.unet.modules())
         torch.testing.assert_close(edit_images(m, imgs, "make it blue", s, views=views).images, eager.images,
                                    atol=0, rtol=0)

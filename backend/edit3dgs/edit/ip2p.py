@@ -144,10 +144,6 @@ COMPILE_SCOPE = "unet"
 # The VAE's encoder and decoder are compiled too: at 768x512 they are about a tenth of an edit of 16 views
 # (20 steps) on an H200, mostly GroupNorm + SiLU on full-resolution feature maps, which inductor fuses.
 COMPILED_VAE_PARTS = ("encoder", "decoder")
-# Compiled, the multi-view matching can test the epipolar band inside the argmax instead of building and reading
-# an (Nq, Nk) mask per pair (``mv_attention.match_in_band``): less memory traffic by the count, but not yet
-# measured on a GPU, so off (``benchmarks/ip2p_bench.py --variants compiled_unet,compiled_unet_fused_matching``).
-COMPILED_MATCHING = False
 # What the progress says while the first compiled edit at a new size compiles (minutes with nothing else to
 # report); its first word keeps it an "edit" stage for progress bars that group stages.
 COMPILE_STAGE = "edit (compiling the diffusion model, once per image size: 1-2 min)"
@@ -171,7 +167,6 @@ def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
             del m.forward, m._edit3dgs_eager
     models.compiled = False
     models.compiled_for.clear()
-    models.mv.match_in_band = None
     if not on:
         return tune(models)
     if COMPILE_BACKEND == "inductor" and not _inductor_ok(models.device):
@@ -202,10 +197,6 @@ def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
                 m.compile(**opts)
     for name in COMPILED_VAE_PARTS:     # no multi-view state there: whole, in either scope
         getattr(models.vae, name).compile(**opts)
-    if COMPILED_MATCHING:
-        from .mv_attention import match_in_band
-
-        models.mv.match_in_band = torch.compile(match_in_band, **opts)
     models.compiled = COMPILE_SCOPE
     return tune(models)
 
@@ -548,17 +539,6 @@ def decode_latents(models: IP2PModels, latents: torch.Tensor, chunk: int = VAE_C
     return torch.cat(out)
 
 
-@dataclass
-class UNetCall:
-    """One multi-view UNet call of a denoising step: its mode (``MultiViewContext.mode``), its views in batch
-    order (key views first), its group's key views and each other view's nearest key views."""
-
-    mode: str
-    views: list[int]
-    keys: list[int]
-    neighbours: dict
-
-
 def _rows(ids: list[int], device) -> slice | torch.Tensor:
     """Rows ``ids`` of a batch: a slice when they are consecutive (no copy), else a long index on ``device``
     copied from pinned memory (no host sync, where indexing by a list would wait for the GPU)."""
@@ -675,23 +655,7 @@ def _edit_images(models: IP2PModels, images: torch.Tensor, instruction: str, set
     shape_key = (lh, lw, min(B, s.batch_size), multiview)
     if models.compiled and shape_key not in models.compiled_for:
         progress(COMPILE_STAGE, 0, len(timesteps))
-    def step_calls() -> list[UNetCall]:
-        """One denoising step's multi-view UNet calls, in order, with each group's key views drawn (one draw
-        per chunk). Key views: extended self-attention across all of them; other views: the key views'
-        outputs at matched tokens. A group's first call holds its key views and as many others as fit in
-        the batch ("mixed": key views first in every layer), the rest follow ("inject")."""
-        out = []
-        for g in groups:
-            keys = [c[int(torch.randint(len(c), (1,), generator=cpu_gen))] for c in g.chunks]
-            others = [i for i in g.members if i not in keys]
-            nbrs = {i: nearest_keys(views, i, keys, s.key_neighbours) for i in others}
-            first = others[:max(0, s.batch_size - len(keys))]
-            out.append(UNetCall("mixed" if first else "key", keys + first, keys, nbrs))
-            out += [UNetCall("inject", others[c:c + s.batch_size], keys, nbrs)
-                    for c in range(len(first), len(others), s.batch_size)]
-        return out
-
-    key_log, ahead = [], None
+    key_log = []
     ctx.begin(views or [], (lh, lw))
     ctx.extended, ctx.band, ctx.depth_tol = s.extended_attention, s.band, s.depth_tol
     try:
@@ -704,22 +668,22 @@ def _edit_images(models: IP2PModels, images: torch.Tensor, instruction: str, set
                     raise CancelledError()
                 eps = torch.empty_like(latents)
                 if multiview and t_int >= s.min_timestep:
-                    calls, ahead = ahead or step_calls(), None
-                    for c, call in enumerate(calls):
-                        if call.mode != "inject":       # a group's first call: its key views and neighbours
-                            ctx.set_keys(call.keys, call.neighbours)
-                        ctx.mode, ctx.n_keys = call.mode, len(call.keys)
-                        guided_eps(call.views, t, eps)
-                        # The next call's match plans, built while this one runs (the next step's calls are
-                        # drawn now: the same draws, in the same order, as drawing them then).
-                        nxt = calls[c + 1] if c + 1 < len(calls) else None
-                        if nxt is None and step + 1 < len(t_host) and t_host[step + 1] >= s.min_timestep:
-                            ahead = step_calls()
-                            nxt = ahead[0]
-                        if nxt is not None:
-                            ctx.prefetch(nxt.views[len(nxt.keys):] if nxt.mode != "inject" else nxt.views, nxt.keys,
-                                         nxt.neighbours, dev)
-                    key_log.append([k for call in calls if call.mode != "inject" for k in call.keys])
+                    step_keys = []
+                    for g in groups:
+                        keys = [c[int(torch.randint(len(c), (1,), generator=cpu_gen))] for c in g.chunks]
+                        others = [i for i in g.members if i not in keys]
+                        ctx.set_keys(keys, {i: nearest_keys(views, i, keys, s.key_neighbours) for i in others})
+                        # Key views: extended self-attention across all of them; other views: the key
+                        # views' outputs at matched tokens. The first UNet call holds the key views and
+                        # as many others as fit in the batch ("mixed": key views first in every layer).
+                        first = others[:max(0, s.batch_size - len(keys))]
+                        ctx.mode, ctx.n_keys = ("mixed" if first else "key"), len(keys)
+                        guided_eps(keys + first, t, eps)
+                        ctx.mode = "inject"
+                        for c in range(len(first), len(others), s.batch_size):
+                            guided_eps(others[c:c + s.batch_size], t, eps)
+                        step_keys += keys
+                    key_log.append(step_keys)
                 else:
                     ctx.mode = "off"
                     for c in range(0, B, s.batch_size):

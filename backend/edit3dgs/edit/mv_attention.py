@@ -36,10 +36,10 @@ resolution (``MultiViewContext.plan``, shared by all layers of that resolution,
 batched over the call's views, with one host sync); inside a layer the matching
 of all views runs as a few batched similarity products, masked fills and
 argmaxes (one per neighbour slot, not one per guidance branch), with no host
-syncs and no loops over views or tokens. Optionally (``match_in_band``, used by
-``ip2p.COMPILED_MATCHING`` with the UNet compiled) a plan of one timestep keeps
-its candidates as epipolar lines, tested inside the matching instead of read
-from (Nq, Nk) masks.
+syncs and no loops over views or tokens. (Testing the epipolar band inside a
+compiled matching instead of reading masks was measured slower on an H200,
+4.36 against 4.22 s for 16 views, and more memory: benchmarks/results/
+episode_nosync_h200.txt.)
 """
 
 from __future__ import annotations
@@ -73,22 +73,14 @@ class MatchPlan:
     by all layers of that resolution (``MultiViewContext.plan``). K: neighbour slots per view."""
 
     nbr_pos: torch.Tensor        # (K, V) long: position of each view's k-th key view in the key batch
-    not_cand: torch.Tensor | None  # (K, V, Nq, Nk) bool: True where a key token is NOT a candidate (or None: lines)
+    not_cand: torch.Tensor       # (K, V, Nq, Nk) bool: True where a key token is NOT a candidate
     coef: torch.Tensor           # (K, V, Nq) float32: blend weight of each match (0 without candidate)
     valid: torch.Tensor          # (K, V, Nq) bool: query tokens with at least one candidate
     pairs: list                  # [(k, v, view, key view)] of the real neighbour slots
-    # ``MultiViewContext.match_in_band`` set and every pair of one timestep: the candidates as epipolar lines
-    # instead of masks, tested inside the matching (no (Nq, Nk) masks at all)
-    lines: torch.Tensor | None = None   # (K, V, Nq, 3) float32: normalised lines in key tokens (far away: no key view)
-    grid: torch.Tensor | None = None    # (Nk, 3) float32: key token centres (x, y, 1)
     miss_views: torch.Tensor | None = None   # (Vm,) long: views with tokens that have no candidate at all
     miss_q: torch.Tensor | None = None       # (Vm, M) long: their missing tokens, flat in (Vm*N), padded by repetition
     miss_sel: torch.Tensor | None = None     # (Nmiss,) long: real entries of the flattened (Vm*M) layout
     miss_flat: torch.Tensor | None = None    # (Nmiss,) long: their flat (view * Nq + token) positions
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self.nbr_pos, self.not_cand, self.coef, self.valid, self.lines, self.grid, self.miss_views,
-                            self.miss_q, self.miss_sel, self.miss_flat) if t is not None]
 
 
 class MultiViewContext:
@@ -111,16 +103,7 @@ class MultiViewContext:
         self.matches: dict = {}
         self.cache: dict[str, tuple[dict, torch.Tensor, torch.Tensor]] = {}
         self.match_bytes = 2**28              # bytes of similarity matrices per matching product
-        # None: candidates as masks, matched by masked_fill + argmax. Else a function like ``match_in_band``
-        # (``ip2p.set_compiled`` gives it compiled): one timestep's candidates stay epipolar lines, tested
-        # inside the matching, which the compiler fuses into the argmax (measure before making it a default).
-        self.match_in_band = None
         self.cand_bytes = 2**30               # bytes of float32 temporaries per candidate-building product
-        # Build the next UNet call's match plans while this one runs (``prefetch``): on CUDA on a side stream,
-        # so that the plans' one host sync waits for their own work and not for the UNet call in flight.
-        self.prefetch_plans = True
-        self._ahead: tuple | None = None     # (what the plans are for, {(h, w): MatchPlan}, CUDA event or None)
-        self._side_stream = None
         self._plans: dict = {}
         self._plan_batch: tuple | None = None
         self._levels: list[tuple[int, int]] = []   # attention resolutions seen in this edit
@@ -132,7 +115,6 @@ class MultiViewContext:
         self._gtok.clear()
         self._levels = []
         self.set_keys([], {})
-        self._ahead = None
 
     def set_keys(self, keys: list[int], neighbours: dict[int, list[tuple[int, float]]]) -> None:
         """New key views for this denoising step (recorded outputs and match plans are dropped)."""
@@ -147,43 +129,6 @@ class MultiViewContext:
         self.views, self.batch = [], []
         self.set_keys([], {})
         self._gtok.clear()
-        self._ahead = None
-
-    def prefetch(self, views: list[int], keys: list[int], neighbours: dict[int, list[tuple[int, float]]], device) -> bool:
-        """Build now the match plans of a later UNet call whose other views are ``views``, matched against key
-        views ``keys`` (in their batch order) with ``neighbours`` (as ``set_keys``), at every attention
-        resolution seen so far; ``plan`` takes them when that call asks for exactly these. On CUDA the work
-        runs on a high-priority side stream: called right after a UNet call was queued, its host sync waits
-        for the plans' few kernels, not for that call, and the GPU never runs dry. Returns whether it built
-        them (not before the first call of an edit has shown the resolutions, nor for pairs of different
-        timesteps, whose FLAME-binding tokens are cached across calls and so are built where they are used)."""
-        self._ahead = None
-        if not (self.prefetch_plans and views and self._levels):
-            return False
-        nbrs = {i: list(neighbours.get(i, [])) for i in views}
-        if any(self.views[i].timestep != self.views[j].timestep for i in views for j, _ in nbrs[i]):
-            return False
-        pos = {k: p for p, k in enumerate(keys)}
-        dev = torch.device(device)
-        if dev.type != "cuda":
-            self._ahead = (self._plan_key(views, keys, nbrs), self._build_plans(list(views), list(self._levels), pos, dev, nbrs),
-                           None)
-            return True
-        main = torch.cuda.current_stream(dev)
-        if self._side_stream is None or self._side_stream.device != main.device:
-            self._side_stream = torch.cuda.Stream(main.device, priority=-1)   # its kernels take SM slots as the UNet's free
-        with torch.cuda.stream(self._side_stream):
-            plans = self._build_plans(list(views), list(self._levels), pos, dev, nbrs)
-            done = torch.cuda.Event()
-            done.record(self._side_stream)
-        for plan in plans.values():     # made on the side stream, read on the main one: freed only after that
-            for t in plan.tensors():
-                t.record_stream(main)
-        self._ahead = (self._plan_key(views, keys, nbrs), plans, done)
-        return True
-
-    def _plan_key(self, views, keys, nbrs: dict) -> tuple:
-        return (tuple(views), tuple(keys), tuple(tuple(nbrs[i]) for i in views), float(self.band))
 
     # -- correspondences ------------------------------------------------------------
     def _tokens(self, i: int, h: int, w: int, device) -> torch.Tensor | None:
@@ -250,13 +195,6 @@ class MultiViewContext:
         if batch != self._plan_batch:
             self._plans.clear()
             self._plan_batch = batch
-            ahead, self._ahead = self._ahead, None
-            nbrs = {i: list(self.neighbours.get(i, [])) for i in views}
-            keys = sorted(pos, key=pos.get)
-            if ahead is not None and ahead[0] == self._plan_key(views, keys, nbrs):
-                if ahead[2] is not None:     # the side stream's work, before this stream reads it
-                    torch.cuda.current_stream(device).wait_event(ahead[2])
-                self._plans.update(ahead[1])
         if (h, w) not in self._levels:
             self._levels.append((h, w))
         if (h, w) not in self._plans:
@@ -264,10 +202,9 @@ class MultiViewContext:
             self._plans.update(self._build_plans(list(views), todo, pos, device))
         return self._plans[(h, w)]
 
-    def _build_plans(self, views: list[int], levels: list[tuple[int, int]], pos: dict[int, int], device,
-                     neighbours: dict | None = None) -> dict:
+    def _build_plans(self, views: list[int], levels: list[tuple[int, int]], pos: dict[int, int], device) -> dict:
         nv = len(views)
-        nbrs = [(self.neighbours if neighbours is None else neighbours).get(i, []) for i in views]
+        nbrs = [self.neighbours.get(i, []) for i in views]
         K = max([1] + [len(x) for x in nbrs])
         nbr_pos = [[0] * nv for _ in range(K)]
         weight = [[0.0] * nv for _ in range(K)]
@@ -279,27 +216,21 @@ class MultiViewContext:
         pairs.sort(key=lambda x: x[0] * nv + x[1])       # row order of the masks: consecutive rows, written in place
         nbr_pos_t = _to_device(nbr_pos, torch.long, device)
         weight_t = _to_device(weight, torch.float32, device)[..., None]
-        by_lines = self.match_in_band is not None and all(
-            self.views[i].timestep == self.views[j].timestep for _, _, i, j in pairs)
         plans, misses = {}, []
         for h, w in levels:
             n = h * w
-            not_cand = lines = grid = None
-            if by_lines:
-                lines, grid, valid = self._band_lines(pairs, K, nv, h, w, device)
-            else:
-                # True where a key token is NOT a candidate (what the matching masks), built directly; slots
-                # without a key view have no candidates at all.
-                not_cand = torch.ones(K * nv, n, n, dtype=torch.bool, device=device)
-                if pairs:
-                    self._fill_candidates(not_cand, [(i, j) for _, _, i, j in pairs], h, w, device,
-                                          rows=[k * nv + v for k, v, _, _ in pairs], negate=True)
-                not_cand = not_cand.view(K, nv, n, n)
-                valid = not_cand.all(-1).logical_not_()                             # (K, V, Nq)
+            # True where a key token is NOT a candidate (what the matching masks), built directly; slots
+            # without a key view have no candidates at all.
+            not_cand = torch.ones(K * nv, n, n, dtype=torch.bool, device=device)
+            if pairs:
+                self._fill_candidates(not_cand, [(i, j) for _, _, i, j in pairs], h, w, device,
+                                      rows=[k * nv + v for k, v, _, _ in pairs], negate=True)
+            not_cand = not_cand.view(K, nv, n, n)
+            valid = not_cand.all(-1).logical_not_()                                 # (K, V, Nq)
             wv = weight_t * valid
             wsum = wv.sum(0)                                                       # (V, Nq)
             coef = wv / wsum.clamp_min(1e-12)
-            plans[(h, w)] = MatchPlan(nbr_pos_t, not_cand, coef, valid, pairs, lines=lines, grid=grid)
+            plans[(h, w)] = MatchPlan(nbr_pos_t, not_cand, coef, valid, pairs)
             misses.append((wsum <= 0).flatten())
         miss_all = torch.cat(misses).cpu()                                         # the one host sync
         off = 0
@@ -324,42 +255,6 @@ class MultiViewContext:
             plan.miss_sel = _to_device(torch.cat(sel), torch.long, device)
             plan.miss_flat = _to_device(torch.cat(flat), torch.long, device)
         return plans
-
-    def _band_lines(self, pairs: list, K: int, nv: int, h: int, w: int, device):
-        """The epipolar lines (K, V, Nq, 3) of the slots of ``pairs`` (a far line where a slot has no key
-        view), the key token grid (Nk, 3), and which query tokens have a candidate (K, V, Nq) bool."""
-        n = h * w
-        lines = torch.zeros(K * nv, n, 3, dtype=torch.float32, device=device)
-        lines[..., 2] = FAR_LINE
-        if pairs:
-            got = corr.epipolar_lines([(self.views[i].camera, self.views[j].camera) for _, _, i, j in pairs], h, w, device)
-            lines[_index([k * nv + v for k, v, _, _ in pairs], device)] = got
-        grid = corr.token_grid(h, w, device)
-        valid = torch.empty(K * nv, n, dtype=torch.bool, device=device)
-        step = max(1, self.cand_bytes // (4 * n * n))
-        for s in range(0, K * nv, step):      # the same test as the matching's: distance <= band
-            d = band_distance(lines[s:s + step], grid)
-            valid[s:s + step] = (d <= self.band).any(-1)
-            del d
-        return lines.view(K, nv, n, 3), grid, valid.view(K, nv, n)
-
-
-FAR_LINE = 1e30     # a line no token is near: slots without a key view
-
-
-def match_in_band(q: torch.Tensor, k: torch.Tensor, lines: torch.Tensor, grid: torch.Tensor, band: float) -> torch.Tensor:
-    """(v, Nq) long: per query token, the key token of highest similarity q . k among those within ``band``
-    tokens of its epipolar line (the first on ties; 0 where none is). q (v, Nq, C), k (v, Nk, C) with k
-    normalised (cosine similarity up to the query's norm, which leaves the argmax alone), lines (v, Nq, 3)
-    normalised, grid (Nk, 3). Compiled, the band test and the argmax are one pass over the similarities."""
-    sim = torch.matmul(q, k.transpose(-1, -2))
-    return sim.masked_fill(~(band_distance(lines, grid) <= band), float("-inf")).argmax(-1)
-
-
-def band_distance(lines: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """(..., Nq, Nk) |a x + b y + c| of lines (..., Nq, 3) at points (Nk, 3), written out elementwise (not a
-    product over 3 terms) so that a compiler fuses it into what consumes it instead of writing it out."""
-    return (lines[..., 0:1] * grid[:, 0] + lines[..., 1:2] * grid[:, 1] + lines[..., 2:3]).abs()
 
 
 def _to_device(x, dtype, device) -> torch.Tensor:
@@ -499,9 +394,6 @@ class MultiViewAttnProcessor:
             for s in range(0, nv, vstep):
                 e = min(nv, s + vstep)
                 kf = kfeat.index_select(0, plan.nbr_pos[k, s:e])                 # (v, Nk, C)
-                if plan.lines is not None:
-                    idx[k, s:e] = ctx.match_in_band(q[s:e], kf, plan.lines[k, s:e], plan.grid, ctx.band)
-                    continue
                 sim = torch.matmul(q[s:e], kf.transpose(-1, -2))                 # (v, Nq, Nk)
                 sim.masked_fill_(plan.not_cand[k, s:e], float("-inf"))           # same shape: vectorised
                 torch.argmax(sim, -1, out=idx[k, s:e])
