@@ -424,12 +424,12 @@ def main() -> int:
         if a.compile_scope == "best" and timed_scopes:
             ip2p.COMPILE_SCOPE = min(timed_scopes, key=timed_scopes.get)
         if a.episode_options == "best":
-            fastest = min((n for n in report["variants"] if VARIANTS.get(n, {}).get("compile")),
-                          key=lambda n: report["variants"][n]["seconds"], default=None)
+            fastest = min((name for name in report["variants"] if VARIANTS.get(name, {}).get("compile")),
+                          key=lambda name: report["variants"][name]["seconds"], default=None)
             if fastest is not None:
                 ip2p.COMPILE_OPTIONS = VARIANTS[fastest].get("inductor")
                 report["episode_compile_options_from"] = fastest
-                last = [n for n in a.variants.split(",") if VARIANTS[n].get("compile")][-1]
+                last = [name for name in a.variants.split(",") if VARIANTS[name].get("compile")][-1]
                 if VARIANTS[last].get("inductor") != ip2p.COMPILE_OPTIONS:
                     torch._dynamo.reset()   # dynamo's cached graphs were compiled with the last variant's settings
     report["compile_scope"] = ip2p.COMPILE_SCOPE

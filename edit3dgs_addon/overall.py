@@ -13,6 +13,9 @@ import time
 
 KINDS = ("render", "edit", "refit", "finish")
 _ROUND = re.compile(r"refit (\d+)/(\d+)")
+# A stage whose time is paid once, not by every edit (the backend's first compile of the diffusion model at a
+# size: "edit (compiling the diffusion model, once per image size: 1-2 min)"): left out of the measured shares.
+_ONE_OFF = re.compile(r"\(compiling\b")
 # Share of one round's time per stage, and of the whole job for the final save/export (measured on CPU).
 DEFAULT_SHARES = {"region": {"render": 0.15, "edit": 0.05, "refit": 0.75, "finish": 0.05},
                   "ip2p": {"render": 0.05, "edit": 0.60, "refit": 0.30, "finish": 0.05}}
@@ -53,6 +56,8 @@ class Overall:
         self.done = self.total = 0
         self.kind_started = self.started
         self.spent = {k: 0.0 for k in KINDS}  # seconds per stage kind (for the next job's shares)
+        self.one_off = {k: 0.0 for k in KINDS}  # of which in one-off stages (a first compile): not shares
+        self.stage_started = self.started
         self.best = 0.0
 
     def update(self, stage: str, done: int, total: int, now: float | None = None) -> None:
@@ -60,6 +65,10 @@ class Overall:
         kind = stage_kind(stage)
         if kind is None:
             return
+        if stage != self.stage:
+            if self.kind is not None and _ONE_OFF.search(self.stage):
+                self.one_off[self.kind] += now - self.stage_started
+            self.stage_started = now
         if kind != self.kind:
             if self.kind is not None:  # (the first stage's time counts from the start: loading is rendering's)
                 self.spent[self.kind] += now - self.kind_started
@@ -117,6 +126,10 @@ class Overall:
         spent = dict(self.spent)
         if self.kind is not None:
             spent[self.kind] += now - self.kind_started
+            if _ONE_OFF.search(self.stage):
+                spent[self.kind] -= now - self.stage_started
+        for k in KINDS:   # a first compile's minutes say nothing about the next edit
+            spent[k] = max(0.0, spent[k] - self.one_off[k])
         if any(spent[k] <= 0 for k in ("render", "refit")):
             return None
         # per segment (a render, an edit, a refit of one round), as the shares are used

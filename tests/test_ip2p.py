@@ -877,7 +877,8 @@ def test_compiled_models_run_channels_last_and_eager_ones_do_not(models, monkeyp
 def test_the_first_compiled_edit_at_a_size_says_it_compiles(models, monkeypatch):
     """Compiled, an edit at a size (or views per call) not edited before first reports that it compiles, as an
     "edit" stage (minutes pass before its first step); a second edit at that size does not, another size does
-    again; eager edits never do. The add-on's progress bar counts it as the edit stage and shows its words."""
+    again; eager edits never do. The add-on's progress bar counts it as the edit stage and shows its words, and
+    leaves its minutes out of the stage shares the next edit's estimate uses."""
     import importlib.util
     from pathlib import Path
 
@@ -903,3 +904,19 @@ def test_the_first_compiled_edit_at_a_size_says_it_compiles(models, monkeypatch)
     bar.update("render 1/1", 1, 1, now=1.0)
     bar.update(ip2p.COMPILE_STAGE, 0, 20, now=2.0)
     assert bar.kind == "edit" and bar.text(now=3.0).startswith(ip2p.COMPILE_STAGE)
+    # The compile's minutes are paid once: the next edit's stage shares are those of the same job without them.
+    def shares(compile_s, end_in_compile=False):
+        b = overall.Overall(editor="ip2p", now=0.0)
+        b.update("render", 4, 4, now=1.0)
+        b.update(ip2p.COMPILE_STAGE, 0, 20, now=1.0)
+        if end_in_compile:
+            return b.measured_shares(now=1.0 + compile_s)
+        for d in range(1, 21):
+            b.update("edit", d, 20, now=1.0 + compile_s + 0.5 * d)
+        b.update("refit", 50, 50, now=21.0 + compile_s)
+        return b.measured_shares(now=22.0 + compile_s)
+
+    plain = shares(0.0)
+    for k, v in shares(120.0).items():
+        assert abs(v - plain[k]) < 1e-9, (k, v, plain[k])
+    assert shares(120.0, end_in_compile=True) is None     # no refit yet: nothing to learn from
