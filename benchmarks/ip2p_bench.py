@@ -404,6 +404,8 @@ def main() -> int:
                     help="inductor settings of the compiled episode: the shipped ones (ip2p.COMPILE_OPTIONS), or those of "
                          "the fastest compiled variant timed by --variants in this run")
     a = ap.parse_args()
+    if a.episode_options == "best" and not (a.variants and a.episode):
+        ap.error("--episode-options best needs --episode and --variants (it takes the fastest variant's settings)")
     dev = torch.device(a.device)
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     t0 = time.perf_counter()
@@ -424,8 +426,11 @@ def main() -> int:
         if a.compile_scope == "best" and timed_scopes:
             ip2p.COMPILE_SCOPE = min(timed_scopes, key=timed_scopes.get)
         if a.episode_options == "best":
-            fastest = min((name for name in report["variants"] if VARIANTS.get(name, {}).get("compile")),
-                          key=lambda name: report["variants"][name]["seconds"], default=None)
+            # among compiled_unet and the variants that differ from it by their inductor settings alone
+            base = VARIANTS["compiled_unet"]
+            like = [name for name in report["variants"] if name in VARIANTS
+                    and {k: v for k, v in VARIANTS[name].items() if k != "inductor"} == base]
+            fastest = min(like, key=lambda name: report["variants"][name]["seconds"], default=None)
             if fastest is not None:
                 ip2p.COMPILE_OPTIONS = VARIANTS[fastest].get("inductor")
                 report["episode_compile_options_from"] = fastest

@@ -472,16 +472,27 @@ def test_each_view_gets_its_own_prediction_whatever_order_the_calls_hold_it_in(m
     """Multi-view UNet calls hold views out of order (a group's key views first, drawn at random): each
     call must read those views' latents and conditioning and write its predictions back to those views'
     rows. With a UNet that mixes nothing across views, multi-view editing then equals per-view editing.
-    Catches: rows read or written in another order than the call's (e.g. sorted), a call's result written
-    to the wrong views."""
+    Catches: rows read or written in another order than the call's (e.g. sorted), both read and written in
+    one wrong order (the processors would take the wrong rows for key views), a call's result written to
+    the wrong views."""
     cams = ring_cameras(6)
     views = [View(cam, t) for t in (0, 5) for cam in cams]
     imgs = torch.rand(12, 32, 32, 3, generator=torch.Generator().manual_seed(6))
     s = IP2PSettings(steps=4, resolution=32, chunk_size=3, min_timestep=0, inpaint=False, batch_size=4)
-    m = stub_models(models, pointwise)
+
+    def by_view(m):
+        """A UNet with no mixing whose output also depends on which view each row is (the context's batch), so
+        rows taken and written back in the same wrong order still show."""
+        def fn(sample, t, emb):
+            ids = torch.tensor(m.mv.batch * 3, dtype=sample.dtype)   # branch-major rows
+            return pointwise(sample, t, emb) + 0.01 * ids[:, None, None, None]
+        m.unet.fn = fn
+        return m
+
+    m = by_view(stub_models(models, None))
     mv = edit_images(m, imgs, "make it blue", s, views=views)
     assert any(c.batch != sorted(c.batch) for c in m.unet.calls)      # the case this is about happened
-    per_view = edit_images(stub_models(models, pointwise), imgs, "make it blue", replace(s, multiview=False))
+    per_view = edit_images(by_view(stub_models(models, None)), imgs, "make it blue", replace(s, multiview=False))
     torch.testing.assert_close(mv.latents, per_view.latents, atol=1e-6, rtol=0)
 
 

@@ -542,6 +542,8 @@ def decode_latents(models: IP2PModels, latents: torch.Tensor, chunk: int = VAE_C
 def _rows(ids: list[int], device) -> slice | torch.Tensor:
     """Rows ``ids`` of a batch: a slice when they are consecutive (no copy), else a long index on ``device``
     copied from pinned memory (no host sync, where indexing by a list would wait for the GPU)."""
+    if not ids:
+        return slice(0, 0)
     if ids == list(range(ids[0], ids[0] + len(ids))):
         return slice(ids[0], ids[0] + len(ids))
     return _to_device(ids, torch.long, device)
@@ -688,7 +690,7 @@ def _edit_images(models: IP2PModels, images: torch.Tensor, instruction: str, set
                     ctx.mode = "off"
                     for c in range(0, B, s.batch_size):
                         guided_eps(all_views[c:c + s.batch_size], t, eps)
-                latents = sched.step(eps, t_int, latents).prev_sample.float()
+                latents = sched.step(eps, t_int, latents).prev_sample.float()   # DDIM takes the host number
                 if lmask is not None and step >= inpaint_start:
                     t_next = timesteps[step + 1] if step + 1 < len(timesteps) else None
                     latents = reinject(latents, original_latents, inpaint_noise, lmask, sched, t_next, s.inpaint_strength)
