@@ -244,6 +244,8 @@ VARIANTS = {
     "compiled_unet_nchw": {"compile": True, "scope": "unet", "compiled_channels_last": False},
     # inductor settings (as in diffusers' "accelerate inference" guide for SD: 1x1 convolutions as matrix
     # products, Triton kernels' block sizes tuned by coordinate descent)
+    # the multi-view matching's tail (band test, masked argmax, blend) eager, as before session 9
+    "compiled_unet_unfused": {"compile": True, "scope": "unet", "fused_matching": False},
     "compiled_unet_1x1mm": {"compile": True, "scope": "unet", "inductor": {"conv_1x1_as_mm": True}},
     "compiled_unet_tuned": {"compile": True, "scope": "unet", "inductor": {"coordinate_descent_tuning": True}},
     "compiled_unet_tuned_1x1mm": {"compile": True, "scope": "unet",
@@ -262,7 +264,7 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
     lh, lw = (x // models.vae_scale_factor for x in ip2p.diffusion_size(*hw, min(hw), models.size_multiple))
     tflop = unet_tflop(models, lh, lw)
     keep = (ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER, ip2p.COMPILE_DYNAMIC, ip2p.COMPILE_SCOPE,
-            ip2p.COMPILED_CHANNELS_LAST, ip2p.COMPILE_OPTIONS)
+            ip2p.COMPILED_CHANNELS_LAST, ip2p.COMPILE_OPTIONS, ip2p.COMPILED_FUSED_MATCHING)
     res = {"latent": [lh, lw], "unet_tflop_per_pass": round(tflop, 3), "passes": views * steps * 3}
     last_compiled = None
     for name in names:
@@ -273,6 +275,7 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
         ip2p.COMPILE_DYNAMIC = v.get("dynamic", keep[3])
         ip2p.COMPILED_CHANNELS_LAST = v.get("compiled_channels_last", keep[5])
         ip2p.COMPILE_OPTIONS = v.get("inductor", keep[6])
+        ip2p.COMPILED_FUSED_MATCHING = v.get("fused_matching", keep[7])
         ip2p.tune(models)
         ip2p.set_compiled(models, False)
         ip2p.COMPILE_SCOPE = v.get("scope", keep[4])
@@ -297,7 +300,7 @@ def bench_variants(models, names: list[str], views: int, steps: int, hw: tuple[i
                      "graphs_compiled_while_timed": counters["stats"]["unique_graphs"] - graphs}
         print(name, json.dumps(res[name]), flush=True)
     (ip2p.CUDA_CHANNELS_LAST, ip2p.CUDA_CUDNN_BENCHMARK, ip2p.CUDA_SDPA_ORDER, ip2p.COMPILE_DYNAMIC, ip2p.COMPILE_SCOPE,
-     ip2p.COMPILED_CHANNELS_LAST, ip2p.COMPILE_OPTIONS) = keep
+     ip2p.COMPILED_CHANNELS_LAST, ip2p.COMPILE_OPTIONS, ip2p.COMPILED_FUSED_MATCHING) = keep
     ip2p.tune(models)
     ip2p.set_compiled(models, False)
     return res
@@ -392,6 +395,9 @@ def main() -> int:
     ap.add_argument("--compile-unet", choices=("off", "on", "both"), default="off",
                     help="the episode (and the per-view/multi-view timing) with the UNet's blocks compiled; "
                          "both: eager, then compiled, in this process (compiled after a warm-up edit at the same shapes)")
+    ap.add_argument("--episode-fused", choices=("on", "off", "both"), default="on",
+                    help="compiled episodes with the multi-view matching's tail fused (ip2p.COMPILED_FUSED_MATCHING), "
+                         "without, or both (without first: the baseline in the same run)")
     ap.add_argument("--skip-views", action="store_true")
     ap.add_argument("--profile", type=Path, default=None, help="also profile a short edit; tables written to this folder")
     ap.add_argument("--profile-compiled", action="store_true", help="profile with the UNet compiled (--compile-scope)")
@@ -456,14 +462,16 @@ def main() -> int:
             report["profile_top_ms"] = f"profiling failed: {exc!r}"
         print(json.dumps(report["profile_top_ms"]), flush=True)
     if a.episode:
-        for on in modes:
-            key = "episode" + ("_compiled" if on else "")
+        fused = {"on": [True], "off": [False], "both": [False, True]}[a.episode_fused]
+        for on, fuse in [(on, f) for on in modes for f in (fused if on else [True])]:
+            ip2p.COMPILED_FUSED_MATCHING = fuse
+            key = "episode" + ("_compiled" if on else "") + ("" if fuse or not on else "_unfused")
             # Warm up at the episode's shapes first (16 views of its size, its batch), eager too: cuDNN's autotuner
             # times every new convolution shape once (seconds at the VAE's full resolution), compiled: the compile.
             ip2p.set_compiled(models, on)
             t0 = time.perf_counter()
             warm_episode_shapes(models, a.steps)
-            report["episode" + ("_compile" if on else "") + "_warm_up_s"] = round(time.perf_counter() - t0, 1)
+            report[key + "_warm_up_s"] = round(time.perf_counter() - t0, 1)
             report[key] = bench_episode(dev, a.steps, compile_unet=on)
             print(key, json.dumps(report[key]), flush=True)
     print(json.dumps(report, indent=1))

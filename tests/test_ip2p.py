@@ -378,6 +378,72 @@ def test_match_plan_holds_each_pairs_candidates_whatever_the_slots(pairs_per_pro
         ctx.end()
 
 
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_fused_matching_tail_plans_matches_and_blends_as_the_unfused_one(backend):
+    """With the UNet compiled the matching's tail runs fused (``ctx.fused``: the band test of all pairs at once,
+    the masked argmax, the blend in float32): same candidate masks, same matches, same outputs, and under
+    torch.compile it traces whole (no graph breaks). A query view with a single key view keeps the unfused
+    plan. Catches a fused band test with the wrong line coefficients, rows or sign; an argmax over unmasked
+    similarities; a blend of the wrong slot or weight."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from edit3dgs.edit import mv_attention as mva
+
+    W, H, h, w, c = 100, 60, 6, 10, 16
+    n = h * w
+
+    def cam(i, az, f):      # key views 0 and 2 narrow, so that some tokens of the others have no candidate
+        a = math.radians(az)
+        return Camera(i, W, H, f, 1.05 * f, 38.0, 35.0, look_at(np.array([math.sin(a), 0.1, math.cos(a)]), np.zeros(3)))
+
+    cams = [cam(0, -25, 200.0), cam(1, -10, 80.0), cam(2, 30, 200.0), cam(3, 10, 90.0), cam(4, 45, 70.0)]
+    attn = attention_layer(seed=5)
+    g = torch.Generator().manual_seed(7)
+    hs = torch.randn(3, 5, n, c, generator=g)
+    torch._dynamo.reset()
+    counters.clear()
+
+    def run(fused, nbrs):
+        ctx = MultiViewContext()
+        ctx.fused = fused
+        ctx.record_matches = True
+        proc = MultiViewAttnProcessor(ctx, "layer")
+        ctx.begin([View(cam, 0) for cam in cams], (h, w))
+        try:
+            ctx.set_keys([0, 2], nbrs)
+            ctx.mode, ctx.batch, ctx.n_keys = "mixed", [0, 2, 1, 3, 4], 2
+            with torch.no_grad():
+                out = proc(attn, hs.reshape(15, n, c))
+            plan = ctx.plan([1, 3, 4], h, w, {0: 0, 2: 1}, "cpu")
+            return out, plan, {key: (i.clone(), v.clone()) for key, (i, v) in ctx.matches.items()}
+        finally:
+            ctx.end()
+
+    for nbrs in ({1: [(0, 0.5), (2, 0.5)], 3: [(2, 0.8), (0, 0.2)], 4: [(0, 0.4), (2, 0.6)]},
+                 {1: [(0, 0.5), (2, 0.5)], 3: [(2, 1.0)], 4: [(0, 0.4), (2, 0.6)]}):
+        want, wplan, wmatch = run(None, nbrs)
+        got, gplan, gmatch = run(backend, nbrs)
+        assert wplan.miss_views is not None and wplan.valid.any()   # tokens with candidates, and with none
+        assert torch.equal(gplan.not_cand, wplan.not_cand) and torch.equal(gplan.valid, wplan.valid)
+        torch.testing.assert_close(gplan.coef, wplan.coef, atol=0, rtol=0)
+        assert gmatch.keys() == wmatch.keys() and len(wmatch) == sum(map(len, nbrs.values()))
+        for key, (idx, valid) in wmatch.items():
+            assert torch.equal(gmatch[key][1], valid)
+            assert torch.equal(gmatch[key][0][valid], idx[valid]), key
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    if backend != "eager":
+        assert counters["stats"]["unique_graphs"] >= 3 and not counters["graph_break"], dict(counters["graph_break"])
+    # the fused band test alone, against the distances (away from the band's edge, where rounding may differ)
+    pairs = [(cams[1], cams[0]), (cams[4], cams[2])]
+    d = corr.epipolar_distances(pairs, h, w)
+    grid = corr.token_grid(h, w)
+    not_cand, valid = mva.epipolar_not_candidates(corr.epipolar_lines(pairs, h, w), grid[:, 0], grid[:, 1], 1.0)
+    sure = (d - 1.0).abs() > 1e-4
+    assert torch.equal(not_cand[sure], (d > 1.0)[sure]) and torch.equal(valid, (d <= 1.0).any(-1))
+    torch._dynamo.reset()
+
+
 def test_epipolar_band_on_a_non_square_image_with_an_off_centre_principal_point():
     """Distances from key tokens to each query token's epipolar line equal those computed by
     back-projecting the query token's ray to two depths and projecting both points into the key

@@ -147,6 +147,9 @@ COMPILED_VAE_PARTS = ("encoder", "decoder")
 # What the progress says while the first compiled edit at a new size compiles (minutes with nothing else to
 # report); its first word keeps it an "edit" stage for progress bars that group stages.
 COMPILE_STAGE = "edit (compiling the diffusion model, once per image size: 1-2 min)"
+# Compiled, the multi-view matching's memory-bound tail (band test, masked argmax, blend) runs through
+# torch.compile'd functions too (mv_attention, ``MultiViewContext.fused``).
+COMPILED_FUSED_MATCHING = True
 
 
 def set_compiled(models: "IP2PModels", on: bool = True) -> "IP2PModels":
@@ -660,6 +663,7 @@ def _edit_images(models: IP2PModels, images: torch.Tensor, instruction: str, set
     key_log = []
     ctx.begin(views or [], (lh, lw))
     ctx.extended, ctx.band, ctx.depth_tol = s.extended_attention, s.band, s.depth_tol
+    ctx.fused = COMPILE_BACKEND if models.compiled and COMPILED_FUSED_MATCHING else None
     try:
         # The timesteps as Python numbers, read once: the loop's tests and the scheduler's step use them
         # (a device tensor there is a host sync per step); the UNet gets the device tensor.

@@ -39,7 +39,13 @@ argmaxes (one per neighbour slot, not one per guidance branch), with no host
 syncs and no loops over views or tokens. (Testing the epipolar band inside a
 compiled matching instead of reading masks was measured slower on an H200,
 4.36 against 4.22 s for 16 views, and more memory: benchmarks/results/
-episode_nosync_h200.txt.)
+episode_nosync_h200.txt.) With ``fused`` (a torch.compile backend: the editor
+sets its own when its UNet is compiled) the memory-bound parts around the matching's products run as
+torch.compile'd functions, each one or two kernels instead of several passes
+over the (Nq, Nk) tensors: the plan's band test (``epipolar_not_candidates``),
+the masked argmax (``masked_argmax``) and the blend of the key outputs
+(``blend``). Same results up to float rounding (tests/test_ip2p.py,
+tests/test_ip2p_gpu.py).
 """
 
 from __future__ import annotations
@@ -108,6 +114,7 @@ class MultiViewContext:
         self._plan_batch: tuple | None = None
         self._levels: list[tuple[int, int]] = []   # attention resolutions seen in this edit
         self._gtok: dict = {}
+        self.fused: str | None = None         # the matching's tail compiled with this torch.compile backend
 
     def begin(self, views: list[View], latent_hw: tuple[int, int]) -> None:
         """Start an edit of ``views`` whose latents are ``latent_hw``."""
@@ -216,17 +223,29 @@ class MultiViewContext:
         pairs.sort(key=lambda x: x[0] * nv + x[1])       # row order of the masks: consecutive rows, written in place
         nbr_pos_t = _to_device(nbr_pos, torch.long, device)
         weight_t = _to_device(weight, torch.float32, device)[..., None]
+        # Fused: every slot of every view holds a key view of its own timestep (the usual case), so the
+        # masks of all pairs are one band test, written in slot-major row order.
+        fused = (self.fused and len(pairs) == K * nv
+                 and all(self.views[i].timestep == self.views[j].timestep for _, _, i, j in pairs))
         plans, misses = {}, []
         for h, w in levels:
             n = h * w
-            # True where a key token is NOT a candidate (what the matching masks), built directly; slots
-            # without a key view have no candidates at all.
-            not_cand = torch.ones(K * nv, n, n, dtype=torch.bool, device=device)
-            if pairs:
-                self._fill_candidates(not_cand, [(i, j) for _, _, i, j in pairs], h, w, device,
-                                      rows=[k * nv + v for k, v, _, _ in pairs], negate=True)
-            not_cand = not_cand.view(K, nv, n, n)
-            valid = not_cand.all(-1).logical_not_()                                 # (K, V, Nq)
+            if fused:
+                lines = corr.epipolar_lines([(self.views[i].camera, self.views[j].camera) for _, _, i, j in pairs],
+                                            h, w, device)
+                grid = corr.token_grid(h, w, device)
+                band_test = _fused(epipolar_not_candidates, self.fused)
+                not_cand, valid = band_test(lines, grid[:, 0], grid[:, 1], float(self.band))
+                not_cand, valid = not_cand.view(K, nv, n, n), valid.view(K, nv, n)
+            else:
+                # True where a key token is NOT a candidate (what the matching masks), built directly; slots
+                # without a key view have no candidates at all.
+                not_cand = torch.ones(K * nv, n, n, dtype=torch.bool, device=device)
+                if pairs:
+                    self._fill_candidates(not_cand, [(i, j) for _, _, i, j in pairs], h, w, device,
+                                          rows=[k * nv + v for k, v, _, _ in pairs], negate=True)
+                not_cand = not_cand.view(K, nv, n, n)
+                valid = not_cand.all(-1).logical_not_()                             # (K, V, Nq)
             wv = weight_t * valid
             wsum = wv.sum(0)                                                       # (V, Nq)
             coef = wv / wsum.clamp_min(1e-12)
@@ -393,6 +412,10 @@ class MultiViewAttnProcessor:
         for k in range(K):
             for s in range(0, nv, vstep):
                 e = min(nv, s + vstep)
+                if ctx.fused:
+                    match = _fused(masked_argmax, ctx.fused)
+                    idx[k, s:e] = match(q[s:e], kfeat, plan.nbr_pos[k, s:e], plan.not_cand[k, s:e])
+                    continue
                 kf = kfeat.index_select(0, plan.nbr_pos[k, s:e])                 # (v, Nk, C)
                 sim = torch.matmul(q[s:e], kf.transpose(-1, -2))                 # (v, Nq, Nk)
                 sim.masked_fill_(plan.not_cand[k, s:e], float("-inf"))           # same shape: vectorised
@@ -401,11 +424,14 @@ class MultiViewAttnProcessor:
         # The key views' outputs at the matches, blended over the neighbour slots.
         flat = (plan.nbr_pos[:, :, None] * n + idx).view(K, nv * n)
         kflat = kout.reshape(nb, nk * n, co)
-        res = None
-        for k in range(K):
-            got = torch.gather(kflat, 1, flat[k][None, :, None].expand(nb, -1, co))
-            got.mul_(plan.coef[k].view(1, nv * n, 1).to(got.dtype))
-            res = got if res is None else res.add_(got)
+        if ctx.fused:
+            res = _fused(blend, ctx.fused)(kflat, flat, plan.coef.view(K, nv * n))
+        else:
+            res = None
+            for k in range(K):
+                got = torch.gather(kflat, 1, flat[k][None, :, None].expand(nb, -1, co))
+                got.mul_(plan.coef[k].view(1, nv * n, 1).to(got.dtype))
+                res = got if res is None else res.add_(got)
         if plan.miss_views is not None:
             # Tokens without any candidate keep their own self-attention (one batched SDPA call).
             x = hs.view(nb, nv, n, c).index_select(1, plan.miss_views)            # (nb, Vm, N, C)
@@ -419,6 +445,48 @@ class MultiViewAttnProcessor:
             for k, v, i, j in plan.pairs:
                 ctx.matches[(self.name, i, j)] = (idx[k, v], plan.valid[k, v])
         return res.view(nb * nv, n, co)
+
+
+# -- the fused matching tail (``MultiViewContext.fused``) ----------------------------------------
+# Plain functions, written so that inductor makes each a kernel or two; ``_fused`` compiles them once per
+# process and backend (shapes that change between calls, such as the number of views, compile once more, as
+# dynamic).
+_FUSED: dict = {}
+
+
+def _fused(fn, backend: str):
+    key = (fn.__name__, backend)
+    if key not in _FUSED:
+        _FUSED[key] = torch.compile(fn, backend=backend)
+    return _FUSED[key]
+
+
+def epipolar_not_candidates(lines: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor, band: float):
+    """The band test of P (query, key) pairs at once, never storing a distance: (P, Nq, Nk) bool, True where
+    a key token (centres ``gx``, ``gy`` (Nk,), token units) is NOT within ``band`` tokens of the query token's
+    epipolar line (``lines`` (P, Nq, 3), as ``correspondence.epipolar_lines``; a NaN line has no candidate),
+    and (P, Nq) bool, the query tokens with at least one candidate."""
+    d = (lines[..., 0:1] * gx + lines[..., 1:2] * gy + lines[..., 2:3]).abs()
+    cand = d <= band
+    return cand.logical_not(), cand.any(-1)
+
+
+def masked_argmax(q: torch.Tensor, kfeat: torch.Tensor, pos: torch.Tensor, not_cand: torch.Tensor) -> torch.Tensor:
+    """(V, Nq) long: per query token of V views (``q`` (V, Nq, C)), the key token of key view ``pos`` (V,)
+    (features ``kfeat`` (Nk_views, Nk, C)) with the largest dot product, among those ``not_cand`` (V, Nq, Nk)
+    leaves (the mask and the argmax one pass over the similarities)."""
+    sim = torch.matmul(q, kfeat.index_select(0, pos).transpose(-1, -2))
+    return sim.masked_fill(not_cand, float("-inf")).argmax(-1)
+
+
+def blend(kflat: torch.Tensor, flat: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """(nb, R, C) = sum over slots k of ``coef[k]`` (K, R) times the rows ``flat[k]`` (K, R) of ``kflat``
+    (nb, M, C), accumulated in float32, in ``kflat``'s dtype (one gathering pass)."""
+    out = None
+    for k in range(flat.shape[0]):
+        got = kflat[:, flat[k]].float() * coef[k][None, :, None]
+        out = got if out is None else out + got
+    return out.to(kflat.dtype)
 
 
 def _match_branch(n_branches: int) -> int:
