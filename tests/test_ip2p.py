@@ -433,7 +433,7 @@ def test_fused_matching_tail_plans_matches_and_blends_as_the_unfused_one(backend
             assert torch.equal(gmatch[key][0][valid], idx[valid]), key
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
     if backend != "eager":
-        assert counters["stats"]["unique_graphs"] >= 3 and not counters["graph_break"], dict(counters["graph_break"])
+        assert counters["stats"]["unique_graphs"] >= 2 and not counters["graph_break"], dict(counters["graph_break"])
     # the fused band test alone, against the distances (away from the band's edge, where rounding may differ)
     pairs = [(cams[1], cams[0]), (cams[4], cams[2])]
     d = corr.epipolar_distances(pairs, h, w)
@@ -442,6 +442,45 @@ def test_fused_matching_tail_plans_matches_and_blends_as_the_unfused_one(backend
     sure = (d - 1.0).abs() > 1e-4
     assert torch.equal(not_cand[sure], (d > 1.0)[sure]) and torch.equal(valid, (d <= 1.0).any(-1))
     torch._dynamo.reset()
+
+
+def test_tokens_without_candidates_are_the_same_when_kept_from_earlier_calls_and_edits():
+    """A plan reads back which tokens have candidates once per pair and keeps it (no host sync on later calls):
+    plans of later calls, of a later edit with other cameras, another band, or other Gaussians across
+    timesteps must find the same tokens without candidates as a fresh context. Catches a kept entry that
+    ignores the cameras, the band, the views' Gaussians or the grid."""
+    def misses(ctx, views, keys, nbrs, others, band, h=6, w=10):
+        ctx.begin(views, (h, w))
+        ctx.band = band
+        try:
+            ctx.set_keys(keys, nbrs)
+            plan = ctx.plan(others, h, w, {j: p for p, j in enumerate(keys)}, "cpu")
+            if plan.miss_views is None:
+                return set()
+            return set(plan.miss_flat.tolist())
+        finally:
+            ctx.end()
+
+    cams, _ = injection_scene()
+    other_cams = [cams[1], cams[0], cams[2]]          # the same cameras at other view indices
+    rng = np.random.default_rng(3)
+    pts = torch.as_tensor(rng.uniform(-0.2, 0.2, (500, 3)), dtype=torch.float32)
+    kept = MultiViewContext()
+    cases = [
+        ([View(c, 0) for c in cams], [0, 2], {1: [(0, 0.3), (2, 0.7)]}, [1], 1.0),
+        ([View(c, 0) for c in cams], [0, 2], {1: [(0, 0.3), (2, 0.7)]}, [1], 0.3),
+        ([View(c, 0) for c in other_cams], [1, 2], {0: [(1, 0.5), (2, 0.5)]}, [0], 1.0),
+        ([View(c, 0) for c in cams], [1], {0: [(1, 1.0)], 2: [(1, 1.0)]}, [0, 2], 1.0),
+        ([View(cams[0], 0, pts), View(cams[1], 1, pts * 1.3), View(cams[2], 0, pts)], [0, 2], {1: [(0, 0.5), (2, 0.5)]}, [1], 1.0),
+        ([View(cams[0], 0, pts), View(cams[1], 1, pts * 0.5), View(cams[2], 0, pts)], [0, 2], {1: [(0, 0.5), (2, 0.5)]}, [1], 1.0),
+    ]
+    seen = []
+    for views, keys, nbrs, others, band in cases * 2:
+        want = misses(MultiViewContext(), views, keys, nbrs, others, band)
+        assert misses(kept, views, keys, nbrs, others, band) == want
+        seen.append(len(want))
+    assert len(set(seen)) > 2                        # the cases differ in what has no candidate
+    assert any(k[0] == "band" for k in kept._valid_host) and not any(k[0] == "binding" for k in kept._valid_host)
 
 
 def test_epipolar_band_on_a_non_square_image_with_an_off_centre_principal_point():

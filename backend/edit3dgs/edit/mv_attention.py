@@ -52,6 +52,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -114,12 +115,14 @@ class MultiViewContext:
         self._plan_batch: tuple | None = None
         self._levels: list[tuple[int, int]] = []   # attention resolutions seen in this edit
         self._gtok: dict = {}
+        self._valid_host: dict = {}           # _pair_key -> (Nq,) bool on the host: query tokens with candidates
         self.fused: str | None = None         # the matching's tail compiled with this torch.compile backend
 
     def begin(self, views: list[View], latent_hw: tuple[int, int]) -> None:
         """Start an edit of ``views`` whose latents are ``latent_hw``."""
         self.views, self.latent_hw = list(views), tuple(latent_hw)
         self._gtok.clear()
+        self._forget_edit_pairs()
         self._levels = []
         self.set_keys([], {})
 
@@ -136,6 +139,15 @@ class MultiViewContext:
         self.views, self.batch = [], []
         self.set_keys([], {})
         self._gtok.clear()
+        self._forget_edit_pairs()
+
+    def _forget_edit_pairs(self) -> None:
+        """Drop the kept candidates of pairs across timesteps (they belong to one edit's views), and all of
+        them past a bound (a few MB)."""
+        if len(self._valid_host) > 4096:
+            self._valid_host.clear()
+        for key in [key for key in self._valid_host if key[0] == "binding"]:
+            del self._valid_host[key]
 
     # -- correspondences ------------------------------------------------------------
     def _tokens(self, i: int, h: int, w: int, device) -> torch.Tensor | None:
@@ -195,6 +207,14 @@ class MultiViewContext:
                                                 h, w, self.binding_dilate)
             write([p for p, _, _ in chunk], lambda dst: torch.logical_not(c, out=dst) if negate else dst.copy_(c))
 
+    def _pair_key(self, i: int, j: int, h: int, w: int) -> tuple:
+        """What the candidates of query view i in key view j at grid (h, w) depend on: within a timestep the
+        two cameras and the band (the same across edits), across timesteps the two views of this edit."""
+        vi, vj = self.views[i], self.views[j]
+        if vi.timestep == vj.timestep:
+            return ("band", _camera_key(vi.camera), _camera_key(vj.camera), h, w, float(self.band))
+        return ("binding", i, j, h, w, float(self.depth_tol), int(self.binding_dilate))
+
     def plan(self, views: list[int], h: int, w: int, pos: dict[int, int], device) -> MatchPlan:
         """The match plan of other views ``views`` at grid (h, w). Built on first use, for every
         attention resolution seen so far at once, with one host sync per UNet call."""
@@ -227,7 +247,7 @@ class MultiViewContext:
         # masks of all pairs are one band test, written in slot-major row order.
         fused = (self.fused and len(pairs) == K * nv
                  and all(self.views[i].timestep == self.views[j].timestep for _, _, i, j in pairs))
-        plans, misses = {}, []
+        plans = {}
         for h, w in levels:
             n = h * w
             if fused:
@@ -250,13 +270,23 @@ class MultiViewContext:
             wsum = wv.sum(0)                                                       # (V, Nq)
             coef = wv / wsum.clamp_min(1e-12)
             plans[(h, w)] = MatchPlan(nbr_pos_t, not_cand, coef, valid, pairs)
-            misses.append((wsum <= 0).flatten())
-        miss_all = torch.cat(misses).cpu()                                         # the one host sync
-        off = 0
+        # Which tokens have no candidate in any key view, on the host: from each pair's candidates, read back
+        # once per pair (one host sync for all the pairs of this call not seen before) and kept. A sync drains
+        # the GPU's queue, so after the first steps of an edit the calls run without any.
+        keys = {(h, w, k, v): self._pair_key(i, j, h, w) for h, w in levels for k, v, i, j in pairs}
+        new = [(lv_kv, key) for lv_kv, key in keys.items() if key not in self._valid_host]
+        if new:
+            got = torch.cat([plans[(h, w)].valid[k, v] for (h, w, k, v), _ in new]).cpu()   # the host sync
+            off = 0
+            for (h, w, _, _), key in new:
+                self._valid_host[key] = got[off:off + h * w]
+                off += h * w
         for h, w in levels:
             n = h * w
-            miss = miss_all[off:off + nv * n].view(nv, n)
-            off += nv * n
+            miss = torch.ones(nv, n, dtype=torch.bool)
+            for k, v, _, _ in pairs:
+                if weight[k][v] > 0:
+                    miss[v] &= ~self._valid_host[keys[(h, w, k, v)]]
             counts = miss.sum(1)
             if not int(counts.sum()):
                 continue
@@ -274,6 +304,11 @@ class MultiViewContext:
             plan.miss_sel = _to_device(torch.cat(sel), torch.long, device)
             plan.miss_flat = _to_device(torch.cat(flat), torch.long, device)
         return plans
+
+
+def _camera_key(cam: Camera) -> tuple:
+    return (int(cam.width), int(cam.height), np.asarray(cam.K, dtype=np.float64).tobytes(),
+            np.asarray(cam.viewmat, dtype=np.float64).tobytes())
 
 
 def _to_device(x, dtype, device) -> torch.Tensor:
@@ -407,26 +442,22 @@ class MultiViewAttnProcessor:
         # over key tokens of the cosine similarity only needs the key features normalised (they
         # are, in the cache); the query's norm does not change the argmax.
         q = hs.view(nb, nv, n, c)[_match_branch(nb)]
-        idx = torch.empty(K, nv, n, dtype=torch.long, device=hs.device)
         vstep = max(1, ctx.match_bytes // (n * n * hs.element_size()))
-        for k in range(K):
-            for s in range(0, nv, vstep):
-                e = min(nv, s + vstep)
-                if ctx.fused:
-                    match = _fused(masked_argmax, ctx.fused)
-                    idx[k, s:e] = match(q[s:e], kfeat, plan.nbr_pos[k, s:e], plan.not_cand[k, s:e])
-                    continue
-                kf = kfeat.index_select(0, plan.nbr_pos[k, s:e])                 # (v, Nk, C)
-                sim = torch.matmul(q[s:e], kf.transpose(-1, -2))                 # (v, Nq, Nk)
-                sim.masked_fill_(plan.not_cand[k, s:e], float("-inf"))           # same shape: vectorised
-                torch.argmax(sim, -1, out=idx[k, s:e])
-                del sim, kf
-        # The key views' outputs at the matches, blended over the neighbour slots.
-        flat = (plan.nbr_pos[:, :, None] * n + idx).view(K, nv * n)
         kflat = kout.reshape(nb, nk * n, co)
         if ctx.fused:
-            res = _fused(blend, ctx.fused)(kflat, flat, plan.coef.view(K, nv * n))
+            res, idx = _fused(match_and_blend, ctx.fused)(q, kfeat, kflat, plan.nbr_pos, plan.not_cand, plan.coef, vstep)
         else:
+            idx = torch.empty(K, nv, n, dtype=torch.long, device=hs.device)
+            for k in range(K):
+                for s in range(0, nv, vstep):
+                    e = min(nv, s + vstep)
+                    kf = kfeat.index_select(0, plan.nbr_pos[k, s:e])                 # (v, Nk, C)
+                    sim = torch.matmul(q[s:e], kf.transpose(-1, -2))                 # (v, Nq, Nk)
+                    sim.masked_fill_(plan.not_cand[k, s:e], float("-inf"))           # same shape: vectorised
+                    torch.argmax(sim, -1, out=idx[k, s:e])
+                    del sim, kf
+            # The key views' outputs at the matches, blended over the neighbour slots.
+            flat = (plan.nbr_pos[:, :, None] * n + idx).view(K, nv * n)
             res = None
             for k in range(K):
                 got = torch.gather(kflat, 1, flat[k][None, :, None].expand(nb, -1, co))
@@ -487,6 +518,19 @@ def blend(kflat: torch.Tensor, flat: torch.Tensor, coef: torch.Tensor) -> torch.
         got = kflat[:, flat[k]].float() * coef[k][None, :, None]
         out = got if out is None else out + got
     return out.to(kflat.dtype)
+
+
+def match_and_blend(q: torch.Tensor, kfeat: torch.Tensor, kflat: torch.Tensor, nbr_pos: torch.Tensor,
+                    not_cand: torch.Tensor, coef: torch.Tensor, vstep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's matching and blend for V views (``q`` (V, Nq, C)) in K neighbour slots (``nbr_pos`` (K, V),
+    ``not_cand`` (K, V, Nq, Nk), ``coef`` (K, V, Nq)) against the key views' features ``kfeat`` (Nk_views, Nk, C)
+    and outputs ``kflat`` (nb, Nk_views * Nk, Co), ``vstep`` views per similarity product: the blended outputs
+    (nb, V * Nq, Co) and the matches (K, V, Nq). One compiled call per layer (few host-side calls)."""
+    K, nv, n = not_cand.shape[:3]
+    idx = torch.stack([torch.cat([masked_argmax(q[s:s + vstep], kfeat, nbr_pos[k, s:s + vstep], not_cand[k, s:s + vstep])
+                                  for s in range(0, nv, vstep)]) for k in range(K)])
+    flat = (nbr_pos[:, :, None] * n + idx).view(K, nv * n)
+    return blend(kflat, flat, coef.reshape(K, nv * n)), idx
 
 
 def _match_branch(n_branches: int) -> int:
