@@ -398,6 +398,7 @@ def main() -> int:
     ap.add_argument("--episode-fused", choices=("on", "off", "both"), default="on",
                     help="compiled episodes with the multi-view matching's tail fused (ip2p.COMPILED_FUSED_MATCHING), "
                          "without, or both (without first: the baseline in the same run)")
+    ap.add_argument("--episode-repeats", type=int, default=1, help="run each episode this many times (machine noise)")
     ap.add_argument("--skip-views", action="store_true")
     ap.add_argument("--profile", type=Path, default=None, help="also profile a short edit; tables written to this folder")
     ap.add_argument("--profile-compiled", action="store_true", help="profile with the UNet compiled (--compile-scope)")
@@ -472,8 +473,10 @@ def main() -> int:
             t0 = time.perf_counter()
             warm_episode_shapes(models, a.steps)
             report[key + "_warm_up_s"] = round(time.perf_counter() - t0, 1)
-            report[key] = bench_episode(dev, a.steps, compile_unet=on)
-            print(key, json.dumps(report[key]), flush=True)
+            for r in range(max(1, a.episode_repeats)):
+                rkey = key + (f"_{r + 1}" if a.episode_repeats > 1 else "")
+                report[rkey] = bench_episode(dev, a.steps, compile_unet=on)
+                print(rkey, json.dumps(report[rkey]), flush=True)
     print(json.dumps(report, indent=1))
     return 0
 

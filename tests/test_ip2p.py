@@ -793,6 +793,30 @@ def test_inpainting_reinjects_noised_originals_inside_the_mask_only(models):
     assert (out.latents[~inside] - x0[~inside]).abs().mean() > 1e-2
 
 
+def test_editor_conditions_every_round_on_a_copy_of_the_first_renders(models, monkeypatch):
+    """Later rounds are conditioned on the first round's renders of each (camera, timestep), kept as a copy:
+    a caller that renders the next round into the same tensor does not change them; a new view joins with
+    its own first render. Catches originals kept as views of the caller's tensor, or replaced each round."""
+    from edit3dgs.edit.ip2p import InstructPix2PixEditor
+
+    cams = ring_cameras(3)
+    ed = InstructPix2PixEditor(steps=2, resolution=32, inpaint=False, multiview=False)
+    stub = stub_models(models, pointwise)
+    monkeypatch.setattr(ed, "models", lambda: stub)
+    conds = []
+    real = ip2p.edit_images
+    monkeypatch.setattr(ip2p, "edit_images", lambda m, images, *a, **k: conds.append(images.clone()) or real(m, images, *a, **k))
+    buf = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(1))
+    first = buf.clone()
+    ed.edit(EditRequest(buf, cams[:2], [0, 0], "make it blue"))
+    buf.fill_(0.25)                                   # the next round rendered into the same tensor
+    ed.edit(EditRequest(buf, cams[:2], [0, 0], "make it blue"))
+    third = torch.full((2, 32, 32, 3), 0.75)
+    ed.edit(EditRequest(third, [cams[0], cams[2]], [0, 0], "make it blue"))
+    assert torch.equal(conds[0], first) and torch.equal(conds[1], first)
+    assert torch.equal(conds[2][0], first[0]) and torch.equal(conds[2][1], third[1])
+
+
 def test_editor_inpaints_with_its_masks_minus_the_parts_the_instruction_targets(models, monkeypatch):
     """The editor's masks are the union of its inpainting regions, without the eyes for an eye edit and
     without the mouth for a lip edit, and the edit really re-injects inside them; the views carry the
