@@ -33,7 +33,8 @@ diffusers' Instruct-Pix2Pix order [text+image, image only, none].
 Speed: everything that depends only on the views (candidate masks, blend
 weights, tokens without candidates) is built once per UNet call and attention
 resolution (``MultiViewContext.plan``, shared by all layers of that resolution,
-batched over the call's views, with one host sync); inside a layer the matching
+batched over the call's views, with one host sync for the camera pairs it has not seen before: which
+tokens have candidates is kept per pair on the host); inside a layer the matching
 of all views runs as a few batched similarity products, masked fills and
 argmaxes (one per neighbour slot, not one per guidance branch), with no host
 syncs and no loops over views or tokens. (Testing the epipolar band inside a
@@ -217,7 +218,7 @@ class MultiViewContext:
 
     def plan(self, views: list[int], h: int, w: int, pos: dict[int, int], device) -> MatchPlan:
         """The match plan of other views ``views`` at grid (h, w). Built on first use, for every
-        attention resolution seen so far at once, with one host sync per UNet call."""
+        attention resolution seen so far at once, with one host sync when it holds pairs not seen before."""
         batch = tuple(views)
         if batch != self._plan_batch:
             self._plans.clear()
