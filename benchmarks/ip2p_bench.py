@@ -242,10 +242,10 @@ VARIANTS = {
     "compiled_unet_batch16_per_view": {"compile": True, "scope": "unet", "batch_size": 16, "multiview": False},
     "compiled_unet_channels_last": {"compile": True, "scope": "unet", "compiled_channels_last": True},
     "compiled_unet_nchw": {"compile": True, "scope": "unet", "compiled_channels_last": False},
-    # inductor settings (as in diffusers' "accelerate inference" guide for SD: 1x1 convolutions as matrix
-    # products, Triton kernels' block sizes tuned by coordinate descent)
     # the multi-view matching's tail (band test, masked argmax, blend) eager, as before session 9
     "compiled_unet_unfused": {"compile": True, "scope": "unet", "fused_matching": False},
+    # inductor settings (as in diffusers' "accelerate inference" guide for SD: 1x1 convolutions as matrix
+    # products, Triton kernels' block sizes tuned by coordinate descent)
     "compiled_unet_1x1mm": {"compile": True, "scope": "unet", "inductor": {"conv_1x1_as_mm": True}},
     "compiled_unet_tuned": {"compile": True, "scope": "unet", "inductor": {"coordinate_descent_tuning": True}},
     "compiled_unet_tuned_1x1mm": {"compile": True, "scope": "unet",

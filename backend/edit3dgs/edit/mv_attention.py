@@ -44,8 +44,8 @@ episode_nosync_h200.txt.) With ``fused`` (a torch.compile backend: the editor
 sets its own when its UNet is compiled) the memory-bound parts around the matching's products run as
 torch.compile'd functions, each one or two kernels instead of several passes
 over the (Nq, Nk) tensors: the plan's band test (``epipolar_not_candidates``),
-the masked argmax (``masked_argmax``) and the blend of the key outputs
-(``blend``). Same results up to float rounding (tests/test_ip2p.py,
+and, in one compiled call per layer (``match_and_blend``), the masked argmax
+(``masked_argmax``) and the blend of the key outputs (``blend``). Same results up to float rounding (tests/test_ip2p.py,
 tests/test_ip2p_gpu.py).
 """
 
